@@ -1,0 +1,1 @@
+"""Task data generators and the small datasets they produce."""

@@ -1,0 +1,1 @@
+"""Evaluation: backends that generate, tasks that score, and reports that summarise."""

@@ -1,0 +1,100 @@
+"""The in-process transformers backend, with an optional PEFT adapter.
+
+Requests are generated in batches (sorted by prompt length to waste little padding). All the
+requests of a batch are submitted together, so their TTFT is the batch's first decoding step and
+each one's end-to-end latency ends when its own end-of-turn token appears; with `batch_size=1`
+these are plain per-request latencies.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList, set_seed
+
+from ftscale.device import pick_device, resolve_dtype
+from ftscale.models import resolve
+
+from .base import Generation, Request, Sampling
+
+
+class _StepClock(StoppingCriteria):
+    """Notes when the first token of a batch appears and when each row emits end-of-turn."""
+
+    def __init__(self, rows: int, eos_ids: set[int]):
+        self.first: float | None = None
+        self.done: list[float | None] = [None] * rows
+        self.eos_ids = eos_ids
+
+    def __call__(self, input_ids, scores, **kwargs):
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now
+        for i, tok in enumerate(input_ids[:, -1].tolist()):
+            if self.done[i] is None and tok in self.eos_ids:
+                self.done[i] = now
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+class HFBackend:
+    name = "hf"
+
+    def __init__(self, model: str, adapter: str | None = None, batch_size: int = 16,
+                 device: str | None = None, dtype: str = "auto", progress: bool = True):
+        from peft import PeftModel  # imported here: peft is heavy and only adapters need it
+
+        self.device = device or pick_device()
+        self.model = adapter or model
+        self.batch_size = batch_size
+        self.progress = progress
+        path = resolve(model)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        net = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype)).to(self.device)
+        if adapter:
+            net = PeftModel.from_pretrained(net, adapter)
+        self.net = net.eval()
+        gen_eos = net.generation_config.eos_token_id
+        self.eos_ids = set(gen_eos if isinstance(gen_eos, list) else [gen_eos]) | {self.tokenizer.eos_token_id}
+
+    @torch.inference_mode()
+    def generate(self, requests: list[Request], sampling: Sampling) -> list[Generation]:
+        set_seed(sampling.seed)
+        encoded = [self.tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=True)
+                   for r in requests]
+        encoded = [e["input_ids"] if isinstance(e, dict) or hasattr(e, "keys") else e for e in encoded]
+        order = sorted(range(len(requests)), key=lambda i: len(encoded[i]))
+        results: list[Generation | None] = [None] * len(requests)
+        bar = tqdm(total=len(requests), desc=f"generating ({self.model})", unit="req", disable=not self.progress)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt").to(self.device)
+            clock = _StepClock(len(idx), self.eos_ids)
+            kwargs = dict(do_sample=False) if sampling.temperature == 0 else dict(
+                do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+            t0 = time.perf_counter()
+            out = self.net.generate(**batch, max_new_tokens=sampling.max_new_tokens,
+                                    stopping_criteria=StoppingCriteriaList([clock]),
+                                    pad_token_id=self.tokenizer.pad_token_id, **kwargs)
+            t_end = time.perf_counter()
+            new = out[:, batch["input_ids"].shape[1]:].tolist()
+            for row, i in enumerate(idx):
+                tokens = new[row]
+                stop = next((k for k, t in enumerate(tokens) if t in self.eos_ids), None)
+                kept = tokens if stop is None else tokens[:stop + 1]
+                results[i] = Generation(
+                    text=self.tokenizer.decode(kept, skip_special_tokens=True),
+                    input_tokens=len(encoded[i]),
+                    output_tokens=len(kept),
+                    ttft_s=(clock.first or t_end) - t0,
+                    latency_s=(clock.done[row] or t_end) - t0,
+                    finish_reason="length" if stop is None else "stop",
+                    extra={"batch_size": len(idx)},
+                )
+            bar.update(len(idx))
+        bar.close()
+        return results  # type: ignore[return-value]

@@ -1,0 +1,102 @@
+"""The canonical dataset format: OpenAI chat fine-tuning JSONL.
+
+Training files hold `{"messages": [...]}` per line; eval files hold the same without the final
+assistant turn, plus a stable `id` and a `reference` for the task's evaluators. Every file is
+validated line by line before anything uses it, and errors read `file:line: reason`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+from .errors import DataError
+
+ROLES = ("system", "user", "assistant")
+
+
+def _check_messages(messages, where: str, need_assistant_last: bool) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: 'messages' must be a non-empty list")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise DataError(f"{where}: messages[{i}] is not an object")
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            raise DataError(f"{where}: messages[{i}] has unknown role {role!r} (expected one of {', '.join(ROLES)})")
+        if not isinstance(content, str):
+            raise DataError(f"{where}: messages[{i}] ({role}) content must be a string")
+        if not content.strip():
+            raise DataError(f"{where}: messages[{i}] ({role}) has empty content")
+    if need_assistant_last and messages[-1]["role"] != "assistant":
+        raise DataError(f"{where}: the last message must be the assistant's answer (found {messages[-1]['role']!r})")
+    if not need_assistant_last and messages[-1]["role"] == "assistant":
+        raise DataError(f"{where}: an eval example must end before the assistant's answer")
+
+
+def read_jsonl(path: str | Path, kind: str) -> list[dict]:
+    """Read and validate a `train` or `eval` JSONL file; raise DataError at the first bad line."""
+    path = Path(path)
+    if kind not in ("train", "eval"):
+        raise ValueError(kind)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    records, ids = [], set()
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            if not line.strip():
+                raise DataError(f"{where}: empty line")
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(rec, dict) or "messages" not in rec:
+                raise DataError(f"{where}: expected an object with a 'messages' list")
+            _check_messages(rec["messages"], where, need_assistant_last=(kind == "train"))
+            if kind == "eval":
+                if "id" not in rec or "reference" not in rec:
+                    raise DataError(f"{where}: an eval example needs an 'id' and a 'reference'")
+                if rec["id"] in ids:
+                    raise DataError(f"{where}: duplicate id {rec['id']!r}")
+                ids.add(rec["id"])
+            records.append(rec)
+    if not records:
+        raise DataError(f"{path}: no examples")
+    return records
+
+
+def nested_subset(records: list[dict], n: int, seed: int) -> list[dict]:
+    """The first `n` of a seeded shuffle: the 50 of a 50-example run are the first 50 of the 100."""
+    if n > len(records):
+        raise DataError(f"asked for {n} training examples but the pool holds only {len(records)}")
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    return [records[i] for i in order[:n]]
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_records(records: list[dict]) -> str:
+    h = hashlib.sha256()
+    for r in records:
+        h.update(json.dumps(r, sort_keys=True, ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def to_prompt_completion(record: dict) -> dict:
+    """Split a chat example into TRL's conversational prompt/completion form.
+
+    TRL then computes the loss on the completion only (the final assistant turn, end-of-turn
+    token included) with any chat template, whether or not it has `{% generation %}` markers.
+    """
+    return {"prompt": record["messages"][:-1], "completion": record["messages"][-1:]}

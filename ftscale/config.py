@@ -1,0 +1,174 @@
+"""The experiment config: one YAML file names every knob of a run; unknown keys are refused.
+
+Overrides from the command line use dotted keys (`--train.learning_rate 1e-4`) and are validated
+with the file, so a typo in either place is reported before any work starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .yamlfile import line_of, load_yaml, parse_value
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class LoraSpec(Strict):
+    r: int = Field(16, ge=1, description="LoRA rank")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / r)")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = Field("all-linear", description="PEFT target modules")
+
+
+class TrainSpec(Strict):
+    seed: int = 42
+    epochs: float = Field(2.0, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    batch_size: int = Field(8, ge=1, description="per-device train batch size")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(512, ge=16, description="tokens per example; longer ones are truncated")
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    lora: LoraSpec = LoraSpec()
+    quantization: Literal["none", "4bit"] = Field("none", description="4bit = QLoRA (CUDA only)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto = bf16 where the hardware does it natively, else fp32"
+    )
+    gradient_checkpointing: bool = False
+    logging_steps: int = Field(1, ge=1)
+    save_steps: int | None = Field(None, ge=1, description="checkpoint every N steps; a rerun resumes from the last")
+
+
+class DataSpec(Strict):
+    train: Path = Field(description="training pool, OpenAI chat fine-tuning JSONL")
+    eval: Path = Field(description="held-out eval set: messages without the answer, id, reference")
+    seed: int = Field(0, description="seed of the shuffle that nested subsets are cut from")
+
+
+class EvalSpec(Strict):
+    prompt_variants: list[str] = Field(default_factory=lambda: ["default"], min_length=1)
+    baseline_variants: list[str] = Field(
+        default_factory=list, description="variants evaluated on the untrained base only (prompt-engineering baselines)"
+    )
+    few_shot_k: int = Field(3, ge=1, description="examples in the few_shot prompt variant")
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(96, ge=1)
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy decoding")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="as train.precision")
+    limit: int | None = Field(None, ge=1, description="evaluate only the first N eval examples")
+
+
+class ExperimentConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    task: str
+    model: str = Field(description="hub id, local directory or a name in configs/models/")
+    data: DataSpec
+    num_train_examples: int | list[int] = Field(
+        description="training examples (nested subsets); 0 = evaluate the untrained base model"
+    )
+    train: TrainSpec = TrainSpec()
+    eval: EvalSpec = EvalSpec()
+    output_dir: Path = Field(Path("runs"), description="experiments write to output_dir/name/")
+
+    @field_validator("num_train_examples")
+    @classmethod
+    def _non_negative(cls, v):
+        sizes = v if isinstance(v, list) else [v]
+        if not sizes or any(n < 0 for n in sizes):
+            raise ValueError("must be a non-negative integer or a non-empty list of them")
+        return v
+
+    @model_validator(mode="after")
+    def _files_exist(self):
+        for key in ("train", "eval"):
+            path = getattr(self.data, key)
+            if not Path(path).is_file():
+                raise ValueError(f"data.{key}: file not found: {path}")
+        return self
+
+    @property
+    def sizes(self) -> list[int]:
+        n = self.num_train_examples
+        return sorted(set(n)) if isinstance(n, list) else [n]
+
+    @property
+    def experiment_dir(self) -> Path:
+        return self.output_dir / self.name
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def apply_overrides(data: dict, overrides: dict[str, str]) -> dict:
+    """Set dotted keys (`train.lora.r`) in a nested mapping; values are parsed as YAML."""
+    for dotted, raw in overrides.items():
+        node = data
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--{dotted}: '{key}' is not a section of the config")
+        node[last] = parse_value(raw) if isinstance(raw, str) else raw
+    return data
+
+
+def _format_errors(path: Path, lines: dict, err: ValidationError, overridden: set[str]) -> str:
+    out = []
+    for e in err.errors():
+        loc = tuple(x for x in e["loc"] if not isinstance(x, str) or "[" not in x)
+        key = ".".join(str(x) for x in loc) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        source = f"--{key} (command line)" if key in overridden else None
+        if source is None:
+            line = line_of(lines, loc)
+            source = f"{path}:{line}" if line else str(path)
+        detail = f" (got {e['input']!r})" if e["type"] not in ("missing", "extra_forbidden") and "input" in e and not isinstance(e["input"], dict) else ""
+        out.append(f"{source}: {key}: {msg}{detail}")
+    return "\n".join(out)
+
+
+def load_config(path: str | Path, overrides: dict[str, str] | None = None) -> ExperimentConfig:
+    """Load, override and validate an experiment config; raise ConfigError naming file, line, key."""
+    path = Path(path)
+    data, lines = load_yaml(path)
+    overrides = overrides or {}
+    apply_overrides(data, overrides)
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(path, lines, e, set(overrides))) from None
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """`['--train.seed', '3', '--num_train_examples=50']` -> {'train.seed': '3', ...}."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"unexpected argument {arg!r}: overrides look like --section.key value")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise ConfigError(f"--{key}: missing value")
+            value = args[i + 1]
+            i += 1
+        out[key] = value
+        i += 1
+    return out

@@ -1,0 +1,84 @@
+"""Run an experiment: for each training size, train (or reuse) an adapter, evaluate it, report.
+
+Every step is skipped when its result is already on disk for the same resolved config, so a
+killed run started again picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .atomic import write_text
+from .chatdata import read_jsonl
+from .config import ExperimentConfig
+from .errors import ConfigError
+from .rundir import cell_dir, eval_dir, trained
+
+
+def _check_variants(cfg: ExperimentConfig, task) -> None:
+    unknown = [v for v in cfg.eval.prompt_variants + cfg.eval.baseline_variants if v not in task.prompt_variants]
+    if unknown:
+        raise ConfigError(f"eval: prompt variants {unknown} unknown to task {task.name!r} "
+                          f"(it has {', '.join(task.prompt_variants)})")
+
+
+def evaluate_cell(cfg: ExperimentConfig, cell: Path, adapter: Path | None, task, pool, examples, log=print) -> dict:
+    from ftscale.eval.backends import Sampling, make_backend
+    from ftscale.eval.evaluate import evaluate
+
+    variants = cfg.eval.prompt_variants + (cfg.eval.baseline_variants if adapter is None else [])
+    todo = [v for v in dict.fromkeys(variants) if not (eval_dir(cell, v) / "scores.json").is_file()]
+    if not todo:
+        return {}
+    backend = make_backend("hf", model=cfg.model, adapter=str(adapter) if adapter else None,
+                           batch_size=cfg.eval.batch_size, dtype=cfg.eval.precision)
+    e = cfg.eval
+    sampling = Sampling(temperature=e.temperature, top_p=e.top_p, max_new_tokens=e.max_new_tokens, seed=e.seed)
+    out = {}
+    for variant in todo:
+        out[variant] = evaluate(task, examples, pool, backend, sampling, variant, eval_dir(cell, variant), e.few_shot_k)
+        m = out[variant]["metrics"]
+        log(f"{cell.name} [{variant}]: " + ", ".join(f"{k}={v:.3f}" for k, v in m.items()))
+    return out
+
+
+def run_experiment(cfg: ExperimentConfig, log=print) -> Path:
+    from ftscale.eval.report import write_report
+    from ftscale.eval.tasks import get_task
+    from ftscale.train.sft import train
+
+    try:
+        task = get_task(cfg.task)
+    except KeyError as e:
+        raise ConfigError(f"task: {e.args[0]}") from None
+    _check_variants(cfg, task)
+    pool = read_jsonl(cfg.data.train, "train")
+    examples = read_jsonl(cfg.data.eval, "eval")[: cfg.eval.limit]
+    exp_dir = cfg.experiment_dir
+    write_text(exp_dir / "experiment.yaml", cfg.to_yaml())
+    start = time.perf_counter()
+    bar = tqdm(cfg.sizes, desc=f"{cfg.name}", unit="cell")
+    for n in bar:
+        bar.set_postfix_str(f"n={n}")
+        cell = cell_dir(exp_dir, n, cfg.train.seed)
+        cell_cfg = cfg.model_copy(update={"num_train_examples": n}).to_yaml()
+        previous = (cell / "config.yaml").read_text() if (cell / "config.yaml").is_file() else None
+        if previous != cell_cfg or not trained(cell):
+            if previous is not None and previous != cell_cfg:
+                log(f"{cell.name}: config changed since the last run; training and evaluating again")
+            for stale in cell.glob("eval-*"):
+                shutil.rmtree(stale)
+            metrics = train(cfg, n, cell)
+            if metrics.get("trained"):
+                log(f"{cell.name}: trained {metrics['steps']} steps in {metrics['wall_time_s']:.1f} s "
+                    f"({metrics['train_tokens_per_s']:.0f} tokens/s), loss {metrics['train_loss']:.3f}")
+        else:
+            log(f"{cell.name}: training already done, reusing {cell / 'adapter' if n else 'the base model'}")
+        evaluate_cell(cfg, cell, cell / "adapter" if n > 0 else None, task, pool, examples, log)
+    report = write_report(exp_dir, task)
+    log(f"done in {time.perf_counter() - start:.0f} s: {report}")
+    return report

@@ -1,0 +1,44 @@
+"""Shared fixtures: the real embedded model, a real LoRA adapter trained once per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MAIN_CONFIG = ROOT / "configs" / "experiments" / "formatting-smollm2-cpu.yaml"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _in_repo_root():
+    os.chdir(ROOT)  # configs name data files relative to the checkout
+
+
+@pytest.fixture(scope="session")
+def embedded_model() -> str:
+    from ftscale import models
+
+    if not (models.local_dir("smollm2-135m") / models.MANIFEST).is_file():
+        pytest.fail("the embedded model is not prepared: run `make setup` (ftscale models prepare smollm2-135m)")
+    return "smollm2-135m"
+
+
+# A short, real training run: enough steps for the format to start sticking on two CPU cores.
+TRAIN_OVERRIDES = ["--num_train_examples", "24", "--train.epochs", "3", "--train.learning_rate", "3e-4",
+                   "--train.batch_size", "8"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(embedded_model, tmp_path_factory) -> Path:
+    """Train through the user's entry point: `accelerate launch train/sft.py ...`."""
+    run_dir = tmp_path_factory.mktemp("sft") / "n0024"
+    cmd = [str(BIN / "accelerate"), "launch", "--num_processes", "1", "--cpu", "train/sft.py",
+           "--config", str(MAIN_CONFIG), "--output_dir", str(run_dir), *TRAIN_OVERRIDES]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return run_dir

@@ -1,0 +1,41 @@
+"""`ftscale run`: train every size, evaluate, report; a second run reuses what is finished."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from conftest import BIN, MAIN_CONFIG, ROOT
+
+TINY = ["--num_train_examples", "[0, 8]", "--train.epochs", "1", "--eval.limit", "6", "--eval.max_new_tokens", "48"]
+
+
+def _run(tmp_path, *extra):
+    cmd = [str(BIN / "ftscale"), "run", str(MAIN_CONFIG), "--output_dir", str(tmp_path), *TINY, *extra]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_run_writes_summary_plot_and_resumes(tmp_path, embedded_model):
+    _run(tmp_path)
+    exp = tmp_path / "formatting-smollm2-cpu"
+    summary = (exp / "summary.md").read_text()
+    assert "![scaling](scaling.png)" in summary
+    assert (exp / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+    rows = json.loads((exp / "results.json").read_text())
+    # both sizes with the plain prompt, and the few-shot baseline for the base model only
+    assert sorted((r["num_train_examples"], r["prompt_variant"]) for r in rows) == [
+        (0, "default"), (0, "few_shot"), (8, "default")]
+    for r in rows:
+        assert r["n_eval"] == 6 and f"| {r['num_train_examples']} | 42 | {r['prompt_variant']} |" in summary
+    adapter = exp / "n0008-seed42" / "adapter" / "adapter_model.safetensors"
+    before = adapter.stat().st_mtime_ns
+
+    out = _run(tmp_path)  # nothing left to do: no training, no generation
+    assert "n0008-seed42: training already done" in out and "trained" not in out.replace("training already", "")
+    assert adapter.stat().st_mtime_ns == before
+
+    out = _run(tmp_path, "--train.learning_rate", "1e-4")  # a changed config is not silently reused
+    assert "config changed since the last run" in out
+    assert adapter.stat().st_mtime_ns != before

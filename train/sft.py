@@ -1,0 +1,179 @@
+"""Train a LoRA (or, on CUDA, QLoRA) adapter with TRL's SFTTrainer: parse, load, train, save.
+
+    accelerate launch train/sft.py --config configs/experiments/formatting-smollm2-cpu.yaml \
+        --num_train_examples 100 [--train.learning_rate 1e-4 ...]
+
+The training set is the first N examples of a seeded shuffle of the pool (nested subsets), and
+the loss is computed on the final assistant turn only. The same code trains on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script (accelerate launch train/sft.py): Python put train/ first on sys.path, where a
+    # module such as train/openai_ft.py could shadow an installed package. Import from `ftscale` only.
+    sys.path.pop(0)
+
+from ftscale.atomic import atomic_dir, atomic_path, write_json, write_jsonl, write_text
+from ftscale.chatdata import nested_subset, read_jsonl, sha256_file, sha256_records, to_prompt_completion
+from ftscale.device import resolve_dtype
+from ftscale.config import ExperimentConfig, load_config, parse_overrides
+from ftscale.errors import ConfigError, FtscaleError
+from ftscale.models import resolve
+from ftscale.provenance import git_commit, machine, versions
+from ftscale.rundir import TRAIN_METRICS, cell_dir
+
+
+def check_hardware(cfg: ExperimentConfig) -> None:
+    """Refuse what this machine cannot do before anything is loaded."""
+    import torch
+
+    if cfg.train.quantization == "4bit":
+        if not torch.cuda.is_available():
+            raise ConfigError("train.quantization: 4bit (QLoRA) needs a CUDA GPU: bitsandbytes' nf4 kernels "
+                              "do not run on this machine; use `--train.quantization none` for LoRA")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise ConfigError("train.quantization: 4bit needs bitsandbytes: pip install -e '.[cuda]'") from None
+
+
+def _load_model(cfg: ExperimentConfig, path: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    # Weights load in fp32 on a CPU and bf16 mixed precision (autocast) computes there; on CUDA
+    # they load in bf16 directly.
+    dtype = resolve_dtype(cfg.train.precision) if torch.cuda.is_available() else torch.float32
+    kwargs = {"dtype": dtype}
+    if cfg.train.quantization == "4bit":
+        from accelerate import PartialState
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
+        kwargs["device_map"] = {"": PartialState().local_process_index}  # one full copy per process
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def _plot_loss(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history if "loss" in h]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(steps, [h["loss"] for h in history if "loss" in h], marker=".")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def train(cfg: ExperimentConfig, n: int, run_dir: Path) -> dict:
+    """Train one cell; return its metrics. `n == 0` records the untrained base and trains nothing."""
+    pool = read_jsonl(cfg.data.train, "train")  # validate the whole file before any work
+    subset = nested_subset(pool, n, cfg.data.seed)
+    check_hardware(cfg)
+    run_dir = Path(run_dir)
+    cell_cfg = cfg.model_copy(update={"num_train_examples": n})
+    write_text(run_dir / "config.yaml", cell_cfg.to_yaml())
+    base = {"num_train_examples": n, "seed": cfg.train.seed, "data_seed": cfg.data.seed, "model": cfg.model,
+            "data_file": str(cfg.data.train), "data_sha256": sha256_file(cfg.data.train),
+            "subset_sha256": sha256_records(subset), "git_commit": git_commit(), "versions": versions()}
+    if n == 0:
+        write_json(run_dir / TRAIN_METRICS, base | {"trained": False})
+        return base | {"trained": False}
+
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoTokenizer
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTConfig, SFTTrainer
+
+    path = resolve(cfg.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = _load_model(cfg, path)
+    t = cfg.train
+    args = SFTConfig(
+        output_dir=str(run_dir / "checkpoints"), seed=t.seed, data_seed=t.seed,
+        num_train_epochs=t.epochs, learning_rate=t.learning_rate, per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps, lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # transformers 5 reads a float below 1 as a ratio of all steps
+        weight_decay=t.weight_decay, max_length=t.max_length,
+        bf16=resolve_dtype(t.precision) == torch.bfloat16, gradient_checkpointing=t.gradient_checkpointing,
+        logging_steps=t.logging_steps, save_strategy="no" if t.save_steps is None else "steps",
+        save_steps=t.save_steps or 500, report_to=[], completion_only_loss=True,
+        use_cpu=not torch.cuda.is_available(), disable_tqdm=False,
+    )
+    lora = LoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
+                      target_modules=t.lora.target_modules, task_type="CAUSAL_LM")
+    dataset = Dataset.from_list([to_prompt_completion(r) for r in subset])
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    resume = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    wall = time.perf_counter() - start
+
+    metrics = base | {
+        "trained": True, "wall_time_s": wall, "train_runtime_s": result.metrics["train_runtime"],
+        "train_loss": result.metrics["train_loss"], "steps": trainer.state.global_step,
+        "epochs": t.epochs,
+        # TRL counts the tokens it trains on (prompt and completion, no padding) in its logs
+        "train_tokens": max((h.get("num_tokens", 0) for h in trainer.state.log_history), default=0),
+        "resumed_from": resume, "machine": machine(),
+        "peak_memory_mb": (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available()
+                           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_memory_kind": "cuda_allocated" if torch.cuda.is_available() else "process_max_rss",
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+    }
+    metrics["train_tokens_per_s"] = (metrics["train_tokens"] or 0) / result.metrics["train_runtime"]
+    if trainer.accelerator.is_main_process:  # one adapter, written by one process
+        with atomic_dir(run_dir / "adapter") as tmp:
+            trainer.model.save_pretrained(tmp)
+        history = trainer.state.log_history
+        write_jsonl(run_dir / "loss.jsonl", [h for h in history if "loss" in h])
+        _plot_loss(history, run_dir / "loss.png")
+        write_json(run_dir / TRAIN_METRICS, metrics)  # last: its presence marks a finished training
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="Any config key can be overridden: --section.key value")
+    parser.add_argument("--config", required=True, type=Path, help="experiment YAML (configs/experiments/)")
+    parser.add_argument("--output_dir", type=Path, help="run directory (default: <output_dir>/<name>/n<N>-seed<S>)")
+    args, rest = parser.parse_known_args(argv)
+    try:
+        cfg = load_config(args.config, parse_overrides(rest))
+        if len(cfg.sizes) != 1:
+            raise ConfigError(f"{args.config}: num_train_examples lists {cfg.sizes}; sft.py trains one size: "
+                              f"pass --num_train_examples N (or use `ftscale run` for all of them)")
+        n = cfg.sizes[0]
+        run_dir = args.output_dir or cell_dir(cfg.experiment_dir, n, cfg.train.seed)
+        metrics = train(cfg, n, run_dir)
+    except FtscaleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if metrics.get("trained"):
+        print(f"adapter saved to {run_dir / 'adapter'}: {metrics['steps']} steps, loss {metrics['train_loss']:.4f}, "
+              f"{metrics['train_tokens_per_s']:.0f} tokens/s, {metrics['wall_time_s']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
