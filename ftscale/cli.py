@@ -55,20 +55,100 @@ def _run(args) -> None:
 
 
 def _eval(args) -> None:
+    from ftscale.eval.backends import make_backend
     from ftscale.eval.tasks import get_task
 
     from .chatdata import read_jsonl
-    from .experiment import evaluate_cell
+    from .experiment import evaluate_cell, hf_backend_factory
+    from .rundir import adapter_dir
 
     cfg = _load(args)
-    adapter = Path(args.adapter) if args.adapter else None
-    if adapter and not (adapter / "adapter_config.json").is_file():
-        raise FtscaleError(f"--adapter {adapter}: not a PEFT adapter directory (no adapter_config.json)")
-    out = Path(args.output_dir) if args.output_dir else cfg.experiment_dir / ("eval-" + (adapter.parent.name if adapter else "base"))
     task = get_task(cfg.task)
-    evaluate_cell(cfg, out, adapter, task, read_jsonl(cfg.data.train, "train"),
-                  read_jsonl(cfg.data.eval, "eval")[: cfg.eval.limit])
+    adapter = adapter_dir(args.adapter) if args.adapter else None
+    if adapter and args.backend == "openai":
+        raise FtscaleError("--adapter works with the hf and vllm backends; on an OpenAI-compatible endpoint "
+                           "name the fine-tuned model with --model")
+    what = adapter.parent.name if adapter else (args.model or "base").replace("/", "_").replace(":", "_")
+    out = Path(args.output_dir) if args.output_dir else cfg.experiment_dir / f"eval-{args.backend}-{what}"
+    variants = args.variant or cfg.eval.prompt_variants
+    pool, examples = read_jsonl(cfg.data.train, "train"), read_jsonl(cfg.data.eval, "eval")[: cfg.eval.limit]
+    concurrency = args.concurrency or cfg.serve.concurrency
+    if args.backend == "hf":
+        evaluate_cell(cfg, out, hf_backend_factory(cfg, adapter), task, pool, examples, variants)
+    elif args.backend == "openai":
+        model = args.model or cfg.model
+        factory = lambda: make_backend("openai", model=model, base_url=args.base_url, concurrency=concurrency)  # noqa: E731
+        evaluate_cell(cfg, out, factory, task, pool, examples, variants, label="openai")
+    else:
+        from ftscale.serve.server import server_for
+
+        with server_for(cfg, {"ft": adapter} if adapter else None, out / "vllm-server.log") as server:
+            name = "ft" if adapter else server.served_name
+            factory = lambda: make_backend("openai", name="vllm", model=name, base_url=server.base_url,  # noqa: E731
+                                           concurrency=concurrency)
+            evaluate_cell(cfg, out, factory, task, pool, examples, variants, label="vllm")
     print(f"results in {out}")
+
+
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
+def _serve(args) -> None:
+    import signal
+    import time
+
+    from ftscale.serve.server import VLLMServer
+
+    bad = [a for a in args.adapter if "=" not in a]
+    if bad:
+        raise FtscaleError(f"--adapter {bad[0]}: expected NAME=RUN_DIR")
+    adapters = dict(a.split("=", 1) for a in args.adapter)
+    model, served = args.model, None
+    if args.merged:
+        from ftscale.rundir import adapter_dir
+        from ftscale.train.merge import merge
+
+        if len(adapters) != 1:
+            raise FtscaleError("--merged serves one adapter merged into its base: give exactly one --adapter")
+        (served, path), = adapters.items()
+        merged = adapter_dir(path).parent / "merged"
+        if not merged.is_dir():
+            merge(path, merged, base=args.model)
+        model, adapters = str(merged), {}
+    signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's SIGTERM stops the server like Ctrl-C
+    log = Path(args.log or Path("runs") / "serve" / f"vllm-{int(time.time())}.log")
+    print(f"starting vLLM for {model} (log: {log}) ...", flush=True)
+    with VLLMServer(model, adapters, log_path=log, host=args.host, port=args.port, served_name=served,
+                    max_model_len=args.max_model_len, kv_cache_gb=args.kv_cache_gb) as server:
+        print(f"serving {', '.join(server.model_names)} at {server.base_url} (Ctrl-C to stop)", flush=True)
+        while server.alive():
+            time.sleep(1)
+        raise FtscaleError(f"the vLLM server died; the end of its log:\n{server.log_tail()}")
+
+
+def _merge(args) -> None:
+    from ftscale.train.merge import merge
+
+    print(f"merged checkpoint written to {merge(args.adapter, args.out, base=args.base)}")
+
+
+def _bench(args) -> None:
+    import json
+
+    cfg = _load(args)
+    out = Path(args.output_dir) if args.output_dir else None
+    if args.action == "latency":
+        from ftscale.serve.latency import run_latency_benchmark
+
+        levels = [int(c) for c in args.concurrency.split(",")]
+        print(run_latency_benchmark(cfg, args.adapter, levels, args.num_prompts, out))
+    else:
+        from ftscale.serve.throughput import run_throughput_benchmark
+
+        result = run_throughput_benchmark(cfg, args.adapter, args.num_prompts, args.concurrency,
+                                          out or cfg.experiment_dir / "throughput")
+        print(json.dumps(result, indent=2))
 
 
 def _report(args) -> None:
@@ -122,10 +202,52 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             s.add_argument("--config", type=Path, required=True)
         if name == "eval":
-            s.add_argument("--backend", choices=["hf"], default="hf")
-            s.add_argument("--adapter", help="a run's adapter directory (default: the base model)")
+            s.add_argument("--backend", choices=["hf", "openai", "vllm"], default="hf",
+                           help="hf: in-process transformers; vllm: start a vLLM server for it; "
+                                "openai: an OpenAI-compatible endpoint (OpenAI itself, or --base-url)")
+            s.add_argument("--adapter", help="a run (or its adapter/ directory); default: the base model")
+            s.add_argument("--model", help="openai backend: the model name the endpoint knows (default: config's)")
+            s.add_argument("--base-url", help="openai backend: endpoint URL (default: OpenAI's)")
+            s.add_argument("--concurrency", type=int, help="openai/vllm: requests in flight (default: serve.concurrency)")
+            s.add_argument("--variant", action="append", help="prompt variant(s) (default: eval.prompt_variants)")
             s.add_argument("--output-dir", help="where generations.jsonl and scores.json go")
         s.set_defaults(fn=fn)
+
+    v = sub.add_parser("serve", help="start a vLLM OpenAI-compatible server for a model and its adapters")
+    v.add_argument("--model", required=True, help="hub id, local directory or configs/models name")
+    v.add_argument("--adapter", action="append", default=[], metavar="NAME=RUN_DIR", help="a LoRA adapter to serve as NAME")
+    v.add_argument("--merged", action="store_true", help="serve the one adapter merged into its base instead")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, help="default: a free port")
+    v.add_argument("--max-model-len", type=int, default=2048)
+    v.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV cache on a CPU")
+    v.add_argument("--log", help="server log file (default: runs/serve/vllm-<time>.log)")
+    v.set_defaults(fn=_serve)
+
+    mg = sub.add_parser("merge", help="merge a LoRA adapter into its base model")
+    mg.add_argument("adapter", help="a run directory or its adapter/ folder")
+    mg.add_argument("--out", required=True, type=Path)
+    mg.add_argument("--base", help="base model (default: the one the adapter names)")
+    mg.set_defaults(fn=_merge)
+
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="action", required=True)
+    bl = bsub.add_parser("latency", help="TTFT/TPOT/ITL/E2E of base, LoRA and merged models on vLLM",
+                         epilog="Any config key can be overridden: --section.key value")
+    bl.add_argument("--config", type=Path, required=True)
+    bl.add_argument("--adapter", required=True, help="the fine-tuned run (or its adapter/ folder)")
+    bl.add_argument("--concurrency", default="1,4,16", help="comma-separated levels")
+    bl.add_argument("--num-prompts", type=int, default=32, help="eval prompts sent at each level")
+    bl.add_argument("--output-dir", help="default: <adapter run>/latency")
+    bl.set_defaults(fn=_bench)
+    bt = bsub.add_parser("throughput", help="eval set through vLLM with concurrency vs hf one request at a time",
+                         epilog="Any config key can be overridden: --section.key value")
+    bt.add_argument("--config", type=Path, required=True)
+    bt.add_argument("--adapter", help="a fine-tuned run (default: the base model)")
+    bt.add_argument("--concurrency", type=int, default=16)
+    bt.add_argument("--num-prompts", type=int, default=200)
+    bt.add_argument("--output-dir", help="default: <experiment dir>/throughput")
+    bt.set_defaults(fn=_bench)
 
     r = sub.add_parser("report", help="write summary.md and scaling.png for an experiment directory")
     r.add_argument("experiment_dir")
@@ -136,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args, rest = build_parser().parse_known_args(argv)
     args.overrides = rest
-    if rest and args.command not in ("run", "train", "eval"):
+    if rest and args.command not in ("run", "train", "eval", "bench"):
         build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.fn(args) or 0

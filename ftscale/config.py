@@ -68,6 +68,14 @@ class EvalSpec(Strict):
     limit: int | None = Field(None, ge=1, description="evaluate only the first N eval examples")
 
 
+class ServeSpec(Strict):
+    max_model_len: int = Field(2048, ge=64, description="context length the vLLM server allows")
+    kv_cache_gb: float = Field(1.0, gt=0, description="KV cache size on a CPU (on CUDA vLLM sizes it itself)")
+    max_num_seqs: int | None = Field(None, ge=1, description="vLLM's limit on sequences decoded together")
+    concurrency: int = Field(16, ge=1, description="requests in flight from the openai backend")
+    startup_timeout_s: float = Field(600, gt=0, description="give up if /health is not OK by then")
+
+
 class ExperimentConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     task: str
@@ -78,6 +86,7 @@ class ExperimentConfig(Strict):
     )
     train: TrainSpec = TrainSpec()
     eval: EvalSpec = EvalSpec()
+    serve: ServeSpec = ServeSpec()
     output_dir: Path = Field(Path("runs"), description="experiments write to output_dir/name/")
 
     @field_validator("num_train_examples")

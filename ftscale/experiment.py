@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 from tqdm.auto import tqdm
 
@@ -26,24 +27,37 @@ def _check_variants(cfg: ExperimentConfig, task) -> None:
                           f"(it has {', '.join(task.prompt_variants)})")
 
 
-def evaluate_cell(cfg: ExperimentConfig, cell: Path, adapter: Path | None, task, pool, examples, log=print) -> dict:
-    from ftscale.eval.backends import Sampling, make_backend
+def sampling_of(cfg: ExperimentConfig):
+    from ftscale.eval.backends import Sampling
+
+    e = cfg.eval
+    return Sampling(temperature=e.temperature, top_p=e.top_p, max_new_tokens=e.max_new_tokens, seed=e.seed)
+
+
+def evaluate_cell(cfg: ExperimentConfig, cell: Path, make_backend: Callable, task, pool, examples,
+                  variants: list[str], label: str = "hf", log=print) -> dict:
+    """Evaluate the variants not yet scored in `cell`; the backend is only built if there is work."""
     from ftscale.eval.evaluate import evaluate
 
-    variants = cfg.eval.prompt_variants + (cfg.eval.baseline_variants if adapter is None else [])
-    todo = [v for v in dict.fromkeys(variants) if not (eval_dir(cell, v) / "scores.json").is_file()]
+    todo = [v for v in dict.fromkeys(variants) if not (eval_dir(cell, v, label) / "scores.json").is_file()]
     if not todo:
         return {}
-    backend = make_backend("hf", model=cfg.model, adapter=str(adapter) if adapter else None,
-                           batch_size=cfg.eval.batch_size, dtype=cfg.eval.precision)
-    e = cfg.eval
-    sampling = Sampling(temperature=e.temperature, top_p=e.top_p, max_new_tokens=e.max_new_tokens, seed=e.seed)
+    backend = make_backend()
     out = {}
     for variant in todo:
-        out[variant] = evaluate(task, examples, pool, backend, sampling, variant, eval_dir(cell, variant), e.few_shot_k)
+        out[variant] = evaluate(task, examples, pool, backend, sampling_of(cfg), variant,
+                                eval_dir(cell, variant, label), cfg.eval.few_shot_k)
         m = out[variant]["metrics"]
-        log(f"{cell.name} [{variant}]: " + ", ".join(f"{k}={v:.3f}" for k, v in m.items()))
+        log(f"{cell.name} [{label}, {variant}]: " + ", ".join(f"{k}={v:.3f}" for k, v in m.items())
+            + (f", {out[variant]['failed']} failed" if out[variant]["failed"] else ""))
     return out
+
+
+def hf_backend_factory(cfg: ExperimentConfig, adapter: Path | None) -> Callable:
+    from ftscale.eval.backends import make_backend
+
+    return lambda: make_backend("hf", model=cfg.model, adapter=str(adapter) if adapter else None,
+                                batch_size=cfg.eval.batch_size, dtype=cfg.eval.precision)
 
 
 def run_experiment(cfg: ExperimentConfig, log=print) -> Path:
@@ -78,7 +92,9 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> Path:
                     f"({metrics['train_tokens_per_s']:.0f} tokens/s), loss {metrics['train_loss']:.3f}")
         else:
             log(f"{cell.name}: training already done, reusing {cell / 'adapter' if n else 'the base model'}")
-        evaluate_cell(cfg, cell, cell / "adapter" if n > 0 else None, task, pool, examples, log)
+        variants = cfg.eval.prompt_variants + (cfg.eval.baseline_variants if n == 0 else [])
+        adapter = cell / "adapter" if n > 0 else None
+        evaluate_cell(cfg, cell, hf_backend_factory(cfg, adapter), task, pool, examples, variants, log=log)
     report = write_report(exp_dir, task)
     log(f"done in {time.perf_counter() - start:.0f} s: {report}")
     return report

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .errors import FtscaleError
+
 TRAIN_METRICS = "train_metrics.json"
 
 
@@ -36,3 +38,14 @@ def read_json(path: Path) -> dict | None:
 def trained(cell: Path) -> dict | None:
     """The training metrics of a finished training, else None."""
     return read_json(Path(cell) / TRAIN_METRICS)
+
+
+def adapter_dir(path: str | Path) -> Path:
+    """Accept a run directory or its adapter/ folder; return the folder with adapter_config.json."""
+    path = Path(path)
+    for candidate in (path, path / "adapter"):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate.resolve()
+    if not path.exists():
+        raise FtscaleError(f"adapter {path}: no such directory")
+    raise FtscaleError(f"adapter {path}: not a PEFT adapter (no adapter_config.json in it or in {path / 'adapter'})")

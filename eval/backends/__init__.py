@@ -10,4 +10,8 @@ def make_backend(kind: str, **kwargs) -> Backend:
         from .hf import HFBackend
 
         return HFBackend(**kwargs)
-    raise ValueError(f"unknown backend {kind!r}; available: hf")
+    if kind == "openai":
+        from .openai_compat import OpenAIBackend
+
+        return OpenAIBackend(**kwargs)
+    raise ValueError(f"unknown backend {kind!r}; available: hf, openai")

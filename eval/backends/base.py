@@ -12,6 +12,7 @@ class Sampling:
     top_p: float = 1.0
     max_new_tokens: int = 96
     seed: int = 0
+    ignore_eos: bool = False  # generate exactly max_new_tokens (latency at equal output length)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -76,6 +76,8 @@ class HFBackend:
             clock = _StepClock(len(idx), self.eos_ids)
             kwargs = dict(do_sample=False) if sampling.temperature == 0 else dict(
                 do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+            if sampling.ignore_eos:
+                kwargs["min_new_tokens"] = sampling.max_new_tokens
             t0 = time.perf_counter()
             out = self.net.generate(**batch, max_new_tokens=sampling.max_new_tokens,
                                     stopping_criteria=StoppingCriteriaList([clock]),

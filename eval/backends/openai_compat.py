@@ -1,0 +1,116 @@
+"""The `openai` backend: any OpenAI-compatible endpoint (a vLLM server, OpenAI, other providers).
+
+Requests are streamed so that time to first token and inter-token latencies are measured the
+way vLLM's serving benchmark measures them; `stream_options.include_usage` gives the token
+counts. Retries (429, 5xx, timeouts, dropped connections) back off exponentially, are bounded,
+and are logged; a request that still fails is returned with its error, never dropped.
+The API key comes from the environment (OPENAI_API_KEY) and is never written anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+
+import openai
+from tqdm.auto import tqdm
+
+from .base import Generation, Request, Sampling
+
+log = logging.getLogger(__name__)
+
+
+def _retryable(e: Exception) -> bool:
+    if isinstance(e, (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError)):
+        return True
+    return isinstance(e, openai.APIStatusError) and e.status_code >= 500
+
+
+class OpenAIBackend:
+    def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None, concurrency: int = 8,
+                 max_retries: int = 4, backoff_s: float = 1.0, timeout_s: float = 300.0, progress: bool = True,
+                 name: str = "openai"):
+        self.name = name  # "vllm" when the endpoint is a server that ftscale started
+        self.model = model
+        self.base_url = base_url
+        # A local server needs no key, but the client insists on one.
+        self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or ("EMPTY" if base_url else None)
+        if self._api_key is None:
+            from ftscale.errors import FtscaleError
+
+            raise FtscaleError("the openai backend needs OPENAI_API_KEY in the environment (or --base-url for a local server)")
+        self.concurrency = concurrency
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.timeout_s = timeout_s
+        self.progress = progress
+
+    def generate(self, requests: list[Request], sampling: Sampling) -> list[Generation]:
+        return asyncio.run(self._generate(requests, sampling))
+
+    async def _generate(self, requests: list[Request], sampling: Sampling) -> list[Generation]:
+        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=0, timeout=self.timeout_s)
+        gate = asyncio.Semaphore(self.concurrency)
+        bar = tqdm(total=len(requests), desc=f"generating ({self.model})", unit="req", disable=not self.progress)
+
+        async def one(req: Request) -> Generation:
+            async with gate:
+                gen = await self._with_retries(client, req, sampling)
+            bar.update(1)
+            return gen
+
+        try:
+            return list(await asyncio.gather(*(one(r) for r in requests)))
+        finally:
+            bar.close()
+            await client.close()
+
+    async def _with_retries(self, client, req: Request, sampling: Sampling) -> Generation:
+        for attempt in range(self.max_retries + 1):
+            try:
+                gen = await self._stream(client, req, sampling)
+                gen.extra["attempts"] = attempt + 1
+                return gen
+            except Exception as e:  # noqa: BLE001 - every failure is either retried or recorded
+                if not _retryable(e) or attempt == self.max_retries:
+                    return Generation(text="", input_tokens=0, output_tokens=0, ttft_s=None, latency_s=0.0,
+                                      finish_reason="error", error=f"{type(e).__name__}: {e}",
+                                      extra={"attempts": attempt + 1})
+                delay = self.backoff_s * 2**attempt * (0.5 + random.random())
+                log.warning("request %s failed (%s: %s); retry %d/%d in %.1f s", req.id, type(e).__name__, e,
+                            attempt + 1, self.max_retries, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _stream(self, client, req: Request, sampling: Sampling) -> Generation:
+        kwargs = dict(model=self.model, messages=req.messages, stream=True, stream_options={"include_usage": True},
+                      temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_new_tokens,
+                      seed=sampling.seed)
+        if sampling.ignore_eos:  # a vLLM extension of the API
+            kwargs["extra_body"] = {"ignore_eos": True}
+        start = time.perf_counter()
+        stream = await client.chat.completions.create(**kwargs)
+        pieces, arrivals, usage, finish = [], [], None, None
+        async for chunk in stream:
+            if chunk.choices:
+                choice = chunk.choices[0]
+                if choice.delta and choice.delta.content:
+                    pieces.append(choice.delta.content)
+                    arrivals.append(time.perf_counter())
+                finish = choice.finish_reason or finish
+            if chunk.usage is not None:
+                usage = chunk.usage
+        end = time.perf_counter()
+        return Generation(
+            text="".join(pieces),
+            input_tokens=usage.prompt_tokens if usage else 0,
+            output_tokens=usage.completion_tokens if usage else len(pieces),
+            ttft_s=arrivals[0] - start if arrivals else None,
+            latency_s=end - start,
+            finish_reason=finish or "stop",
+            # gaps between streamed chunks: vLLM's ITL (a chunk may carry several tokens)
+            extra={"itl_s": [b - a for a, b in zip(arrivals, arrivals[1:])]},
+        )

@@ -1,0 +1,144 @@
+"""Latency benchmark of base, LoRA and merged models on vLLM, with vLLM's definitions.
+
+Per request, as in vLLM's serving benchmark (benchmarks/serve.py):
+  TTFT  time from sending the request to the first streamed token;
+  E2E   time from sending the request to the last token;
+  TPOT  (E2E - TTFT) / (output tokens - 1), for requests with more than one output token;
+  ITL   the gaps between consecutive streamed chunks, pooled over all requests.
+Throughput: completed requests and output tokens per second of the level's wall time.
+
+Systems compared (the study's setup): the base model with the long prompt (format instructions
+and few-shot examples), the base with the short prompt, the LoRA adapter with the short prompt,
+and the adapter merged into the base with the short prompt.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from pathlib import Path
+
+from ftscale.atomic import write_json, write_text
+from ftscale.chatdata import read_jsonl
+from ftscale.rundir import adapter_dir
+
+PERCENTILES = (50, 90, 99)
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Linear interpolation between closest ranks, as numpy.percentile's default."""
+    xs = sorted(values)
+    k = (len(xs) - 1) * p / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def stats(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    return {"mean": statistics.fmean(values), **{f"p{p}": percentile(values, p) for p in PERCENTILES}}
+
+
+def summarize(generations, wall_s: float) -> dict:
+    ok = [g for g in generations if g.error is None]
+    tpot = [(g.latency_s - g.ttft_s) / (g.output_tokens - 1) for g in ok if g.output_tokens > 1 and g.ttft_s is not None]
+    return {
+        "requests": len(generations), "failed": len(generations) - len(ok), "wall_s": wall_s,
+        "ttft_s": stats([g.ttft_s for g in ok if g.ttft_s is not None]), "tpot_s": tpot and stats(tpot),
+        "itl_s": stats([x for g in ok for x in g.extra.get("itl_s", [])]),
+        "e2e_s": stats([g.latency_s for g in ok]), "output_tokens": stats([g.output_tokens for g in ok]),
+        "input_tokens": stats([g.input_tokens for g in ok]),
+        "requests_per_s": len(ok) / wall_s, "output_tokens_per_s": sum(g.output_tokens for g in ok) / wall_s,
+    }
+
+
+def measure(base_url: str, model: str, requests, sampling, concurrency: int) -> dict:
+    from ftscale.eval.backends import make_backend
+
+    backend = make_backend("openai", name="vllm", model=model, base_url=base_url, concurrency=concurrency, progress=False)
+    backend.generate(requests[:concurrency], sampling)  # warm-up: first-request costs are not latency
+    start = time.perf_counter()
+    generations = backend.generate(requests, sampling)
+    return summarize(generations, time.perf_counter() - start)
+
+
+def speedup(base: dict, ft: dict) -> dict:
+    """E2E speed-up of the fine-tuned model and how much of it comes from shorter outputs.
+
+    E2E ~ TTFT + TPOT x (tokens - 1): the log of the speed-up splits into the log-ratio of output
+    tokens (shorter answers) and the rest (faster prompt processing and decoding per token).
+    """
+    e2e = base["e2e_s"]["p50"] / ft["e2e_s"]["p50"]
+    tokens = base["output_tokens"]["mean"] / ft["output_tokens"]["mean"]
+    share = math.log(tokens) / math.log(e2e) if e2e > 0 and abs(math.log(e2e)) > 1e-9 else None
+    return {"e2e_p50_speedup": e2e, "output_tokens_ratio": tokens, "share_from_shorter_outputs": share,
+            "ttft_p50_ratio": base["ttft_s"]["p50"] / ft["ttft_s"]["p50"],
+            "tpot_p50_ratio": base["tpot_s"]["p50"] / ft["tpot_s"]["p50"] if base["tpot_s"] and ft["tpot_s"] else None}
+
+
+def _row(system: str, level: int, r: dict) -> str:
+    f = lambda d, k="p50": f"{d[k] * 1000:.0f}" if d else "–"  # noqa: E731
+    return (f"| {system} | {level} | {r['requests'] - r['failed']}/{r['requests']} | {f(r['ttft_s'])} | {f(r['ttft_s'], 'p90')} | "
+            f"{f(r['tpot_s'])} | {f(r['itl_s'])} | {f(r['e2e_s'])} | {f(r['e2e_s'], 'p90')} | {f(r['e2e_s'], 'p99')} | "
+            f"{r['output_tokens']['mean']:.1f} | {r['requests_per_s']:.2f} | {r['output_tokens_per_s']:.1f} |")
+
+
+def run_latency_benchmark(cfg, adapter: str | Path, levels: list[int], num_prompts: int, out_dir: Path | None = None) -> Path:
+    from ftscale.eval.backends import Request
+    from ftscale.eval.tasks import get_task
+    from ftscale.experiment import sampling_of
+    from ftscale.serve.server import server_for
+    from ftscale.train.merge import merge
+
+    adapter = adapter_dir(adapter)
+    out_dir = Path(out_dir or adapter.parent / "latency")
+    task = get_task(cfg.task)
+    pool = read_jsonl(cfg.data.train, "train")
+    examples = read_jsonl(cfg.data.eval, "eval")[:num_prompts]
+    sampling = sampling_of(cfg)
+
+    def prompts(variant):
+        return [Request(e["id"], task.build_messages(e, variant, pool, cfg.eval.few_shot_k, sampling.seed)) for e in examples]
+
+    long_variant = "few_shot" if "few_shot" in task.prompt_variants else "default"
+    results: dict[str, dict[int, dict]] = {}
+    with server_for(cfg, {"ft": adapter}, out_dir / "vllm-base-lora.log") as server:
+        for system, model, variant in (("base, long prompt", server.served_name, long_variant),
+                                       ("base, short prompt", server.served_name, "default"),
+                                       ("LoRA, short prompt", "ft", "default")):
+            results[system] = {c: measure(server.base_url, model, prompts(variant), sampling, c) for c in levels}
+        # equal output length (ignore_eos): per-token cost of the adapter itself
+        fixed = type(sampling)(**(sampling.as_dict() | {"ignore_eos": True, "max_new_tokens": 32}))
+        equal = {"LoRA": measure(server.base_url, "ft", prompts("default"), fixed, 1)}
+    merged_dir = adapter.parent / "merged"
+    if not merged_dir.is_dir():
+        merge(adapter, merged_dir)
+    with server_for(cfg, None, out_dir / "vllm-merged.log", model=str(merged_dir)) as server:
+        results["merged, short prompt"] = {c: measure(server.base_url, server.served_name, prompts("default"), sampling, c)
+                                           for c in levels}
+        equal["merged"] = measure(server.base_url, server.served_name, prompts("default"), fixed, 1)
+
+    speedups = {c: {"LoRA": speedup(results["base, long prompt"][c], results["LoRA, short prompt"][c]),
+                    "merged": speedup(results["base, long prompt"][c], results["merged, short prompt"][c])}
+                for c in levels}
+    lora_vs_merged = equal["LoRA"]["e2e_s"]["p50"] / equal["merged"]["e2e_s"]["p50"]
+    write_json(out_dir / "latency.json", {"adapter": str(adapter), "num_prompts": num_prompts, "levels": levels,
+                                          "sampling": sampling.as_dict(), "results": results, "speedups": speedups,
+                                          "equal_length_c1": equal, "lora_over_merged_e2e_p50_equal_length": lora_vs_merged})
+    lines = [f"# Latency: {cfg.model} base vs LoRA vs merged ({num_prompts} prompts per level)", "",
+             "Times in ms; TTFT, TPOT, ITL and E2E as vLLM's serving benchmark defines them.", "",
+             "| system | concurrency | ok | TTFT p50 | TTFT p90 | TPOT p50 | ITL p50 | E2E p50 | E2E p90 | E2E p99 | "
+             "mean output tokens | req/s | output tok/s |", "|" + "---|" * 13]
+    lines += [_row(s, c, results[s][c]) for s in results for c in levels]
+    lines += ["", "| concurrency | fine-tuned | E2E p50 speed-up over base (long prompt) | output-token ratio | "
+              "share from shorter outputs | TTFT ratio | TPOT ratio |", "|---|---|---|---|---|---|---|"]
+    for c in levels:
+        for name, s in speedups[c].items():
+            share = f"{s['share_from_shorter_outputs']:.0%}" if s["share_from_shorter_outputs"] is not None else "–"
+            tpot = f"{s['tpot_p50_ratio']:.2f}" if s["tpot_p50_ratio"] else "–"
+            lines.append(f"| {c} | {name} | {s['e2e_p50_speedup']:.2f}x | {s['output_tokens_ratio']:.2f} | {share} | "
+                         f"{s['ttft_p50_ratio']:.2f} | {tpot} |")
+    lines += ["", f"At equal output length (32 tokens, ignore_eos, concurrency 1) the LoRA adapter's E2E p50 is "
+              f"{lora_vs_merged:.2f}x the merged model's.", ""]
+    return write_text(out_dir / "latency.md", "\n".join(lines))

