@@ -143,6 +143,16 @@ def _bench(args) -> None:
 
         levels = [int(c) for c in args.concurrency.split(",")]
         print(run_latency_benchmark(cfg, args.adapter, levels, args.num_prompts, out))
+    elif args.action == "crosscheck":
+        from ftscale.models import resolve
+        from ftscale.serve.crosscheck import crosscheck
+        from ftscale.serve.server import server_for
+
+        out = out or cfg.experiment_dir / "crosscheck"
+        with server_for(cfg, None, out / "vllm-server.log") as server:
+            result = crosscheck(cfg, server.base_url, server.served_name, resolve(cfg.model), out,
+                                args.num_prompts, args.concurrency, args.output_len)
+        print(json.dumps(result["metrics"], indent=2))
     else:
         from ftscale.serve.throughput import run_throughput_benchmark
 
@@ -240,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--num-prompts", type=int, default=32, help="eval prompts sent at each level")
     bl.add_argument("--output-dir", help="default: <adapter run>/latency")
     bl.set_defaults(fn=_bench)
+    bc = bsub.add_parser("crosscheck", help="our latency numbers vs vLLM's serving benchmark on one server",
+                         epilog="Any config key can be overridden: --section.key value")
+    bc.add_argument("--config", type=Path, required=True)
+    bc.add_argument("--concurrency", type=int, default=1)
+    bc.add_argument("--num-prompts", type=int, default=32)
+    bc.add_argument("--output-len", type=int, default=32, help="tokens per answer (ignore_eos on both sides)")
+    bc.add_argument("--output-dir", help="default: <experiment dir>/crosscheck")
+    bc.set_defaults(fn=_bench)
     bt = bsub.add_parser("throughput", help="eval set through vLLM with concurrency vs hf one request at a time",
                          epilog="Any config key can be overridden: --section.key value")
     bt.add_argument("--config", type=Path, required=True)

@@ -93,6 +93,19 @@ def test_cli_eval_through_an_openai_compatible_endpoint(server, tmp_path):
     assert scores["n"] == 6 and scores["failed"] == 0 and scores["backend"] == "openai" and scores["model"] == "ft"
 
 
+def test_latency_agrees_with_vllms_own_benchmark(server, cfg, tmp_path):
+    """Same server, prompts, output length and concurrency: medians within 15% of `vllm bench serve`."""
+    from ftscale.models import resolve
+    from ftscale.serve.crosscheck import crosscheck
+
+    result = crosscheck(cfg, server.base_url, server.served_name, resolve(cfg.model), tmp_path,
+                        num_prompts=12, concurrency=1, output_len=24)
+    assert result["completed"] == {"ftscale": 12, "vllm": 12}
+    for key in ("ttft_p50_ms", "e2e_p50_ms"):
+        m = result["metrics"][key]
+        assert m["relative_difference"] <= 0.15, (key, m)
+
+
 def test_failed_requests_are_recorded_not_dropped(server, tmp_path):
     backend = make_backend("openai", model="no-such-adapter", base_url=server.base_url, progress=False)
     gens = backend.generate([Request("a", [{"role": "user", "content": "hi"}])], Sampling(max_new_tokens=4))

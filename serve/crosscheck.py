@@ -1,0 +1,54 @@
+"""Measure one server with our latency code and with vLLM's serving benchmark, on the same
+prompts, output lengths and concurrency, and compare the medians."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from ftscale.atomic import write_json, write_jsonl
+from ftscale.chatdata import read_jsonl
+
+from .latency import measure
+
+
+def crosscheck(cfg, base_url: str, model: str, tokenizer: str, out_dir: Path, num_prompts: int = 32,
+               concurrency: int = 1, output_len: int = 32) -> dict:
+    from ftscale.eval.backends import Request, Sampling
+
+    out_dir = Path(out_dir)
+    questions = [next(m["content"] for m in e["messages"] if m["role"] == "user")
+                 for e in read_jsonl(cfg.data.eval, "eval")[:num_prompts]]
+    prompts = out_dir / "crosscheck-prompts.jsonl"
+    write_jsonl(prompts, [{"prompt": q} for q in questions])
+    # vLLM's custom dataset sends each prompt as the one user message; so do we. ignore_eos fixes
+    # the output length on both sides, so the two measure the very same work.
+    sampling = Sampling(temperature=0.0, max_new_tokens=output_len, ignore_eos=True)
+    ours = measure(base_url, model, [Request(str(i), [{"role": "user", "content": q}]) for i, q in enumerate(questions)],
+                   sampling, concurrency)
+    cmd = [sys.executable, "-m", "ftscale.serve.vllm_bench", "--backend", "openai-chat",
+           "--endpoint", "/v1/chat/completions", "--base-url", base_url.removesuffix("/v1"), "--model", model,
+           "--tokenizer", tokenizer, "--dataset-name", "custom", "--dataset-path", str(prompts),
+           "--custom-output-len", str(output_len), "--skip-chat-template", "--disable-shuffle",
+           "--num-prompts", str(num_prompts), "--max-concurrency", str(concurrency), "--num-warmups", str(concurrency),
+           "--ignore-eos", "--temperature", "0", "--percentile-metrics", "ttft,tpot,itl,e2el",
+           "--metric-percentiles", "50,90,99", "--save-result", "--result-dir", str(out_dir),
+           "--result-filename", "vllm-bench-serve.json", "--disable-tqdm"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"vllm bench serve failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    theirs = json.loads((out_dir / "vllm-bench-serve.json").read_text())
+    pairs = {
+        "ttft_p50_ms": (ours["ttft_s"]["p50"] * 1000, theirs["median_ttft_ms"]),
+        "e2e_p50_ms": (ours["e2e_s"]["p50"] * 1000, theirs["median_e2el_ms"]),
+        "tpot_p50_ms": (ours["tpot_s"]["p50"] * 1000, theirs["median_tpot_ms"]),
+        "itl_p50_ms": (ours["itl_s"]["p50"] * 1000, theirs["median_itl_ms"]),
+    }
+    result = {"num_prompts": num_prompts, "concurrency": concurrency, "output_len": output_len,
+              "command": " ".join(cmd),
+              "metrics": {k: {"ftscale": a, "vllm": b, "relative_difference": abs(a - b) / b} for k, (a, b) in pairs.items()},
+              "completed": {"ftscale": ours["requests"] - ours["failed"], "vllm": theirs["completed"]}}
+    write_json(out_dir / "crosscheck.json", result)
+    return result
