@@ -28,7 +28,7 @@ def collect(exp_dir: Path) -> list[dict]:
                 "train_wall_time_s": train.get("wall_time_s"), "train_tokens_per_s": train.get("train_tokens_per_s"),
                 "generations": str(scores_path.parent / "generations.jsonl"),
             })
-    rows.sort(key=lambda r: (r["prompt_variant"], r["num_train_examples"], r["seed"]))
+    rows.sort(key=lambda r: (r["backend"], r["prompt_variant"], r["num_train_examples"], r["seed"]))
     return rows
 
 
@@ -49,12 +49,13 @@ def plot(rows: list[dict], task: Task, path: Path) -> None:
     sizes = sorted({r["num_train_examples"] for r in rows})
     positive = [s for s in sizes if s > 0]
     for ax, metric in zip(axes[0], metrics):
-        for variant in sorted({r["prompt_variant"] for r in rows}):
-            pts = sorted((r["num_train_examples"], r[metric]) for r in rows if r["prompt_variant"] == variant)
+        for backend, variant in sorted({(r["backend"], r["prompt_variant"]) for r in rows}):
+            pts = sorted((r["num_train_examples"], r[metric]) for r in rows
+                         if (r["backend"], r["prompt_variant"]) == (backend, variant))
             if {p[0] for p in pts} == {0}:  # a base-only baseline: a reference line, not a curve
-                ax.axhline(pts[0][1], linestyle="--", color="grey", label=f"base, {variant} prompt")
+                ax.axhline(pts[0][1], linestyle="--", color="grey", label=f"base, {variant} prompt ({backend})")
             else:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"prompt: {variant}")
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{backend}, prompt: {variant}")
         # symlog keeps n=0 (the untrained base) on a log-like axis of training sizes
         ax.set_xscale("symlog", linthresh=min(positive) if positive else 1)
         ax.set_xticks(sizes, [str(s) for s in sizes])
@@ -70,18 +71,21 @@ def plot(rows: list[dict], task: Task, path: Path) -> None:
     plt.close(fig)
 
 
-def markdown(rows: list[dict], task: Task, title: str) -> str:
+def markdown(rows: list[dict], task: Task, title: str, exp_dir: Path) -> str:
     names = [m.name for m in task.metrics]
-    head = ["train examples", "seed", "prompt"] + names + ["failed", "median latency (s)", "mean output tokens",
+    head = ["train examples", "seed", "backend", "prompt"] + names + ["failed", "median latency (s)", "mean output tokens",
                                                            "train time (s)", "train tokens/s"]
     lines = [f"# {title}", "", f"Task `{task.name}`; each score is the mean over the eval examples "
              "(higher is better). `train examples = 0` is the untrained base model.", "",
              "![scaling](scaling.png)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["num_train_examples"], r["seed"], r["prompt_variant"], *(r[n] for n in names), r["failed"],
+        cells = [r["num_train_examples"], r["seed"], r["backend"], r["prompt_variant"], *(r[n] for n in names), r["failed"],
                  r["median_latency_s"], r["mean_output_tokens"], r["train_wall_time_s"], r["train_tokens_per_s"]]
         lines.append("| " + " | ".join(_fmt(c, 1 if i >= len(cells) - 2 else 3) for i, c in enumerate(cells)) + " |")
+    for latency in sorted(exp_dir.glob("*/latency/latency.md")):
+        body = latency.read_text().split("\n", 1)[1]  # drop its title; it becomes a section here
+        lines += ["", f"## Latency of `{latency.parent.parent.name}` ([latency.json]({latency.parent.parent.name}/latency/latency.json))", body.rstrip()]
     lines += ["", "Metrics: " + "; ".join(f"`{m.name}`: {m.description}" for m in task.metrics) + ".",
               "", "Every number is recomputable from the `generations.jsonl` and `train_metrics.json` files of "
               "the run directories listed in `results.json`.", ""]
@@ -95,4 +99,4 @@ def write_report(exp_dir: Path, task: Task) -> Path:
         raise FileNotFoundError(f"{exp_dir}: no evaluated cells to report")
     plot(rows, task, exp_dir / "scaling.png")
     write_json(exp_dir / "results.json", rows)
-    return write_text(exp_dir / "summary.md", markdown(rows, task, f"{exp_dir.name}: scaling summary"))
+    return write_text(exp_dir / "summary.md", markdown(rows, task, f"{exp_dir.name}: scaling summary", exp_dir))

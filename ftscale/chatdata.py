@@ -36,6 +36,22 @@ def _check_messages(messages, where: str, need_assistant_last: bool) -> None:
         raise DataError(f"{where}: an eval example must end before the assistant's answer")
 
 
+def parse_line(line: str, where: str, kind: str) -> dict:
+    """Parse and validate one line of a `train` or `eval` file; raise DataError naming `where`."""
+    if not line.strip():
+        raise DataError(f"{where}: empty line")
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(rec, dict) or "messages" not in rec:
+        raise DataError(f"{where}: expected an object with a 'messages' list")
+    _check_messages(rec["messages"], where, need_assistant_last=(kind == "train"))
+    if kind == "eval" and ("id" not in rec or "reference" not in rec):
+        raise DataError(f"{where}: an eval example needs an 'id' and a 'reference'")
+    return rec
+
+
 def read_jsonl(path: str | Path, kind: str) -> list[dict]:
     """Read and validate a `train` or `eval` JSONL file; raise DataError at the first bad line."""
     path = Path(path)
@@ -46,21 +62,10 @@ def read_jsonl(path: str | Path, kind: str) -> list[dict]:
     records, ids = [], set()
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
-            where = f"{path}:{lineno}"
-            if not line.strip():
-                raise DataError(f"{where}: empty line")
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(rec, dict) or "messages" not in rec:
-                raise DataError(f"{where}: expected an object with a 'messages' list")
-            _check_messages(rec["messages"], where, need_assistant_last=(kind == "train"))
+            rec = parse_line(line, f"{path}:{lineno}", kind)
             if kind == "eval":
-                if "id" not in rec or "reference" not in rec:
-                    raise DataError(f"{where}: an eval example needs an 'id' and a 'reference'")
                 if rec["id"] in ids:
-                    raise DataError(f"{where}: duplicate id {rec['id']!r}")
+                    raise DataError(f"{path}:{lineno}: duplicate id {rec['id']!r}")
                 ids.add(rec["id"])
             records.append(rec)
     if not records:

@@ -25,7 +25,7 @@ def _models(args) -> None:
         models.prepare(name, force=args.force)
 
 
-def _data(args) -> None:
+def _data(args) -> int | None:
     if args.action == "generate":
         if args.task != "formatting":
             raise FtscaleError(f"data generate: no generator for task {args.task!r} (available: formatting)")
@@ -35,11 +35,18 @@ def _data(args) -> None:
         print(f"wrote {res['n_train']} training examples to {res['train']} and {res['n_eval']} eval examples to {res['eval']}")
     else:
         from .chatdata import read_jsonl
+        from .datacheck import check_file
 
+        failed = False
         for f in args.files:
             kind = args.kind or ("eval" if "eval" in Path(f).name else "train")
-            recs = read_jsonl(f, kind)
-            print(f"{f}: ok, {len(recs)} {kind} examples")
+            if kind == "eval":  # eval sets never go to the endpoint: the structure is what matters
+                print(f"{f}: ok, {len(read_jsonl(f, 'eval'))} eval examples")
+                continue
+            report = check_file(f, model=args.model, epochs=args.epochs)
+            print(report.format())
+            failed |= not report.ok
+        return 1 if failed else 0
 
 
 def _load(args):
@@ -60,7 +67,7 @@ def _eval(args) -> None:
 
     from .chatdata import read_jsonl
     from .experiment import evaluate_cell, hf_backend_factory
-    from .rundir import adapter_dir
+    from .rundir import adapter_dir, cell_dir
 
     cfg = _load(args)
     task = get_task(cfg.task)
@@ -68,8 +75,12 @@ def _eval(args) -> None:
     if adapter and args.backend == "openai":
         raise FtscaleError("--adapter works with the hf and vllm backends; on an OpenAI-compatible endpoint "
                            "name the fine-tuned model with --model")
-    what = adapter.parent.name if adapter else (args.model or "base").replace("/", "_").replace(":", "_")
-    out = Path(args.output_dir) if args.output_dir else cfg.experiment_dir / f"eval-{args.backend}-{what}"
+    if args.output_dir:
+        out = Path(args.output_dir)
+    elif args.backend == "openai":
+        out = cfg.experiment_dir / ("openai-" + (args.model or cfg.model).replace("/", "_").replace(":", "_"))
+    else:  # next to the hf results of the same cell, so the report shows both backends side by side
+        out = adapter.parent if adapter else cell_dir(cfg.experiment_dir, 0, cfg.train.seed)
     variants = args.variant or cfg.eval.prompt_variants
     pool, examples = read_jsonl(cfg.data.train, "train"), read_jsonl(cfg.data.eval, "eval")[: cfg.eval.limit]
     concurrency = args.concurrency or cfg.serve.concurrency
@@ -82,11 +93,23 @@ def _eval(args) -> None:
     else:
         from ftscale.serve.server import server_for
 
-        with server_for(cfg, {"ft": adapter} if adapter else None, out / "vllm-server.log") as server:
-            name = "ft" if adapter else server.served_name
-            factory = lambda: make_backend("openai", name="vllm", model=name, base_url=server.base_url,  # noqa: E731
+        if args.merged and not adapter:
+            raise FtscaleError("--merged needs --adapter: it serves that adapter merged into its base")
+        if args.merged:
+            from ftscale.train.merge import merge
+
+            merged = adapter.parent / "merged"
+            if not merged.is_dir():
+                merge(adapter, merged)
+            server_cm = server_for(cfg, None, out / "vllm-server.log", model=str(merged))
+        else:
+            server_cm = server_for(cfg, {"ft": adapter} if adapter else None, out / "vllm-server.log")
+        label = "vllm-merged" if args.merged else "vllm"
+        with server_cm as server:
+            name = "ft" if adapter and not args.merged else server.served_name
+            factory = lambda: make_backend("openai", name=label, model=name, base_url=server.base_url,  # noqa: E731
                                            concurrency=concurrency)
-            evaluate_cell(cfg, out, factory, task, pool, examples, variants, label="vllm")
+            evaluate_cell(cfg, out, factory, task, pool, examples, variants, label=label)
     print(f"results in {out}")
 
 
@@ -175,6 +198,10 @@ def _report(args) -> None:
 
 
 def _train(args) -> int:
+    if args.backend == "openai":
+        from ftscale.train import openai_ft
+
+        return openai_ft.main(["--config", str(args.config), *(["--yes"] if args.yes else []), *args.overrides])
     from ftscale.train import sft
 
     return sft.main(["--config", str(args.config), *args.overrides])
@@ -201,27 +228,33 @@ def build_parser() -> argparse.ArgumentParser:
     c = dsub.add_parser("check", help="validate chat JSONL files (errors as file:line: reason)")
     c.add_argument("files", nargs="+")
     c.add_argument("--kind", choices=["train", "eval"], help="default: eval if the name says so, else train")
+    c.add_argument("--model", default="gpt-4.1-mini-2025-04-14", help="OpenAI model whose limits and tokenizer apply")
+    c.add_argument("--epochs", type=int, default=3, help="for the billed-token estimate")
     d.set_defaults(fn=_data)
 
-    for name, fn, helptext in (("run", _run, "train every size of an experiment, evaluate, write the summary"),
-                               ("train", _train, "train one adapter (same as train/sft.py)"),
-                               ("eval", _eval, "evaluate the base model or an adapter")):
-        s = sub.add_parser(name, help=helptext, epilog="Any config key can be overridden: --section.key value")
-        if name == "run":
-            s.add_argument("config", type=Path)
-        else:
-            s.add_argument("--config", type=Path, required=True)
-        if name == "eval":
-            s.add_argument("--backend", choices=["hf", "openai", "vllm"], default="hf",
-                           help="hf: in-process transformers; vllm: start a vLLM server for it; "
-                                "openai: an OpenAI-compatible endpoint (OpenAI itself, or --base-url)")
-            s.add_argument("--adapter", help="a run (or its adapter/ directory); default: the base model")
-            s.add_argument("--model", help="openai backend: the model name the endpoint knows (default: config's)")
-            s.add_argument("--base-url", help="openai backend: endpoint URL (default: OpenAI's)")
-            s.add_argument("--concurrency", type=int, help="openai/vllm: requests in flight (default: serve.concurrency)")
-            s.add_argument("--variant", action="append", help="prompt variant(s) (default: eval.prompt_variants)")
-            s.add_argument("--output-dir", help="where generations.jsonl and scores.json go")
+    def with_config(parent, name, fn, helptext, positional=False):
+        """A subcommand that takes an experiment config plus --section.key overrides."""
+        s = parent.add_parser(name, help=helptext, epilog="Any config key can be overridden: --section.key value")
+        s.add_argument(*(["config"] if positional else ["--config"]), type=Path, **({} if positional else {"required": True}))
         s.set_defaults(fn=fn)
+        return s
+
+    with_config(sub, "run", _run, "train every size of an experiment, evaluate, write the summary", positional=True)
+    t = with_config(sub, "train", _train, "train one adapter (train/sft.py) or launch an OpenAI job (train/openai_ft.py)")
+    t.add_argument("--backend", choices=["local", "openai"], default="local")
+    t.add_argument("--yes", action="store_true", help="openai: start the job without asking")
+    s = with_config(sub, "eval", _eval, "evaluate the base model or an adapter")
+    s.add_argument("--backend", choices=["hf", "openai", "vllm"], default="hf",
+                   help="hf: in-process transformers; vllm: start a vLLM server for it; "
+                        "openai: an OpenAI-compatible endpoint (OpenAI itself, or --base-url)")
+    s.add_argument("--adapter", help="a run (or its adapter/ directory); default: the base model")
+    s.add_argument("--model", help="openai backend: the model name the endpoint knows (default: config's)")
+    s.add_argument("--base-url", help="openai backend: endpoint URL (default: OpenAI's)")
+    s.add_argument("--concurrency", type=int, help="openai/vllm: requests in flight (default: serve.concurrency)")
+    s.add_argument("--merged", action="store_true",
+                   help="vllm: serve the adapter merged into its base (vLLM's LoRA path is slow on a CPU)")
+    s.add_argument("--variant", action="append", help="prompt variant(s) (default: eval.prompt_variants)")
+    s.add_argument("--output-dir", help="where generations.jsonl and scores.json go")
 
     v = sub.add_parser("serve", help="start a vLLM OpenAI-compatible server for a model and its adapters")
     v.add_argument("--model", required=True, help="hub id, local directory or configs/models name")
@@ -242,30 +275,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="action", required=True)
-    bl = bsub.add_parser("latency", help="TTFT/TPOT/ITL/E2E of base, LoRA and merged models on vLLM",
-                         epilog="Any config key can be overridden: --section.key value")
-    bl.add_argument("--config", type=Path, required=True)
+    bl = with_config(bsub, "latency", _bench, "TTFT/TPOT/ITL/E2E of base, LoRA and merged models on vLLM")
     bl.add_argument("--adapter", required=True, help="the fine-tuned run (or its adapter/ folder)")
     bl.add_argument("--concurrency", default="1,4,16", help="comma-separated levels")
     bl.add_argument("--num-prompts", type=int, default=32, help="eval prompts sent at each level")
     bl.add_argument("--output-dir", help="default: <adapter run>/latency")
-    bl.set_defaults(fn=_bench)
-    bc = bsub.add_parser("crosscheck", help="our latency numbers vs vLLM's serving benchmark on one server",
-                         epilog="Any config key can be overridden: --section.key value")
-    bc.add_argument("--config", type=Path, required=True)
+    bc = with_config(bsub, "crosscheck", _bench, "our latency numbers vs vLLM's serving benchmark on one server")
     bc.add_argument("--concurrency", type=int, default=1)
     bc.add_argument("--num-prompts", type=int, default=32)
     bc.add_argument("--output-len", type=int, default=32, help="tokens per answer (ignore_eos on both sides)")
     bc.add_argument("--output-dir", help="default: <experiment dir>/crosscheck")
-    bc.set_defaults(fn=_bench)
-    bt = bsub.add_parser("throughput", help="eval set through vLLM with concurrency vs hf one request at a time",
-                         epilog="Any config key can be overridden: --section.key value")
-    bt.add_argument("--config", type=Path, required=True)
+    bt = with_config(bsub, "throughput", _bench, "eval set through vLLM with concurrency vs hf one request at a time")
     bt.add_argument("--adapter", help="a fine-tuned run (default: the base model)")
     bt.add_argument("--concurrency", type=int, default=16)
     bt.add_argument("--num-prompts", type=int, default=200)
     bt.add_argument("--output-dir", help="default: <experiment dir>/throughput")
-    bt.set_defaults(fn=_bench)
 
     r = sub.add_parser("report", help="write summary.md and scaling.png for an experiment directory")
     r.add_argument("experiment_dir")

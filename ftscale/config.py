@@ -76,6 +76,18 @@ class ServeSpec(Strict):
     startup_timeout_s: float = Field(600, gt=0, description="give up if /health is not OK by then")
 
 
+class OpenAISpec(Strict):
+    """An OpenAI (or OpenAI-compatible provider's) fine-tuning job on the same nested subset."""
+
+    model: str = Field("gpt-4.1-mini-2025-04-14", description="the model to fine-tune")
+    base_url: str | None = Field(None, description="another OpenAI-compatible provider; default: OpenAI")
+    epochs: int | Literal["auto"] = "auto"
+    batch_size: int | Literal["auto"] = "auto"
+    learning_rate_multiplier: float | Literal["auto"] = "auto"
+    suffix: str | None = Field(None, max_length=64, description="part of the ft: model name")
+    poll_interval_s: float = Field(30.0, gt=0)
+
+
 class ExperimentConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     task: str
@@ -87,6 +99,7 @@ class ExperimentConfig(Strict):
     train: TrainSpec = TrainSpec()
     eval: EvalSpec = EvalSpec()
     serve: ServeSpec = ServeSpec()
+    openai: OpenAISpec = OpenAISpec()
     output_dir: Path = Field(Path("runs"), description="experiments write to output_dir/name/")
 
     @field_validator("num_train_examples")
@@ -110,6 +123,13 @@ class ExperimentConfig(Strict):
         n = self.num_train_examples
         return sorted(set(n)) if isinstance(n, list) else [n]
 
+    def single_size(self) -> int:
+        """The one training size of a single-cell command (sft.py, openai_ft.py)."""
+        if len(self.sizes) != 1:
+            raise ConfigError(f"num_train_examples lists {self.sizes}; this trains one size: pass "
+                              f"--num_train_examples N (or use `ftscale run` for all of them)")
+        return self.sizes[0]
+
     @property
     def experiment_dir(self) -> Path:
         return self.output_dir / self.name
@@ -131,10 +151,31 @@ def apply_overrides(data: dict, overrides: dict[str, str]) -> dict:
     return data
 
 
+def _field_names(model=None) -> set[str]:
+    names = set()
+    for name, field in (model or ExperimentConfig).model_fields.items():
+        names.add(name)
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            names |= _field_names(field.annotation)
+    return names
+
+
+def _key_path(err: dict) -> tuple:
+    """The config keys of an error's location, without the union members pydantic adds ('list[int]')."""
+    if err["type"] == "extra_forbidden":
+        return tuple(err["loc"])  # the last part is the user's unknown key
+    names, out = _field_names(), []
+    for part in err["loc"]:
+        if isinstance(part, str) and part not in names:
+            break
+        out.append(part)
+    return tuple(out)
+
+
 def _format_errors(path: Path, lines: dict, err: ValidationError, overridden: set[str]) -> str:
     out = []
     for e in err.errors():
-        loc = tuple(x for x in e["loc"] if not isinstance(x, str) or "[" not in x)
+        loc = _key_path(e)
         key = ".".join(str(x) for x in loc) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
@@ -147,7 +188,8 @@ def _format_errors(path: Path, lines: dict, err: ValidationError, overridden: se
         if source is None:
             line = line_of(lines, loc)
             source = f"{path}:{line}" if line else str(path)
-        detail = f" (got {e['input']!r})" if e["type"] not in ("missing", "extra_forbidden") and "input" in e and not isinstance(e["input"], dict) else ""
+        shown = e["type"] not in ("missing", "extra_forbidden") and not isinstance(e.get("input"), (dict, type(None)))
+        detail = f" (got {e['input']!r})" if shown else ""
         out.append(f"{source}: {key}: {msg}{detail}")
     return "\n".join(out)
 

@@ -14,6 +14,7 @@ and the adapter merged into the base with the short prompt.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import time
@@ -102,21 +103,27 @@ def run_latency_benchmark(cfg, adapter: str | Path, levels: list[int], num_promp
         return [Request(e["id"], task.build_messages(e, variant, pool, cfg.eval.few_shot_k, sampling.seed)) for e in examples]
 
     long_variant = "few_shot" if "few_shot" in task.prompt_variants else "default"
+    fixed = dataclasses.replace(sampling, ignore_eos=True, max_new_tokens=32)  # equal output length
     results: dict[str, dict[int, dict]] = {}
-    with server_for(cfg, {"ft": adapter}, out_dir / "vllm-base-lora.log") as server:
-        for system, model, variant in (("base, long prompt", server.served_name, long_variant),
-                                       ("base, short prompt", server.served_name, "default"),
-                                       ("LoRA, short prompt", "ft", "default")):
-            results[system] = {c: measure(server.base_url, model, prompts(variant), sampling, c) for c in levels}
-        # equal output length (ignore_eos): per-token cost of the adapter itself
-        fixed = type(sampling)(**(sampling.as_dict() | {"ignore_eos": True, "max_new_tokens": 32}))
-        equal = {"LoRA": measure(server.base_url, "ft", prompts("default"), fixed, 1)}
+    equal: dict[str, dict] = {}
+
+    def run(system, server, model, variant):
+        results[system] = {c: measure(server.base_url, model, prompts(variant), sampling, c) for c in levels}
+
+    # Three servers, one after another: a server started with --enable-lora wraps every linear
+    # layer, which slows the base model too, so the base is measured on a plain server.
+    with server_for(cfg, None, out_dir / "vllm-base.log") as server:
+        run("base, long prompt", server, server.served_name, long_variant)
+        run("base, short prompt", server, server.served_name, "default")
+    with server_for(cfg, {"ft": adapter}, out_dir / "vllm-lora.log") as server:
+        run("LoRA, short prompt", server, "ft", "default")
+        run("base on the LoRA-enabled server, short prompt", server, server.served_name, "default")
+        equal["LoRA"] = measure(server.base_url, "ft", prompts("default"), fixed, 1)
     merged_dir = adapter.parent / "merged"
     if not merged_dir.is_dir():
         merge(adapter, merged_dir)
     with server_for(cfg, None, out_dir / "vllm-merged.log", model=str(merged_dir)) as server:
-        results["merged, short prompt"] = {c: measure(server.base_url, server.served_name, prompts("default"), sampling, c)
-                                           for c in levels}
+        run("merged, short prompt", server, server.served_name, "default")
         equal["merged"] = measure(server.base_url, server.served_name, prompts("default"), fixed, 1)
 
     speedups = {c: {"LoRA": speedup(results["base, long prompt"][c], results["LoRA, short prompt"][c]),
@@ -141,4 +148,10 @@ def run_latency_benchmark(cfg, adapter: str | Path, levels: list[int], num_promp
                          f"{s['ttft_p50_ratio']:.2f} | {tpot} |")
     lines += ["", f"At equal output length (32 tokens, ignore_eos, concurrency 1) the LoRA adapter's E2E p50 is "
               f"{lora_vs_merged:.2f}x the merged model's.", ""]
-    return write_text(out_dir / "latency.md", "\n".join(lines))
+    written = write_text(out_dir / "latency.md", "\n".join(lines))
+    experiment = adapter.parent.parent
+    if out_dir == adapter.parent / "latency" and (experiment / "experiment.yaml").is_file():
+        from ftscale.eval.report import write_report
+
+        write_report(experiment, task)  # the experiment's summary gets a latency section
+    return written

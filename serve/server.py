@@ -44,14 +44,17 @@ def require_vllm() -> None:
         raise FtscaleError(f"serving needs vLLM, which is not installed: {how}")
 
 
-def _same_model(a: str, b: str) -> bool:
-    if a == b:
+def _same_model(adapter_base: str, served: str) -> bool:
+    """Whether an adapter's recorded base model is the model being served."""
+    if adapter_base == served:
         return True
-    pa, pb = Path(a), Path(b)
+    pa, pb = Path(adapter_base), Path(served)
+    if pb.is_dir() and not pa.exists() and adapter_base.startswith("/"):
+        return pa.name == pb.name  # trained in a checkout that has since moved: same model folder name
     if pa.is_dir() and pb.is_dir():
         if pa.resolve() == pb.resolve():
             return True
-        # a checkout moved or copied elsewhere: the same architecture and sizes count as the same base
+        # a copy of the checkpoint elsewhere: the same architecture and sizes count as the same base
         ignore = {"_name_or_path", "transformers_version", "_model_name_or_path", "dtype"}
         ca, cb = (json.loads((p / "config.json").read_text()) for p in (pa, pb))
         return {k: v for k, v in ca.items() if k not in ignore} == {k: v for k, v in cb.items() if k not in ignore}
@@ -104,7 +107,7 @@ class VLLMServer:
             for name, path in self.adapters.items():
                 cfg = json.loads((path / "adapter_config.json").read_text())
                 base = cfg.get("base_model_name_or_path") or ""
-                if not _same_model(resolve(base) if base else "", self.model_path):
+                if not _same_model(base, self.model_path):
                     raise FtscaleError(f"adapter {name!r} ({path}) was trained on {base!r}, not on the served "
                                        f"model {self.model_ref!r} ({self.model_path})")
                 ranks[name] = int(cfg["r"])

@@ -28,7 +28,7 @@ def test_run_writes_summary_plot_and_resumes(tmp_path, embedded_model):
     assert sorted((r["num_train_examples"], r["prompt_variant"]) for r in rows) == [
         (0, "default"), (0, "few_shot"), (8, "default")]
     for r in rows:
-        assert r["n_eval"] == 6 and f"| {r['num_train_examples']} | 42 | {r['prompt_variant']} |" in summary
+        assert r["n_eval"] == 6 and f"| {r['num_train_examples']} | 42 | hf | {r['prompt_variant']} |" in summary
     adapter = exp / "n0008-seed42" / "adapter" / "adapter_model.safetensors"
     before = adapter.stat().st_mtime_ns
 

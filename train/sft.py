@@ -22,8 +22,8 @@ if __package__ in (None, ""):
 
 from ftscale.atomic import atomic_dir, atomic_path, write_json, write_jsonl, write_text
 from ftscale.chatdata import nested_subset, read_jsonl, sha256_file, sha256_records, to_prompt_completion
-from ftscale.device import resolve_dtype
 from ftscale.config import ExperimentConfig, load_config, parse_overrides
+from ftscale.device import resolve_dtype
 from ftscale.errors import ConfigError, FtscaleError
 from ftscale.models import resolve
 from ftscale.provenance import git_commit, machine, versions
@@ -160,10 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     try:
         cfg = load_config(args.config, parse_overrides(rest))
-        if len(cfg.sizes) != 1:
-            raise ConfigError(f"{args.config}: num_train_examples lists {cfg.sizes}; sft.py trains one size: "
-                              f"pass --num_train_examples N (or use `ftscale run` for all of them)")
-        n = cfg.sizes[0]
+        n = cfg.single_size()
         run_dir = args.output_dir or cell_dir(cfg.experiment_dir, n, cfg.train.seed)
         metrics = train(cfg, n, run_dir)
     except FtscaleError as e:

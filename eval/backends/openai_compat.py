@@ -15,6 +15,7 @@ import os
 import random
 import time
 
+import httpx
 import openai
 from tqdm.auto import tqdm
 
@@ -23,8 +24,14 @@ from .base import Generation, Request, Sampling
 log = logging.getLogger(__name__)
 
 
+class IncompleteStream(Exception):
+    """The stream ended without a finish reason: the connection broke and the answer is cut."""
+
+
 def _retryable(e: Exception) -> bool:
-    if isinstance(e, (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError)):
+    # httpx errors surface directly when a stream breaks after the response has started
+    if isinstance(e, (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError, httpx.TransportError,
+                      IncompleteStream)):
         return True
     return isinstance(e, openai.APIStatusError) and e.status_code >= 500
 
@@ -80,6 +87,11 @@ class OpenAIBackend:
                                       finish_reason="error", error=f"{type(e).__name__}: {e}",
                                       extra={"attempts": attempt + 1})
                 delay = self.backoff_s * 2**attempt * (0.5 + random.random())
+                response = getattr(e, "response", None)
+                try:  # a server that says when to come back is believed
+                    delay = max(delay, float(response.headers.get("retry-after", 0))) if response is not None else delay
+                except ValueError:
+                    pass
                 log.warning("request %s failed (%s: %s); retry %d/%d in %.1f s", req.id, type(e).__name__, e,
                             attempt + 1, self.max_retries, delay)
                 await asyncio.sleep(delay)
@@ -104,13 +116,15 @@ class OpenAIBackend:
             if chunk.usage is not None:
                 usage = chunk.usage
         end = time.perf_counter()
+        if finish is None:
+            raise IncompleteStream(f"the stream ended after {len(pieces)} chunks without a finish reason")
         return Generation(
             text="".join(pieces),
             input_tokens=usage.prompt_tokens if usage else 0,
             output_tokens=usage.completion_tokens if usage else len(pieces),
             ttft_s=arrivals[0] - start if arrivals else None,
             latency_s=end - start,
-            finish_reason=finish or "stop",
+            finish_reason=finish,
             # gaps between streamed chunks: vLLM's ITL (a chunk may carry several tokens)
             extra={"itl_s": [b - a for a, b in zip(arrivals, arrivals[1:])]},
         )

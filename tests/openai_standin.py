@@ -1,0 +1,186 @@
+"""A local HTTP stand-in for the parts of the OpenAI API that ftscale uses.
+
+The real service is unreachable from CI, so the tests drive the real `openai` client against
+this server on 127.0.0.1: files, fine-tuning jobs (create, retrieve, events, list) and chat
+completions (streamed, with usage). Faults can be queued for chat requests. Used by tests only.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from email.parser import BytesParser
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class StandIn:
+    def __init__(self):
+        self.files: dict[str, dict] = {}
+        self.jobs: dict[str, dict] = {}
+        self.events: dict[str, list[dict]] = {}
+        self.refuse_jobs = False
+        self.steps_to_finish = 3  # retrieves before a job succeeds
+        self.chat_faults: list[str] = []  # "429", "500", "drop", "slow" — taken one per chat request
+        self.chat_requests: list[dict] = []
+        self.auth_headers: set[str] = set()
+        self.lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    # --- the API -------------------------------------------------------------------------------
+    def upload(self, body: bytes, content_type: str) -> dict:
+        msg = BytesParser().parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+        parts = {p.get_param("name", header="content-disposition"): p for p in msg.get_payload()}
+        data = parts["file"].get_payload(decode=True)
+        fid = f"file-{len(self.files) + 1:04d}"
+        self.files[fid] = {"id": fid, "object": "file", "bytes": len(data), "created_at": int(time.time()),
+                           "filename": parts["file"].get_filename(), "purpose": parts["purpose"].get_payload(),
+                           "status": "processed", "lines": data.decode().count("\n")}
+        return self.files[fid]
+
+    def create_job(self, req: dict) -> tuple[int, dict]:
+        if self.refuse_jobs:
+            return 403, {"error": {"message": "Fine-tuning is not available for your organization.",
+                                   "type": "invalid_request_error", "param": None, "code": "fine_tuning_unavailable"}}
+        if req["training_file"] not in self.files:
+            return 400, {"error": {"message": "unknown file", "type": "invalid_request_error"}}
+        jid = f"ftjob-{len(self.jobs) + 1:04d}"
+        hp = req["method"]["supervised"]["hyperparameters"]
+        self.jobs[jid] = {"id": jid, "object": "fine_tuning.job", "created_at": int(time.time()), "error": None,
+                          "fine_tuned_model": None, "finished_at": None, "hyperparameters": hp, "model": req["model"],
+                          "organization_id": "org-standin", "result_files": [], "seed": req.get("seed", 0),
+                          "status": "validating_files", "trained_tokens": None, "training_file": req["training_file"],
+                          "validation_file": None, "method": req["method"], "suffix": req.get("suffix"), "_polls": 0}
+        self._event(jid, "Validating training file")
+        return 200, self._public(self.jobs[jid])
+
+    def retrieve_job(self, jid: str) -> dict:
+        job = self.jobs[jid]
+        job["_polls"] += 1
+        if job["status"] == "validating_files":
+            job["status"] = "running"
+            self._event(jid, "Fine-tuning job started")
+        elif job["status"] == "running" and job["_polls"] >= self.steps_to_finish:
+            job.update(status="succeeded", finished_at=int(time.time()), trained_tokens=1000 * self.files[job["training_file"]]["lines"],
+                       fine_tuned_model=f"ft:{job['model']}:org-standin:{job['suffix']}:{jid[-4:]}")
+            self._event(jid, "The job has successfully completed")
+        elif job["status"] == "running":
+            self._event(jid, f"Step {job['_polls']}/{self.steps_to_finish}: training loss=0.5")
+        return self._public(job)
+
+    def _event(self, jid: str, message: str) -> None:
+        events = self.events.setdefault(jid, [])
+        events.append({"id": f"ftevent-{jid[-4:]}-{len(events):03d}", "object": "fine_tuning.job.event",
+                       "created_at": int(time.time()) + len(events), "level": "info", "message": message, "type": "message"})
+
+    @staticmethod
+    def _public(job: dict) -> dict:
+        return {k: v for k, v in job.items() if not k.startswith("_")}
+
+    def answer(self, req: dict) -> str:
+        # Deterministic and derived from the request: the answer is the question's length.
+        question = req["messages"][-1]["content"]
+        return json.dumps({"answer": len(question), "explanation": "stand-in for the OpenAI service"})
+
+    # --- HTTP plumbing -------------------------------------------------------------------------
+    def _handler(self):
+        standin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _json(self, status: int, obj: dict, headers: dict | None = None):
+                body = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _body(self) -> bytes:
+                return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
+            def do_GET(self):
+                standin.auth_headers.add(self.headers.get("Authorization", ""))
+                parts = self.path.split("?")[0].strip("/").split("/")
+                with standin.lock:
+                    if parts[:3] == ["v1", "fine_tuning", "jobs"] and len(parts) == 3:
+                        return self._json(200, {"object": "list", "has_more": False,
+                                                "data": [standin._public(j) for j in standin.jobs.values()]})
+                    if parts[:3] == ["v1", "fine_tuning", "jobs"] and len(parts) == 4:
+                        return self._json(200, standin.retrieve_job(parts[3]))
+                    if parts[:3] == ["v1", "fine_tuning", "jobs"] and parts[4:] == ["events"]:
+                        events = list(reversed(standin.events.get(parts[3], [])))  # newest first, as OpenAI
+                        return self._json(200, {"object": "list", "data": events, "has_more": False})
+                self._json(404, {"error": {"message": f"no route {self.path}"}})
+
+            def do_POST(self):
+                standin.auth_headers.add(self.headers.get("Authorization", ""))
+                body = self._body()
+                path = self.path.split("?")[0]
+                if path == "/v1/files":
+                    with standin.lock:
+                        return self._json(200, standin.upload(body, self.headers["Content-Type"]))
+                if path == "/v1/fine_tuning/jobs":
+                    with standin.lock:
+                        return self._json(*standin.create_job(json.loads(body)))
+                if path == "/v1/chat/completions":
+                    return self._chat(json.loads(body))
+                self._json(404, {"error": {"message": f"no route {self.path}"}})
+
+            def _chat(self, req: dict):
+                with standin.lock:
+                    standin.chat_requests.append(req)
+                    fault = standin.chat_faults.pop(0) if standin.chat_faults else None
+                if fault == "429":
+                    return self._json(429, {"error": {"message": "Rate limit reached", "type": "requests"}},
+                                      {"Retry-After": "0.2"})
+                if fault == "500":
+                    return self._json(500, {"error": {"message": "The server had an error", "type": "server_error"}})
+                if fault == "slow":
+                    time.sleep(3)  # past the client's timeout in the tests
+                text = standin.answer(req)
+                pieces = [text[i:i + 8] for i in range(0, len(text), 8)]
+                base = {"id": "chatcmpl-standin", "object": "chat.completion.chunk", "created": int(time.time()),
+                        "model": req["model"]}
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                for i, piece in enumerate(pieces):
+                    if fault == "drop" and i == 2:
+                        self.wfile.flush()
+                        self.connection.shutdown(2)  # the connection breaks mid-stream
+                        return
+                    chunk = base | {"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+                self.wfile.write(f"data: {json.dumps(base | {'choices': [{'index': 0, 'delta': {}, 'finish_reason': 'stop'}]})}\n\n".encode())
+                if (req.get("stream_options") or {}).get("include_usage"):
+                    prompt_tokens = sum(len(m["content"].split()) for m in req["messages"])
+                    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(pieces),
+                             "total_tokens": prompt_tokens + len(pieces)}
+                    self.wfile.write(f"data: {json.dumps(base | {'choices': [], 'usage': usage})}\n\n".encode())
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+                self.close_connection = True
+
+        return Handler

@@ -1,0 +1,122 @@
+"""The OpenAI side against a local stand-in of the service (tests/openai_standin.py), driven by
+the real `openai` client: a job's whole life, a refused job, a resumed launcher, faults during
+evaluation, and the API key written nowhere."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from ftscale.chatdata import nested_subset, read_jsonl
+from ftscale.config import load_config
+from ftscale.errors import FtscaleError
+from ftscale.eval.backends import Request, Sampling, make_backend
+from ftscale.train import openai_ft
+
+from conftest import BIN, MAIN_CONFIG, ROOT
+from openai_standin import StandIn
+
+KEY = "sk-ftscale-TEST-KEY-7f3a9c"  # recognisable, so the tests can look for it everywhere
+
+
+@pytest.fixture
+def standin(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    with StandIn() as s:
+        yield s
+
+
+def _cfg(standin, tmp_path, n=20):
+    return load_config(MAIN_CONFIG, {"num_train_examples": str(n), "openai.base_url": standin.base_url,
+                                     "openai.poll_interval_s": "0.01", "openai.epochs": "2",
+                                     "output_dir": str(tmp_path)})
+
+
+def test_a_whole_job(standin, tmp_path):
+    cfg = _cfg(standin, tmp_path)
+    run_dir = openai_ft.run_dir_for(cfg, 20)
+    state = openai_ft.launch(cfg, 20, run_dir, yes=True, log=lambda *_: None)
+    assert state["status"] == "succeeded" and state["fine_tuned_model"].startswith("ft:gpt-4.1-mini")
+    job = standin.jobs[state["job_id"]]
+    assert job["method"] == {"type": "supervised", "supervised": {"hyperparameters": {
+        "n_epochs": 2, "batch_size": "auto", "learning_rate_multiplier": "auto"}}}
+    assert job["seed"] == 42 and job["suffix"] == "ftscale-n20"
+    # the uploaded file is the same nested subset a local 20-example run trains on
+    uploaded = [json.loads(line) for line in open(run_dir / "train.jsonl")]
+    assert uploaded == nested_subset(read_jsonl(cfg.data.train, "train"), 20, cfg.data.seed)
+    assert standin.files[state["file_id"]]["purpose"] == "fine-tune"
+    metrics = json.loads((run_dir / "train_metrics.json").read_text())
+    assert metrics["fine_tuned_model"] == state["fine_tuned_model"] and metrics["trained_tokens"] == 20_000
+    recorded = json.loads((run_dir / "openai_job.json").read_text())
+    assert [e["message"] for e in recorded["events"]][-1] == "The job has successfully completed"
+    assert len({e["id"] for e in recorded["events"]}) == len(recorded["events"])  # each event once
+
+
+def test_a_refused_job_says_why_and_what_to_do(standin, tmp_path):
+    standin.refuse_jobs = True
+    cfg = _cfg(standin, tmp_path)
+    with pytest.raises(FtscaleError) as e:
+        openai_ft.launch(cfg, 20, openai_ft.run_dir_for(cfg, 20), yes=True, log=lambda *_: None)
+    msg = str(e.value)
+    assert "not available for your organization" in msg and "winding down self-serve fine-tuning" in msg
+    assert "--model ft:" in msg and "--openai.base_url" in msg
+    assert not standin.jobs
+
+
+def test_an_interrupted_launcher_follows_the_same_job(standin, tmp_path, monkeypatch):
+    cfg = _cfg(standin, tmp_path)
+    run_dir = openai_ft.run_dir_for(cfg, 20)
+    real_follow = openai_ft.follow
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(openai_ft, "follow", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        openai_ft.launch(cfg, 20, run_dir, yes=True, log=lambda *_: None)
+    monkeypatch.setattr(openai_ft, "follow", real_follow)
+    messages = []
+    state = openai_ft.launch(cfg, 20, run_dir, yes=True, log=messages.append)
+    assert messages[0].startswith("resuming job ftjob-0001")
+    assert len(standin.jobs) == 1 and len(standin.files) == 1 and state["status"] == "succeeded"
+
+
+def test_faults_lose_and_duplicate_no_evaluation_record(standin):
+    standin.chat_faults = ["429", "500", "drop", "slow", "500"]
+    backend = make_backend("openai", model="ft:gpt-4.1-mini:org-standin:x:0001", base_url=standin.base_url,
+                           concurrency=2, max_retries=4, backoff_s=0.05, timeout_s=1.0, progress=False)
+    requests = [Request(f"q{i}", [{"role": "user", "content": "x" * (i + 1)}]) for i in range(8)]
+    gens = backend.generate(requests, Sampling(max_new_tokens=32))
+    assert len(gens) == 8 and all(g.error is None for g in gens)
+    assert [json.loads(g.text)["answer"] for g in gens] == [i + 1 for i in range(8)]  # each in its own place
+    assert sum(g.extra["attempts"] - 1 for g in gens) == 5  # every fault was retried once, nothing more
+    assert all(g.output_tokens > 0 and g.input_tokens > 0 and g.ttft_s is not None for g in gens)
+
+
+def test_exhausted_retries_are_recorded_as_failures(standin):
+    standin.chat_faults = ["500"] * 3
+    backend = make_backend("openai", model="m", base_url=standin.base_url, max_retries=2, backoff_s=0.01, progress=False)
+    (gen,) = backend.generate([Request("a", [{"role": "user", "content": "hi"}])], Sampling())
+    assert gen.finish_reason == "error" and "InternalServerError" in gen.error and gen.extra["attempts"] == 3
+
+
+def test_the_key_is_written_nowhere(standin, tmp_path):
+    cfg_path = tmp_path / "exp.yaml"
+    cfg_path.write_text(MAIN_CONFIG.read_text().replace("output_dir: runs", f"output_dir: {tmp_path / 'runs'}"))
+    common = ["--config", str(cfg_path), "--openai.base_url", standin.base_url, "--openai.poll_interval_s", "0.01"]
+    standin.chat_faults = ["500"]  # an error path too: exceptions must not carry the key
+    outputs = [subprocess.run([str(BIN / "ftscale"), "train", "--backend", "openai", "--yes", *common,
+                               "--num_train_examples", "12"], cwd=ROOT, capture_output=True, text=True),
+               subprocess.run([str(BIN / "ftscale"), "eval", "--backend", "openai", *common, "--base-url",
+                               standin.base_url, "--model", "ft:x", "--eval.limit", "4"],
+                              cwd=ROOT, capture_output=True, text=True)]
+    assert all(p.returncode == 0 for p in outputs), [p.stderr[-2000:] for p in outputs]
+    assert f"Bearer {KEY}" in standin.auth_headers  # it was used...
+    written = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
+    assert len(written) >= 6
+    for path in written:  # ...and is nowhere on disk or in any output
+        assert KEY not in path.read_text(errors="replace"), path
+    for p in outputs:
+        assert KEY not in p.stdout + p.stderr
