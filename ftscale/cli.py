@@ -63,14 +63,13 @@ def _run(args) -> None:
 
 def _eval(args) -> None:
     from ftscale.eval.backends import make_backend
-    from ftscale.eval.tasks import get_task
 
     from .chatdata import read_jsonl
-    from .experiment import evaluate_cell, hf_backend_factory
+    from .experiment import evaluate_cell, hf_backend_factory, task_for
     from .rundir import adapter_dir, cell_dir
 
     cfg = _load(args)
-    task = get_task(cfg.task)
+    task = task_for(cfg, args.variant)
     adapter = adapter_dir(args.adapter) if args.adapter else None
     if adapter and args.backend == "openai":
         raise FtscaleError("--adapter works with the hf and vllm backends; on an OpenAI-compatible endpoint "

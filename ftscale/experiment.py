@@ -20,11 +20,20 @@ from .errors import ConfigError
 from .rundir import cell_dir, eval_dir, trained
 
 
-def _check_variants(cfg: ExperimentConfig, task) -> None:
-    unknown = [v for v in cfg.eval.prompt_variants + cfg.eval.baseline_variants if v not in task.prompt_variants]
+def task_for(cfg: ExperimentConfig, variants: list[str] | None = None):
+    """The config's task, with every prompt variant that will be asked for checked up front."""
+    from ftscale.eval.tasks import get_task
+
+    try:
+        task = get_task(cfg.task)
+    except KeyError as e:
+        raise ConfigError(f"task: {e.args[0]}") from None
+    wanted = variants or cfg.eval.prompt_variants + cfg.eval.baseline_variants
+    unknown = [v for v in wanted if v not in task.prompt_variants]
     if unknown:
-        raise ConfigError(f"eval: prompt variants {unknown} unknown to task {task.name!r} "
+        raise ConfigError(f"prompt variants {unknown} are unknown to task {task.name!r} "
                           f"(it has {', '.join(task.prompt_variants)})")
+    return task
 
 
 def sampling_of(cfg: ExperimentConfig):
@@ -62,14 +71,9 @@ def hf_backend_factory(cfg: ExperimentConfig, adapter: Path | None) -> Callable:
 
 def run_experiment(cfg: ExperimentConfig, log=print) -> Path:
     from ftscale.eval.report import write_report
-    from ftscale.eval.tasks import get_task
     from ftscale.train.sft import train
 
-    try:
-        task = get_task(cfg.task)
-    except KeyError as e:
-        raise ConfigError(f"task: {e.args[0]}") from None
-    _check_variants(cfg, task)
+    task = task_for(cfg)
     pool = read_jsonl(cfg.data.train, "train")
     examples = read_jsonl(cfg.data.eval, "eval")[: cfg.eval.limit]
     exp_dir = cfg.experiment_dir

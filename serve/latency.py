@@ -87,14 +87,13 @@ def _row(system: str, level: int, r: dict) -> str:
 
 def run_latency_benchmark(cfg, adapter: str | Path, levels: list[int], num_prompts: int, out_dir: Path | None = None) -> Path:
     from ftscale.eval.backends import Request
-    from ftscale.eval.tasks import get_task
-    from ftscale.experiment import sampling_of
+    from ftscale.experiment import sampling_of, task_for
     from ftscale.serve.server import server_for
     from ftscale.train.merge import merge
 
     adapter = adapter_dir(adapter)
     out_dir = Path(out_dir or adapter.parent / "latency")
-    task = get_task(cfg.task)
+    task = task_for(cfg)
     pool = read_jsonl(cfg.data.train, "train")
     examples = read_jsonl(cfg.data.eval, "eval")[:num_prompts]
     sampling = sampling_of(cfg)

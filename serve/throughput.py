@@ -14,13 +14,12 @@ from ftscale.rundir import adapter_dir
 def run_throughput_benchmark(cfg, adapter: str | Path | None, num_prompts: int, concurrency: int,
                              out_dir: Path) -> dict:
     from ftscale.eval.backends import Request, make_backend
-    from ftscale.eval.tasks import get_task
-    from ftscale.experiment import sampling_of
+    from ftscale.experiment import sampling_of, task_for
     from ftscale.serve.server import server_for
     from ftscale.train.merge import merge
 
     adapter = adapter_dir(adapter) if adapter else None
-    task = get_task(cfg.task)
+    task = task_for(cfg)
     examples = read_jsonl(cfg.data.eval, "eval")[:num_prompts]
     requests = [Request(e["id"], e["messages"]) for e in examples]
     sampling = sampling_of(cfg)

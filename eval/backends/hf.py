@@ -64,9 +64,8 @@ class HFBackend:
     @torch.inference_mode()
     def generate(self, requests: list[Request], sampling: Sampling) -> list[Generation]:
         set_seed(sampling.seed)
-        encoded = [self.tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=True)
-                   for r in requests]
-        encoded = [e["input_ids"] if isinstance(e, dict) or hasattr(e, "keys") else e for e in encoded]
+        encoded = [self.tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=True,
+                                                      return_dict=False) for r in requests]
         order = sorted(range(len(requests)), key=lambda i: len(encoded[i]))
         results: list[Generation | None] = [None] * len(requests)
         bar = tqdm(total=len(requests), desc=f"generating ({self.model})", unit="req", disable=not self.progress)
