@@ -73,14 +73,14 @@ def plot(rows: list[dict], task: Task, path: Path) -> None:
 
 def markdown(rows: list[dict], task: Task, title: str, exp_dir: Path) -> str:
     names = [m.name for m in task.metrics]
-    head = ["train examples", "seed", "backend", "prompt"] + names + ["failed", "median latency (s)", "mean output tokens",
+    head = ["train examples", "seed", "backend", "prompt", "eval examples"] + names + ["failed", "median latency (s)", "mean output tokens",
                                                            "train time (s)", "train tokens/s"]
     lines = [f"# {title}", "", f"Task `{task.name}`; each score is the mean over the eval examples "
              "(higher is better). `train examples = 0` is the untrained base model.", "",
              "![scaling](scaling.png)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["num_train_examples"], r["seed"], r["backend"], r["prompt_variant"], *(r[n] for n in names), r["failed"],
+        cells = [r["num_train_examples"], r["seed"], r["backend"], r["prompt_variant"], r["n_eval"], *(r[n] for n in names), r["failed"],
                  r["median_latency_s"], r["mean_output_tokens"], r["train_wall_time_s"], r["train_tokens_per_s"]]
         lines.append("| " + " | ".join(_fmt(c, 1 if i >= len(cells) - 2 else 3) for i, c in enumerate(cells)) + " |")
     for latency in sorted(exp_dir.glob("*/latency/latency.md")):
