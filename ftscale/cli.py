@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from .errors import FtscaleError
+from .errors import FtscaleError, run_command
 
 
 def _models(args) -> None:
@@ -301,11 +300,4 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = rest
     if rest and args.command not in ("run", "train", "eval", "bench"):
         build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
-    try:
-        return args.fn(args) or 0
-    except FtscaleError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished steps are kept; run the same command again to resume", file=sys.stderr)
-        return 130
+    return run_command(lambda: args.fn(args))

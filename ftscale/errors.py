@@ -11,3 +11,18 @@ class ConfigError(FtscaleError):
 
 class DataError(FtscaleError):
     """A dataset line is invalid; the message starts with `file:line:`."""
+
+
+def run_command(fn, interrupted: str = "interrupted: finished steps are kept; run the same command again to resume") -> int:
+    """Run a command-line entry point: a FtscaleError prints its message (exit 2), Ctrl-C prints
+    what happens next (exit 130); neither shows a traceback."""
+    import sys
+
+    try:
+        return fn() or 0
+    except FtscaleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130

@@ -24,7 +24,7 @@ from ftscale.atomic import write_json, write_jsonl, write_text
 from ftscale.chatdata import nested_subset, read_jsonl, sha256_file
 from ftscale.config import ExperimentConfig, load_config, parse_overrides
 from ftscale.datacheck import check_file
-from ftscale.errors import ConfigError, FtscaleError
+from ftscale.errors import ConfigError, FtscaleError, run_command
 from ftscale.rundir import TRAIN_METRICS, read_json
 
 STATE = "openai_job.json"
@@ -133,17 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_dir", type=Path, help="run directory (default: <experiment>/openai-<model>-n<N>-seed<S>)")
     parser.add_argument("--yes", action="store_true", help="start the job without asking")
     args, rest = parser.parse_known_args(argv)
-    try:
+
+    def command():
         cfg = load_config(args.config, parse_overrides(rest))
         n = cfg.single_size()
         launch(cfg, n, args.output_dir or run_dir_for(cfg, n), yes=args.yes)
-    except FtscaleError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: the job goes on at OpenAI; run the same command again to follow it", file=sys.stderr)
-        return 130
-    return 0
+
+    return run_command(command, "interrupted: the job goes on at OpenAI; run the same command again to follow it")
 
 
 if __name__ == "__main__":

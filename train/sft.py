@@ -24,7 +24,7 @@ from ftscale.atomic import atomic_dir, atomic_path, write_json, write_jsonl, wri
 from ftscale.chatdata import nested_subset, read_jsonl, sha256_file, sha256_records, to_prompt_completion
 from ftscale.config import ExperimentConfig, load_config, parse_overrides
 from ftscale.device import resolve_dtype
-from ftscale.errors import ConfigError, FtscaleError
+from ftscale.errors import ConfigError, run_command
 from ftscale.models import resolve
 from ftscale.provenance import git_commit, machine, versions
 from ftscale.rundir import TRAIN_METRICS, cell_dir
@@ -158,18 +158,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, type=Path, help="experiment YAML (configs/experiments/)")
     parser.add_argument("--output_dir", type=Path, help="run directory (default: <output_dir>/<name>/n<N>-seed<S>)")
     args, rest = parser.parse_known_args(argv)
-    try:
+
+    def command():
         cfg = load_config(args.config, parse_overrides(rest))
         n = cfg.single_size()
         run_dir = args.output_dir or cell_dir(cfg.experiment_dir, n, cfg.train.seed)
         metrics = train(cfg, n, run_dir)
-    except FtscaleError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if metrics.get("trained"):
-        print(f"adapter saved to {run_dir / 'adapter'}: {metrics['steps']} steps, loss {metrics['train_loss']:.4f}, "
-              f"{metrics['train_tokens_per_s']:.0f} tokens/s, {metrics['wall_time_s']:.1f} s")
-    return 0
+        if metrics.get("trained"):
+            print(f"adapter saved to {run_dir / 'adapter'}: {metrics['steps']} steps, loss {metrics['train_loss']:.4f}, "
+                  f"{metrics['train_tokens_per_s']:.0f} tokens/s, {metrics['wall_time_s']:.1f} s")
+
+    return run_command(command)
 
 
 if __name__ == "__main__":
