@@ -189,3 +189,12 @@ def test_write_is_atomic_and_parses(tmp_path, monkeypatch):
         assert raw.endswith(b"\n") and b"\r" not in raw
         lines = raw.decode("utf-8").splitlines()
         assert [json.loads(line) for line in lines] == records
+
+
+def test_shipped_files_are_what_the_generator_writes():
+    """data/formatting/*.jsonl are the generator's output for seed 0 (README: `ftscale data generate`)."""
+    root = Path(__file__).resolve().parents[1] / "data" / "formatting"
+    train, evals = formatting.generate(seed=0, n_train=1200, n_eval=200)
+    for name, records in (("train.jsonl", train), ("eval.jsonl", evals)):
+        shipped = [json.loads(line) for line in (root / name).read_text(encoding="utf-8").splitlines()]
+        assert shipped == records, name
