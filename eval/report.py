@@ -20,9 +20,12 @@ def collect(exp_dir: Path) -> list[dict]:
         train = read_json(cell / TRAIN_METRICS) or {}
         for scores_path in sorted(cell.glob("eval-*/scores.json")):
             scores = read_json(scores_path)
+            # One curve per system: a local backend, or an OpenAI model family (its base and its fine-tunes)
+            system = scores["backend"] if scores["backend"] != "openai" else f"openai {cfg['openai']['model']}"
             rows.append({
                 "cell": cell.name, "num_train_examples": cfg["num_train_examples"], "seed": cfg["train"]["seed"],
-                "prompt_variant": scores["prompt_variant"], "backend": scores["backend"], "n_eval": scores["n"],
+                "prompt_variant": scores["prompt_variant"], "backend": system, "model": scores["model"],
+                "n_eval": scores["n"],
                 "failed": scores["failed"], **scores["metrics"],
                 "median_latency_s": scores["median_latency_s"], "mean_output_tokens": scores["mean_output_tokens"],
                 "train_wall_time_s": train.get("wall_time_s"), "train_tokens_per_s": train.get("train_tokens_per_s"),

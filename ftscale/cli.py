@@ -76,7 +76,9 @@ def _eval(args) -> None:
     if args.output_dir:
         out = Path(args.output_dir)
     elif args.backend == "openai":
-        out = cfg.experiment_dir / ("openai-" + (args.model or cfg.model).replace("/", "_").replace(":", "_"))
+        from ftscale.train.openai_ft import eval_dir_for
+
+        out = eval_dir_for(cfg, args.model or cfg.model)
     else:  # next to the hf results of the same cell, so the report shows both backends side by side
         out = adapter.parent if adapter else cell_dir(cfg.experiment_dir, 0, cfg.train.seed)
     variants = args.variant or cfg.eval.prompt_variants
@@ -189,10 +191,11 @@ def _report(args) -> None:
     from ftscale.eval.tasks import get_task
 
     exp = Path(args.experiment_dir)
-    cfg_path = exp / "experiment.yaml"
-    if not cfg_path.is_file():
-        raise FtscaleError(f"{exp}: not an experiment directory (no experiment.yaml)")
-    print(write_report(exp, get_task(yaml.safe_load(cfg_path.read_text())["task"])))
+    configs = [exp / "experiment.yaml", *sorted(exp.glob("*/config.yaml"))]
+    found = next((c for c in configs if c.is_file()), None)
+    if found is None:
+        raise FtscaleError(f"{exp}: not an experiment directory (no experiment.yaml, no run directories)")
+    print(write_report(exp, get_task(yaml.safe_load(found.read_text())["task"])))
 
 
 def _train(args) -> int:

@@ -14,6 +14,11 @@ from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # clients that time out or drop a stream on purpose are part of the tests
+
+
 class StandIn:
     def __init__(self):
         self.files: dict[str, dict] = {}
@@ -25,7 +30,7 @@ class StandIn:
         self.chat_requests: list[dict] = []
         self.auth_headers: set[str] = set()
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server = _QuietServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property

@@ -102,20 +102,36 @@ def test_exhausted_retries_are_recorded_as_failures(standin):
     assert gen.finish_reason == "error" and "InternalServerError" in gen.error and gen.extra["attempts"] == 3
 
 
-def test_the_key_is_written_nowhere(standin, tmp_path):
+def test_the_key_is_written_nowhere_and_the_report_shows_openai_beside_local(standin, tmp_path):
     cfg_path = tmp_path / "exp.yaml"
     cfg_path.write_text(MAIN_CONFIG.read_text().replace("output_dir: runs", f"output_dir: {tmp_path / 'runs'}"))
     common = ["--config", str(cfg_path), "--openai.base_url", standin.base_url, "--openai.poll_interval_s", "0.01"]
+
+    def ftscale(*args):
+        proc = subprocess.run([str(BIN / "ftscale"), *args], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc
+
+    outputs = [ftscale("train", "--backend", "openai", "--yes", *common, "--num_train_examples", "12")]
+    exp = tmp_path / "runs" / "formatting-smollm2-cpu"
+    job_dir = exp / "openai-gpt-4.1-mini-2025-04-14-n0012-seed42"
+    ft_model = json.loads((job_dir / "openai_job.json").read_text())["fine_tuned_model"]
     standin.chat_faults = ["500"]  # an error path too: exceptions must not carry the key
-    outputs = [subprocess.run([str(BIN / "ftscale"), "train", "--backend", "openai", "--yes", *common,
-                               "--num_train_examples", "12"], cwd=ROOT, capture_output=True, text=True),
-               subprocess.run([str(BIN / "ftscale"), "eval", "--backend", "openai", *common, "--base-url",
-                               standin.base_url, "--model", "ft:x", "--eval.limit", "4"],
-                              cwd=ROOT, capture_output=True, text=True)]
-    assert all(p.returncode == 0 for p in outputs), [p.stderr[-2000:] for p in outputs]
-    assert f"Bearer {KEY}" in standin.auth_headers  # it was used...
+    for model, variant in ((ft_model, "default"), ("gpt-4.1-mini-2025-04-14", "few_shot")):
+        outputs.append(ftscale("eval", "--backend", "openai", *common, "--base-url", standin.base_url,
+                               "--model", model, "--variant", variant, "--eval.limit", "4"))
+    outputs.append(ftscale("report", str(exp)))
+    # the fine-tune is scored in its job's directory, the prompted model in a cell of its own
+    assert (job_dir / "eval-openai-default" / "scores.json").is_file()
+    rows = {(r["num_train_examples"], r["model"], r["prompt_variant"]): r
+            for r in json.loads((exp / "results.json").read_text())}
+    assert set(rows) == {(12, ft_model, "default"), (0, "gpt-4.1-mini-2025-04-14", "few_shot")}
+    assert {r["backend"] for r in rows.values()} == {"openai gpt-4.1-mini-2025-04-14"}
+    assert "| 12 | 42 | openai gpt-4.1-mini-2025-04-14 | default | 4 |" in (exp / "summary.md").read_text()
+
+    assert f"Bearer {KEY}" in standin.auth_headers  # the key was used...
     written = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
-    assert len(written) >= 6
+    assert len(written) >= 10
     for path in written:  # ...and is nowhere on disk or in any output
         assert KEY not in path.read_text(errors="replace"), path
     for p in outputs:

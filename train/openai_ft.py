@@ -40,6 +40,20 @@ def run_dir_for(cfg: ExperimentConfig, n: int) -> Path:
     return cfg.experiment_dir / f"openai-{cfg.openai.model}-n{n:04d}-seed{cfg.train.seed}"
 
 
+def eval_dir_for(cfg: ExperimentConfig, model: str) -> Path:
+    """Where an OpenAI model's evaluation goes, so that the report shows it beside local runs: an
+    `ft:` model launched from this experiment into its job's run directory (its training size
+    known), any other model into a cell of its own that records it as untrained (n = 0)."""
+    for state in sorted(cfg.experiment_dir.glob(f"openai-*/{STATE}")):
+        if (read_json(state) or {}).get("fine_tuned_model") == model:
+            return state.parent
+    cell = cfg.experiment_dir / ("openai-" + model.replace("/", "_").replace(":", "_") + "-n0000")
+    if not (cell / "config.yaml").is_file():
+        prompted = cfg.model_copy(update={"num_train_examples": 0, "openai": cfg.openai.model_copy(update={"model": model})})
+        write_text(cell / "config.yaml", prompted.to_yaml())
+    return cell
+
+
 def _client(cfg: ExperimentConfig):
     import os
 
