@@ -96,12 +96,9 @@ def _eval(args) -> None:
         if args.merged and not adapter:
             raise FtscaleError("--merged needs --adapter: it serves that adapter merged into its base")
         if args.merged:
-            from ftscale.train.merge import merge
+            from ftscale.train.merge import merged_beside
 
-            merged = adapter.parent / "merged"
-            if not merged.is_dir():
-                merge(adapter, merged)
-            server_cm = server_for(cfg, None, out / "vllm-server.log", model=str(merged))
+            server_cm = server_for(cfg, None, out / "vllm-server.log", model=str(merged_beside(adapter)))
         else:
             server_cm = server_for(cfg, {"ft": adapter} if adapter else None, out / "vllm-server.log")
         label = "vllm-merged" if args.merged else "vllm"
@@ -129,16 +126,12 @@ def _serve(args) -> None:
     adapters = dict(a.split("=", 1) for a in args.adapter)
     model, served = args.model, None
     if args.merged:
-        from ftscale.rundir import adapter_dir
-        from ftscale.train.merge import merge
+        from ftscale.train.merge import merged_beside
 
         if len(adapters) != 1:
             raise FtscaleError("--merged serves one adapter merged into its base: give exactly one --adapter")
         (served, path), = adapters.items()
-        merged = adapter_dir(path).parent / "merged"
-        if not merged.is_dir():
-            merge(path, merged, base=args.model)
-        model, adapters = str(merged), {}
+        model, adapters = str(merged_beside(path, base=args.model)), {}
     signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's SIGTERM stops the server like Ctrl-C
     log = Path(args.log or Path("runs") / "serve" / f"vllm-{int(time.time())}.log")
     print(f"starting vLLM for {model} (log: {log}) ...", flush=True)

@@ -89,7 +89,7 @@ def run_latency_benchmark(cfg, adapter: str | Path, levels: list[int], num_promp
     from ftscale.eval.backends import Request
     from ftscale.experiment import sampling_of, task_for
     from ftscale.serve.server import server_for
-    from ftscale.train.merge import merge
+    from ftscale.train.merge import merged_beside
 
     adapter = adapter_dir(adapter)
     out_dir = Path(out_dir or adapter.parent / "latency")
@@ -118,10 +118,7 @@ def run_latency_benchmark(cfg, adapter: str | Path, levels: list[int], num_promp
         run("LoRA, short prompt", server, "ft", "default")
         run("base on the LoRA-enabled server, short prompt", server, server.served_name, "default")
         equal["LoRA"] = measure(server.base_url, "ft", prompts("default"), fixed, 1)
-    merged_dir = adapter.parent / "merged"
-    if not merged_dir.is_dir():
-        merge(adapter, merged_dir)
-    with server_for(cfg, None, out_dir / "vllm-merged.log", model=str(merged_dir)) as server:
+    with server_for(cfg, None, out_dir / "vllm-merged.log", model=str(merged_beside(adapter))) as server:
         run("merged, short prompt", server, server.served_name, "default")
         equal["merged"] = measure(server.base_url, server.served_name, prompts("default"), fixed, 1)
 

@@ -16,7 +16,7 @@ def run_throughput_benchmark(cfg, adapter: str | Path | None, num_prompts: int, 
     from ftscale.eval.backends import Request, make_backend
     from ftscale.experiment import sampling_of, task_for
     from ftscale.serve.server import server_for
-    from ftscale.train.merge import merge
+    from ftscale.train.merge import merged_beside
 
     adapter = adapter_dir(adapter) if adapter else None
     task = task_for(cfg)
@@ -43,10 +43,7 @@ def run_throughput_benchmark(cfg, adapter: str | Path | None, num_prompts: int, 
         vllm = make_backend("openai", name="vllm", model=model, base_url=server.base_url, concurrency=concurrency)
         results[f"vllm, concurrency {concurrency}"] = timed(vllm)
     if adapter:  # vLLM's LoRA kernels are slow on a CPU; the merged checkpoint is the same function
-        merged = adapter.parent / "merged"
-        if not merged.is_dir():
-            merge(adapter, merged)
-        with server_for(cfg, None, out_dir / "vllm-throughput-merged.log", model=str(merged)) as server:
+        with server_for(cfg, None, out_dir / "vllm-throughput-merged.log", model=str(merged_beside(adapter))) as server:
             vllm = make_backend("openai", name="vllm-merged", model=server.served_name, base_url=server.base_url,
                                 concurrency=concurrency)
             results[f"vllm merged, concurrency {concurrency}"] = timed(vllm)

@@ -24,3 +24,13 @@ def test_merged_checkpoint_answers_like_the_adapter(trained_run, tmp_path):
     plain = make_backend("hf", model=str(merged), dtype="float32", progress=False)
     same = sum(a.text == b.text for a, b in zip(lora.generate(requests, sampling), plain.generate(requests, sampling)))
     assert same >= 7, same
+
+
+def test_merged_beside_writes_once_next_to_the_run(trained_run):
+    from ftscale.train.merge import merged_beside
+
+    first = merged_beside(trained_run / "adapter")
+    assert first == trained_run / "merged" and (first / "model.safetensors").is_file()
+    stamp = (first / "model.safetensors").stat().st_mtime_ns
+    assert merged_beside(trained_run) == first  # a run directory works too, and nothing is merged again
+    assert (first / "model.safetensors").stat().st_mtime_ns == stamp

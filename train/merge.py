@@ -34,3 +34,11 @@ def merge(adapter: str | Path, out: str | Path, base: str | None = None, dtype: 
         AutoTokenizer.from_pretrained(path).save_pretrained(tmp)
         write_json(tmp / "ftscale-merged.json", {"base": base, "adapter": str(adapter), "dtype": str(saved_dtype)})
     return out
+
+
+def merged_beside(adapter: str | Path, base: str | None = None) -> Path:
+    """The run's merged checkpoint (`<run>/merged`), written the first time it is asked for."""
+    out = adapter_dir(adapter).parent / "merged"
+    if not out.is_dir():
+        merge(adapter, out, base=base)
+    return out
