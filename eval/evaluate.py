@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 from pathlib import Path
 
 from ftscale.atomic import write_json, write_jsonl
+from ftscale.provenance import machine
 
 from .backends import Backend, Request, Sampling
 from .tasks import Task
+
+TIMING = "timing.json"
 
 
 def evaluate(task: Task, examples: list[dict], pool: list[dict], backend: Backend, sampling: Sampling,
              variant: str, out_dir: Path, few_shot_k: int = 3) -> dict:
     requests = [Request(ex["id"], task.build_messages(ex, variant, pool, few_shot_k, sampling.seed))
                 for ex in examples]
+    start = time.perf_counter()
     generations = backend.generate(requests, sampling)
+    wall_time_s = time.perf_counter() - start
     records = []
     for ex, req, gen in zip(examples, requests, generations):
         records.append({
@@ -33,6 +39,10 @@ def evaluate(task: Task, examples: list[dict], pool: list[dict], backend: Backen
         })
     out_dir = Path(out_dir)
     write_jsonl(out_dir / "generations.jsonl", records)
+    # what serving these requests took on this machine: the cost model prices local systems by it
+    write_json(out_dir / TIMING, {"wall_time_s": wall_time_s, "requests": len(requests),
+                                  "requests_per_s": len(requests) / wall_time_s if wall_time_s else None,
+                                  "backend": backend.name, "machine": machine()})
     summary = summarise(task, records)
     write_json(out_dir / "scores.json", summary)
     return summary

@@ -5,10 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from pydantic import BaseModel, ConfigDict
 
 from ftscale.atomic import atomic_path, write_json, write_text
+from ftscale.config import CostSpec
+from ftscale.prices import load_prices
 from ftscale.rundir import TRAIN_METRICS, read_json
 
+from .cost import add_costs
+from .evaluate import TIMING
 from .tasks import Task
 
 
@@ -20,6 +25,7 @@ def collect(exp_dir: Path) -> list[dict]:
         train = read_json(cell / TRAIN_METRICS) or {}
         for scores_path in sorted(cell.glob("eval-*/scores.json")):
             scores = read_json(scores_path)
+            timing = read_json(scores_path.parent / TIMING) or {}
             # One curve per system: a local backend, or an OpenAI model family (its base and its fine-tunes)
             system = scores["backend"] if scores["backend"] != "openai" else f"openai {cfg['openai']['model']}"
             rows.append({
@@ -28,7 +34,12 @@ def collect(exp_dir: Path) -> list[dict]:
                 "n_eval": scores["n"],
                 "failed": scores["failed"], **scores["metrics"],
                 "median_latency_s": scores["median_latency_s"], "mean_output_tokens": scores["mean_output_tokens"],
+                "mean_input_tokens": scores.get("mean_input_tokens"),
                 "train_wall_time_s": train.get("wall_time_s"), "train_tokens_per_s": train.get("train_tokens_per_s"),
+                "train_machine": train.get("machine"), "trained_tokens": train.get("trained_tokens"),
+                "estimated_billed_tokens": train.get("estimated_billed_tokens"),
+                "eval_wall_time_s": timing.get("wall_time_s"), "eval_requests": timing.get("requests"),
+                "eval_machine": timing.get("machine"),
                 "generations": str(scores_path.parent / "generations.jsonl"),
             })
     rows.sort(key=lambda r: (r["backend"], r["prompt_variant"], r["num_train_examples"], r["seed"]))
@@ -74,32 +85,127 @@ def plot(rows: list[dict], task: Task, path: Path) -> None:
     plt.close(fig)
 
 
-def markdown(rows: list[dict], task: Task, title: str, exp_dir: Path) -> str:
+def plot_cost(rows: list[dict], task: Task, path: Path, ctx: dict) -> bool:
+    """Quality against cost per 1,000 requests, one point per system and training size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = (task.headline or tuple(m.name for m in task.metrics))[0]
+    points = [r for r in rows if r.get("cost_per_1k_requests_usd")]
+    if not points:
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for system, variant in sorted({(r["backend"], r["prompt_variant"]) for r in points}):
+        pts = [r for r in points if (r["backend"], r["prompt_variant"]) == (system, variant)]
+        ax.scatter([r["cost_per_1k_requests_usd"] for r in pts], [r[metric] for r in pts], label=f"{system}, {variant}")
+        for r in pts:
+            ax.annotate(f"n={r['num_train_examples']}", (r["cost_per_1k_requests_usd"], r[metric]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    if ctx["reference_cost_per_1k_requests_usd"]:
+        ax.axvline(ctx["reference_cost_per_1k_requests_usd"], linestyle="--", color="grey",
+                   label=f"prompting {ctx['reference_model']} ({ctx['reference_variant']})")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"cost per 1,000 requests (USD, log scale; prices checked {ctx['prices_checked']})")
+    ax.set_ylabel(metric)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title(f"{metric.replace('_', ' ')} against serving cost")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _usd(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, str):
+        return v
+    return f"{v:.4f}" if v < 1 else f"{v:,.2f}"
+
+
+def cost_lines(rows: list[dict], task: Task, ctx: dict, has_plot: bool) -> list[str]:
+    metrics = task.headline or tuple(m.name for m in task.metrics)
+    ref = ctx["reference_cost_per_1k_requests_usd"]
+    lines = ["", "## Cost next to quality", "",
+             f"Prices: `{ctx['prices_file']}`, checked {ctx['prices_checked']} ({ctx['currency']}). Reference: "
+             f"prompting `{ctx['reference_model']}` with the `{ctx['reference_variant']}` prompt, "
+             f"${_usd(ref)} per 1,000 requests ({ctx['reference_basis']}). Break-even: the number of requests after "
+             "which training plus serving the system costs less than prompting the reference.", ""]
+    if has_plot:
+        lines += ["![cost](cost.png)", ""]
+    head = ["train examples", "seed", "backend", "prompt", *metrics, "training cost ($)", "per 1,000 requests ($)",
+            "break-even (requests)", "priced as"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        be = r["break_even_requests"]
+        cells = [r["num_train_examples"], r["seed"], r["backend"], r["prompt_variant"],
+                 *(_fmt(r[m]) for m in metrics), _usd(r["training_cost_usd"]), _usd(r["cost_per_1k_requests_usd"]),
+                 "–" if be is None else (f"{be:,}" if isinstance(be, int) else be), r["cost_basis"] or "–"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    lines += ["", "Local systems are priced by the machine's price per hour times measured wall time: training, and "
+              "the evaluation's wall time per request at the batch size or concurrency it ran with (see "
+              "README, \"Reading cost next to quality\"). `–`: an input is missing (no price for the model, or a run "
+              "evaluated before ftscale recorded evaluation wall time)."]
+    return lines
+
+
+def markdown(rows: list[dict], task: Task, title: str, exp_dir: Path, cost_ctx: dict | None = None,
+             has_cost_plot: bool = False) -> str:
     names = [m.name for m in task.metrics]
     head = ["train examples", "seed", "backend", "prompt", "eval examples"] + names + ["failed", "median latency (s)", "mean output tokens",
                                                            "train time (s)", "train tokens/s"]
     lines = [f"# {title}", "", f"Task `{task.name}`; each score is the mean over the eval examples "
-             "(higher is better). `train examples = 0` is the untrained base model.", "",
+             "(higher is better). `train examples = 0` is the untrained base model."
+             + (f" Prices checked {cost_ctx['prices_checked']}." if cost_ctx else ""), "",
              "![scaling](scaling.png)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["num_train_examples"], r["seed"], r["backend"], r["prompt_variant"], r["n_eval"], *(r[n] for n in names), r["failed"],
                  r["median_latency_s"], r["mean_output_tokens"], r["train_wall_time_s"], r["train_tokens_per_s"]]
         lines.append("| " + " | ".join(_fmt(c, 1 if i >= len(cells) - 2 else 3) for i, c in enumerate(cells)) + " |")
+    if cost_ctx:
+        lines += cost_lines(rows, task, cost_ctx, has_cost_plot)
     for latency in sorted(exp_dir.glob("*/latency/latency.md")):
         body = latency.read_text().split("\n", 1)[1]  # drop its title; it becomes a section here
         lines += ["", f"## Latency of `{latency.parent.parent.name}` ([latency.json]({latency.parent.parent.name}/latency/latency.json))", body.rstrip()]
     lines += ["", "Metrics: " + "; ".join(f"`{m.name}`: {m.description}" for m in task.metrics) + ".",
-              "", "Every number is recomputable from the `generations.jsonl` and `train_metrics.json` files of "
-              "the run directories listed in `results.json`.", ""]
+              "", "Every number is recomputable from the `generations.jsonl`, `timing.json` and `train_metrics.json` "
+              "files of the run directories listed in `results.json`.", ""]
     return "\n".join(lines)
 
 
-def write_report(exp_dir: Path, task: Task) -> Path:
+def cost_spec_of(exp_dir: Path, overrides: dict | None = None) -> CostSpec:
+    """The experiment's `cost` section (defaults where it has none), with overrides on top."""
+    from ftscale.config import load_validated
+
+    path = Path(exp_dir) / "experiment.yaml"
+    if not path.is_file():
+        return CostSpec.model_validate(overrides or {})
+    full = load_validated(path, _CostOnly, {f"cost.{k}": v for k, v in (overrides or {}).items()})
+    return full.cost
+
+
+class _CostOnly(BaseModel):
+    """An experiment.yaml read for its cost section only (the rest is not this reader's business)."""
+
+    model_config = ConfigDict(extra="ignore")
+    cost: CostSpec = CostSpec()
+
+
+def write_report(exp_dir: Path, task: Task, cost: CostSpec | None = None) -> Path:
     exp_dir = Path(exp_dir)
     rows = collect(exp_dir)
     if not rows:
         raise FileNotFoundError(f"{exp_dir}: no evaluated cells to report")
+    cost = cost or cost_spec_of(exp_dir)
+    cost_ctx = add_costs(rows, load_prices(cost.prices), cost)
     plot(rows, task, exp_dir / "scaling.png")
-    write_json(exp_dir / "results.json", rows)
-    return write_text(exp_dir / "summary.md", markdown(rows, task, f"{exp_dir.name}: scaling summary", exp_dir))
+    has_cost_plot = plot_cost(rows, task, exp_dir / "cost.png", cost_ctx)
+    write_json(exp_dir / "results.json", {"cost": cost_ctx, "rows": rows})
+    return write_text(exp_dir / "summary.md", markdown(rows, task, f"{exp_dir.name}: scaling summary", exp_dir,
+                                                       cost_ctx, has_cost_plot))

@@ -180,7 +180,7 @@ def _bench(args) -> None:
 def _report(args) -> None:
     import yaml
 
-    from ftscale.eval.report import write_report
+    from ftscale.eval.report import cost_spec_of, write_report
     from ftscale.eval.tasks import get_task
 
     exp = Path(args.experiment_dir)
@@ -188,7 +188,10 @@ def _report(args) -> None:
     found = next((c for c in configs if c.is_file()), None)
     if found is None:
         raise FtscaleError(f"{exp}: not an experiment directory (no experiment.yaml, no run directories)")
-    print(write_report(exp, get_task(yaml.safe_load(found.read_text())["task"])))
+    overrides = {k: v for k, v in (("prices", args.prices), ("hardware", args.hardware), ("hourly_usd", args.hourly_usd),
+                                    ("reference_model", args.reference_model)) if v is not None}
+    cost = cost_spec_of(exp, overrides)
+    print(write_report(exp, get_task(yaml.safe_load(found.read_text())["task"]), cost))
 
 
 def _train(args) -> int:
@@ -285,8 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--num-prompts", type=int, default=200)
     bt.add_argument("--output-dir", help="default: <experiment dir>/throughput")
 
-    r = sub.add_parser("report", help="write summary.md and scaling.png for an experiment directory")
+    r = sub.add_parser("report", help="write summary.md, results.json, scaling.png and cost.png for an experiment directory")
     r.add_argument("experiment_dir")
+    r.add_argument("--prices", help="price table (default: the experiment's cost.prices, configs/prices.yaml)")
+    r.add_argument("--hardware", help="the price-table machine local runs are priced as (default: auto)")
+    r.add_argument("--hourly-usd", help="your own price per hour of the local machine")
+    r.add_argument("--reference-model", help="the bigger model prompted instead of fine-tuning (default: gpt-4.1)")
     r.set_defaults(fn=_report)
     return p
 

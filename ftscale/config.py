@@ -88,6 +88,17 @@ class OpenAISpec(Strict):
     poll_interval_s: float = Field(30.0, gt=0)
 
 
+class CostSpec(Strict):
+    """How the report prices each system; it changes the report only, never a run's results."""
+
+    prices: Path = Field(Path("configs/prices.yaml"), description="the dated price table; copy it to change prices")
+    hardware: str = Field("auto", description="a local_hardware entry of the price table; auto = the GPU's name, else cpu")
+    hourly_usd: float | None = Field(None, gt=0, description="your price per hour of the local machine; overrides the table")
+    reference_model: str = Field("gpt-4.1-2025-04-14", description="the bigger model that is prompted instead of fine-tuning")
+    reference_variant: str = Field("few_shot", description="the prompt variant the reference model is given")
+    cached_input_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of input tokens billed at the cached price")
+
+
 class ExperimentConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     task: str
@@ -100,6 +111,7 @@ class ExperimentConfig(Strict):
     eval: EvalSpec = EvalSpec()
     serve: ServeSpec = ServeSpec()
     openai: OpenAISpec = OpenAISpec()
+    cost: CostSpec = CostSpec()
     output_dir: Path = Field(Path("runs"), description="experiments write to output_dir/name/")
 
     @field_validator("num_train_examples")
@@ -137,6 +149,11 @@ class ExperimentConfig(Strict):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
+    def cell_yaml(self, n: int) -> str:
+        """The config of one cell: what decides its results (the cost section only prices the report)."""
+        return yaml.safe_dump(self.model_copy(update={"num_train_examples": n}).model_dump(mode="json", exclude={"cost"}),
+                              sort_keys=False)
+
 
 def apply_overrides(data: dict, overrides: dict[str, str]) -> dict:
     """Set dotted keys (`train.lora.r`) in a nested mapping; values are parsed as YAML."""
@@ -151,31 +168,32 @@ def apply_overrides(data: dict, overrides: dict[str, str]) -> dict:
     return data
 
 
-def _field_names(model=None) -> set[str]:
+def _field_names(model) -> set[str]:
     names = set()
-    for name, field in (model or ExperimentConfig).model_fields.items():
+    for name, field in model.model_fields.items():
         names.add(name)
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
             names |= _field_names(field.annotation)
     return names
 
 
-def _key_path(err: dict) -> tuple:
+def _key_path(err: dict, names: set[str], lines: dict) -> tuple:
     """The config keys of an error's location, without the union members pydantic adds ('list[int]')."""
     if err["type"] == "extra_forbidden":
         return tuple(err["loc"])  # the last part is the user's unknown key
-    names, out = _field_names(), []
+    out = []
     for part in err["loc"]:
-        if isinstance(part, str) and part not in names:
+        # a field name or a key of the file (a mapping's own keys, e.g. model names in a price table)
+        if isinstance(part, str) and part not in names and (*out, part) not in lines:
             break
         out.append(part)
     return tuple(out)
 
 
-def _format_errors(path: Path, lines: dict, err: ValidationError, overridden: set[str]) -> str:
-    out = []
+def _format_errors(path: Path, lines: dict, err: ValidationError, overridden: set[str], model) -> str:
+    out, names = [], _field_names(model)
     for e in err.errors():
-        loc = _key_path(e)
+        loc = _key_path(e, names, lines)
         key = ".".join(str(x) for x in loc) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
@@ -194,16 +212,21 @@ def _format_errors(path: Path, lines: dict, err: ValidationError, overridden: se
     return "\n".join(out)
 
 
-def load_config(path: str | Path, overrides: dict[str, str] | None = None) -> ExperimentConfig:
-    """Load, override and validate an experiment config; raise ConfigError naming file, line, key."""
+def load_validated(path: str | Path, model: type[BaseModel], overrides: dict[str, str] | None = None):
+    """Load a YAML file (plus dotted overrides) into `model`; raise ConfigError naming file, line, key."""
     path = Path(path)
     data, lines = load_yaml(path)
     overrides = overrides or {}
     apply_overrides(data, overrides)
     try:
-        return ExperimentConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(path, lines, e, set(overrides))) from None
+        raise ConfigError(_format_errors(path, lines, e, set(overrides), model)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, str] | None = None) -> ExperimentConfig:
+    """Load, override and validate an experiment config; raise ConfigError naming file, line, key."""
+    return load_validated(path, ExperimentConfig, overrides)
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:

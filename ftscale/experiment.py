@@ -83,7 +83,7 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> Path:
     for n in bar:
         bar.set_postfix_str(f"n={n}")
         cell = cell_dir(exp_dir, n, cfg.train.seed)
-        cell_cfg = cfg.model_copy(update={"num_train_examples": n}).to_yaml()
+        cell_cfg = cfg.cell_yaml(n)
         previous = (cell / "config.yaml").read_text() if (cell / "config.yaml").is_file() else None
         if previous != cell_cfg or not trained(cell):
             if previous is not None and previous != cell_cfg:
@@ -99,6 +99,6 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> Path:
         variants = cfg.eval.prompt_variants + (cfg.eval.baseline_variants if n == 0 else [])
         adapter = cell / "adapter" if n > 0 else None
         evaluate_cell(cfg, cell, hf_backend_factory(cfg, adapter), task, pool, examples, variants, log=log)
-    report = write_report(exp_dir, task)
+    report = write_report(exp_dir, task, cfg.cost)
     log(f"done in {time.perf_counter() - start:.0f} s: {report}")
     return report

@@ -5,6 +5,7 @@ evaluation, and the API key written nowhere."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 
 import pytest
@@ -83,6 +84,20 @@ def test_an_interrupted_launcher_follows_the_same_job(standin, tmp_path, monkeyp
     assert len(standin.jobs) == 1 and len(standin.files) == 1 and state["status"] == "succeeded"
 
 
+def test_the_key_can_come_from_a_file_the_user_names(standin, tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    key_file = tmp_path / "openai.key"
+    key_file.write_text(KEY + "\n")
+    monkeypatch.setenv("OPENAI_API_KEY_FILE", str(key_file))
+    state = openai_ft.launch(_cfg(standin, tmp_path, n=10), 10, tmp_path / "job", yes=True, log=lambda *_: None)
+    backend = make_backend("openai", model=state["fine_tuned_model"], base_url=standin.base_url, progress=False)
+    (gen,) = backend.generate([Request("a", [{"role": "user", "content": "hi"}])], Sampling())
+    assert gen.error is None and standin.auth_headers and set(standin.auth_headers) == {f"Bearer {KEY}"}
+    monkeypatch.setenv("OPENAI_API_KEY_FILE", str(tmp_path / "missing.key"))
+    with pytest.raises(FtscaleError, match="OPENAI_API_KEY_FILE=.*missing.key: cannot read a key"):
+        openai_ft.launch(_cfg(standin, tmp_path, n=10), 10, tmp_path / "job2", yes=True, log=lambda *_: None)
+
+
 def test_faults_lose_and_duplicate_no_evaluation_record(standin):
     standin.chat_faults = ["429", "500", "drop", "slow", "500"]
     backend = make_backend("openai", model="ft:gpt-4.1-mini:org-standin:x:0001", base_url=standin.base_url,
@@ -124,10 +139,29 @@ def test_the_key_is_written_nowhere_and_the_report_shows_openai_beside_local(sta
     # the fine-tune is scored in its job's directory, the prompted model in a cell of its own
     assert (job_dir / "eval-openai-default" / "scores.json").is_file()
     rows = {(r["num_train_examples"], r["model"], r["prompt_variant"]): r
-            for r in json.loads((exp / "results.json").read_text())}
+            for r in json.loads((exp / "results.json").read_text())["rows"]}
     assert set(rows) == {(12, ft_model, "default"), (0, "gpt-4.1-mini-2025-04-14", "few_shot")}
     assert {r["backend"] for r in rows.values()} == {"openai gpt-4.1-mini-2025-04-14"}
-    assert "| 12 | 42 | openai gpt-4.1-mini-2025-04-14 | default | 4 |" in (exp / "summary.md").read_text()
+    summary = (exp / "summary.md").read_text()
+    assert "| 12 | 42 | openai gpt-4.1-mini-2025-04-14 | default | 4 |" in summary
+    assert "estimated training cost: $" in outputs[0].stdout and "prices checked 2025-06" in outputs[0].stdout
+
+    # cost next to quality, at the price table's prices: the fine-tune's 12,000 trained tokens at
+    # $5/1M, its requests at fine-tuned prices ($0.80 in, $3.20 out), the prompted model at $0.40/$1.60
+    ft, prompted = rows[(12, ft_model, "default")], rows[(0, "gpt-4.1-mini-2025-04-14", "few_shot")]
+    assert ft["training_cost_usd"] == pytest.approx(12_000 * 5.00 / 1e6) and prompted["training_cost_usd"] == 0
+    assert ft["cost_per_1k_requests_usd"] == pytest.approx(
+        1000 * (ft["mean_input_tokens"] * 0.80 + ft["mean_output_tokens"] * 3.20) / 1e6)
+    assert prompted["cost_per_1k_requests_usd"] == pytest.approx(
+        1000 * (prompted["mean_input_tokens"] * 0.40 + prompted["mean_output_tokens"] * 1.60) / 1e6)
+    assert "Prices: `configs/prices.yaml`, checked 2025-06" in summary and (exp / "cost.png").is_file()
+    # against the prompted model as the reference, measured: break-even where the fine-tune gets cheaper per request
+    outputs.append(ftscale("report", str(exp), "--reference-model", "gpt-4.1-mini"))
+    rows = {r["model"]: r for r in json.loads((exp / "results.json").read_text())["rows"]}
+    ft, prompted = rows[ft_model], rows["gpt-4.1-mini-2025-04-14"]
+    saving = (prompted["cost_per_1k_requests_usd"] - ft["cost_per_1k_requests_usd"]) / 1000
+    assert prompted["break_even_requests"] is None  # the reference itself
+    assert ft["break_even_requests"] == (math.ceil(ft["training_cost_usd"] / saving) if saving > 0 else "never")
 
     assert f"Bearer {KEY}" in standin.auth_headers  # the key was used...
     written = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]

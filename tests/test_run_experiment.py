@@ -23,12 +23,18 @@ def test_run_writes_summary_plot_and_resumes(tmp_path, embedded_model):
     summary = (exp / "summary.md").read_text()
     assert "![scaling](scaling.png)" in summary
     assert (exp / "scaling.png").read_bytes()[:4] == b"\x89PNG"
-    rows = json.loads((exp / "results.json").read_text())
+    rows = json.loads((exp / "results.json").read_text())["rows"]
     # both sizes with the plain prompt, and the few-shot baseline for the base model only
     assert sorted((r["num_train_examples"], r["prompt_variant"]) for r in rows) == [
         (0, "default"), (0, "few_shot"), (8, "default")]
     for r in rows:
         assert r["n_eval"] == 6 and f"| {r['num_train_examples']} | 42 | hf | {r['prompt_variant']} |" in summary
+        # cost next to quality: the machine's hourly price times measured training and evaluation time
+        assert r["eval_requests"] == 6 and r["eval_wall_time_s"] > 0 and r["cost_per_1k_requests_usd"] > 0
+        assert (r["training_cost_usd"] > 0) == (r["num_train_examples"] > 0)
+        assert r["break_even_requests"] is not None  # against gpt-4.1, estimated from the base's few-shot tokens
+    assert "## Cost next to quality" in summary and "checked 2025-06" in summary
+    assert (exp / "cost.png").read_bytes()[:4] == b"\x89PNG"
     adapter = exp / "n0008-seed42" / "adapter" / "adapter_model.safetensors"
     before = adapter.stat().st_mtime_ns
 

@@ -5,7 +5,7 @@
 
 The job's state lives in the run directory (`openai_job.json`, written atomically after every
 step), so a launcher that is interrupted and started again follows the same job instead of
-starting a second one. The API key comes from OPENAI_API_KEY and is written nowhere.
+starting a second one. The API key comes from the environment (ftscale/apikey.py) and is written nowhere.
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ if __package__ in (None, ""):
 
 import openai
 
+from ftscale.apikey import MISSING, openai_api_key
 from ftscale.atomic import write_json, write_jsonl, write_text
 from ftscale.chatdata import nested_subset, read_jsonl, sha256_file
 from ftscale.config import ExperimentConfig, load_config, parse_overrides
 from ftscale.datacheck import check_file
 from ftscale.errors import ConfigError, FtscaleError, run_command
+from ftscale.prices import load_prices
 from ftscale.rundir import TRAIN_METRICS, read_json
 
 STATE = "openai_job.json"
@@ -49,17 +51,16 @@ def eval_dir_for(cfg: ExperimentConfig, model: str) -> Path:
             return state.parent
     cell = cfg.experiment_dir / ("openai-" + model.replace("/", "_").replace(":", "_") + "-n0000")
     if not (cell / "config.yaml").is_file():
-        prompted = cfg.model_copy(update={"num_train_examples": 0, "openai": cfg.openai.model_copy(update={"model": model})})
-        write_text(cell / "config.yaml", prompted.to_yaml())
+        prompted = cfg.model_copy(update={"openai": cfg.openai.model_copy(update={"model": model})})
+        write_text(cell / "config.yaml", prompted.cell_yaml(0))
     return cell
 
 
 def _client(cfg: ExperimentConfig):
-    import os
-
-    if not os.environ.get("OPENAI_API_KEY"):
-        raise FtscaleError("OPENAI_API_KEY is not set: the OpenAI launcher reads the key from the environment only")
-    return openai.OpenAI(base_url=cfg.openai.base_url, max_retries=5)
+    key = openai_api_key()
+    if key is None:
+        raise FtscaleError(f"no OpenAI API key: {MISSING}")
+    return openai.OpenAI(base_url=cfg.openai.base_url, api_key=key, max_retries=5)
 
 
 def _hyperparameters(cfg: ExperimentConfig) -> dict:
@@ -78,6 +79,18 @@ def prepare(cfg: ExperimentConfig, n: int, run_dir: Path) -> tuple[Path, object]
     return path, report
 
 
+def estimate_line(cfg: ExperimentConfig, billed_tokens: int) -> str:
+    """The training cost estimate shown before anything is spent, with the price table's date."""
+    table = load_prices(cfg.cost.prices)
+    found = table.model(cfg.openai.model)
+    if found is None or found[1].training is None:
+        return (f"estimated training cost: unknown ({cfg.openai.model} has no training price in {cfg.cost.prices}); "
+                f"{billed_tokens} billed tokens")
+    key, prices, _ = found
+    return (f"estimated training cost: ${billed_tokens * prices.training / 1e6:.2f} ({billed_tokens} tokens x "
+            f"${prices.training:.2f}/1M for {key}; prices checked {table.checked}, {cfg.cost.prices})")
+
+
 def launch(cfg: ExperimentConfig, n: int, run_dir: Path, yes: bool = False, log=print) -> dict:
     """Upload, create and follow a job; resume following it if the run directory already names one."""
     if n <= 0:
@@ -88,10 +101,11 @@ def launch(cfg: ExperimentConfig, n: int, run_dir: Path, yes: bool = False, log=
     if not state.get("job_id"):
         path, report = prepare(cfg, n, run_dir)
         log(report.format())
+        log(estimate_line(cfg, report.billed_tokens))
         if not yes and input(f"Start an OpenAI fine-tuning job of {cfg.openai.model} on {n} examples "
                              f"(~{report.billed_tokens} billed tokens)? [y/N] ").strip().lower() not in ("y", "yes"):
             raise FtscaleError("cancelled: no job was started")
-        write_text(run_dir / "config.yaml", cfg.model_copy(update={"num_train_examples": n}).to_yaml())
+        write_text(run_dir / "config.yaml", cfg.cell_yaml(n))
         state = {"backend": "openai", "model": cfg.openai.model, "base_url": cfg.openai.base_url,
                  "num_train_examples": n, "seed": cfg.train.seed, "data_seed": cfg.data.seed,
                  "data_sha256": sha256_file(cfg.data.train), "training_file_sha256": sha256_file(path),

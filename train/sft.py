@@ -87,8 +87,7 @@ def train(cfg: ExperimentConfig, n: int, run_dir: Path) -> dict:
     subset = nested_subset(pool, n, cfg.data.seed)
     check_hardware(cfg)
     run_dir = Path(run_dir)
-    cell_cfg = cfg.model_copy(update={"num_train_examples": n})
-    write_text(run_dir / "config.yaml", cell_cfg.to_yaml())
+    write_text(run_dir / "config.yaml", cfg.cell_yaml(n))
     base = {"num_train_examples": n, "seed": cfg.train.seed, "data_seed": cfg.data.seed, "model": cfg.model,
             "data_file": str(cfg.data.train), "data_sha256": sha256_file(cfg.data.train),
             "subset_sha256": sha256_records(subset), "git_commit": git_commit(), "versions": versions()}

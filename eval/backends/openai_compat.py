@@ -4,20 +4,22 @@ Requests are streamed so that time to first token and inter-token latencies are 
 way vLLM's serving benchmark measures them; `stream_options.include_usage` gives the token
 counts. Retries (429, 5xx, timeouts, dropped connections) back off exponentially, are bounded,
 and are logged; a request that still fails is returned with its error, never dropped.
-The API key comes from the environment (OPENAI_API_KEY) and is never written anywhere.
+The API key comes from the environment (OPENAI_API_KEY or OPENAI_API_KEY_FILE) and is never written anywhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
 
 import httpx
 import openai
 from tqdm.auto import tqdm
+
+from ftscale.apikey import MISSING, openai_api_key
+from ftscale.errors import FtscaleError
 
 from .base import Generation, Request, Sampling
 
@@ -44,11 +46,9 @@ class OpenAIBackend:
         self.model = model
         self.base_url = base_url
         # A local server needs no key, but the client insists on one.
-        self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or ("EMPTY" if base_url else None)
+        self._api_key = api_key or openai_api_key() or ("EMPTY" if base_url else None)
         if self._api_key is None:
-            from ftscale.errors import FtscaleError
-
-            raise FtscaleError("the openai backend needs OPENAI_API_KEY in the environment (or --base-url for a local server)")
+            raise FtscaleError(f"the openai backend needs a key: {MISSING} (or --base-url for a local server)")
         self.concurrency = concurrency
         self.max_retries = max_retries
         self.backoff_s = backoff_s

@@ -1,0 +1,93 @@
+"""The dated price table (`configs/prices.yaml`): OpenAI token prices and local machines per hour.
+
+Loaded and validated like every config (unknown keys refused, errors name file:line: key).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from .config import Strict, load_validated
+from .errors import ConfigError
+from .paths import ROOT
+
+DATE = r"^\d{4}-\d{2}(-\d{2})?$"
+
+
+class TokenPrices(Strict):
+    """USD per 1M tokens."""
+
+    input: float = Field(ge=0)
+    cached_input: float | None = Field(None, ge=0, description="absent: cached input is billed as input")
+    output: float = Field(ge=0)
+
+    def per_request(self, input_tokens: float, output_tokens: float, cached_fraction: float = 0.0) -> float:
+        cached = self.cached_input if self.cached_input is not None else self.input
+        fresh = input_tokens * (1 - cached_fraction)
+        return (fresh * self.input + input_tokens * cached_fraction * cached + output_tokens * self.output) / 1e6
+
+
+class ModelPrices(TokenPrices):
+    aliases: list[str] = Field(default_factory=list, description="other names of the model (gpt-4.1 for the dated id)")
+    training: float | None = Field(None, ge=0, description="USD per 1M trained tokens; absent: not fine-tunable")
+    fine_tuned: TokenPrices | None = Field(None, description="inference prices of its fine-tunes")
+    source: str
+    checked: str = Field(pattern=DATE)
+
+
+class MachinePrice(Strict):
+    hourly_usd: float = Field(gt=0)
+    match: list[str] = Field(default_factory=list, description="substrings of the GPU name that pick this entry")
+    description: str
+    source: str
+    checked: str = Field(pattern=DATE)
+
+
+class PriceTable(Strict):
+    currency: str
+    checked: str = Field(pattern=DATE, description="when the table was last checked; shown in every report")
+    openai: dict[str, ModelPrices]
+    local_hardware: dict[str, MachinePrice]
+
+    def model(self, name: str) -> tuple[str, ModelPrices, bool] | None:
+        """(table key, prices, is a fine-tune) for a model id, an alias or an `ft:` model; None if unknown."""
+        fine_tuned = name.startswith("ft:")
+        base = name.split(":")[1] if fine_tuned else name
+        for key, prices in self.openai.items():
+            if base == key or base in prices.aliases:
+                return key, prices, fine_tuned
+        return None
+
+    def inference(self, name: str) -> TokenPrices | None:
+        found = self.model(name)
+        if found is None:
+            return None
+        _, prices, fine_tuned = found
+        return prices.fine_tuned if fine_tuned else prices
+
+    def machine(self, hardware: str, gpu_name: str | None) -> tuple[str, MachinePrice]:
+        """The entry named by `hardware`, or for `auto` the one whose `match` is in the GPU's name (else cpu)."""
+        if hardware != "auto":
+            if hardware not in self.local_hardware:
+                raise ConfigError(f"cost.hardware: {hardware!r} is not in the price table "
+                                  f"(it has {', '.join(self.local_hardware)})")
+            return hardware, self.local_hardware[hardware]
+        if gpu_name:
+            for key, entry in self.local_hardware.items():
+                if any(m.lower() in gpu_name.lower() for m in entry.match):
+                    return key, entry
+            raise ConfigError(f"cost.hardware: no price-table entry matches the GPU {gpu_name!r}; "
+                              "name one with cost.hardware or give cost.hourly_usd")
+        if "cpu" not in self.local_hardware:
+            raise ConfigError("cost.hardware: the price table has no `cpu` entry for a machine without a GPU")
+        return "cpu", self.local_hardware["cpu"]
+
+
+def load_prices(path: str | Path) -> PriceTable:
+    """A relative path is looked up from the working directory, then from the checkout (configs/...)."""
+    path = Path(path)
+    if not path.is_absolute() and not path.exists() and (ROOT / path).is_file():
+        path = ROOT / path
+    return load_validated(path, PriceTable)
