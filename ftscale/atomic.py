@@ -59,6 +59,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        # mkdtemp makes 0700 and some writers (safetensors) 0600; results are meant to be read by others
+        os.chmod(tmp, 0o755)
+        for f in tmp.rglob("*"):
+            os.chmod(f, 0o755 if f.is_dir() else 0o644)
         if path.exists():
             # Two renames keep the window without a valid directory as short as possible.
             old = path.with_name(f".{path.name}.old")

@@ -42,7 +42,14 @@ class TrainSpec(Strict):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto = bf16 where the hardware does it natively, else fp32"
     )
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(False, description="trade compute for memory; only where memory needs it")
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3"] = Field(
+        "auto", description="auto = flash_attention_2 on CUDA when flash-attn is installed, else sdpa")
+    padding_free: bool = Field(False, description="flatten each batch into one row without padding (TRL)")
+    packing: bool = Field(False, description="pack examples into max_length rows, best-fit decreasing (TRL 'bfd')")
+    use_liger_kernel: bool = Field(False, description="Liger's fused Triton kernels (CUDA; pip install liger-kernel)")
+    optim: Literal["adamw_torch", "adamw_torch_fused", "paged_adamw_8bit"] = Field(
+        "adamw_torch", description="paged_adamw_8bit: bitsandbytes' paged 8-bit AdamW (CUDA)")
     logging_steps: int = Field(1, ge=1)
     save_steps: int | None = Field(None, ge=1, description="checkpoint every N steps; a rerun resumes from the last")
 

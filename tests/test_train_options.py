@@ -1,0 +1,60 @@
+"""Training beyond one process and one default: data parallel on two CPU processes through the
+shipped accelerate config, and the refusals of what this machine cannot run (before any loading)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from ftscale.config import load_config
+from ftscale.errors import ConfigError
+from ftscale.train.sft import check_hardware
+
+from conftest import BIN, MAIN_CONFIG, ROOT
+
+
+def test_data_parallel_on_two_cpu_processes(embedded_model, tmp_path):
+    run_dir = tmp_path / "ddp"
+    cmd = [str(BIN / "accelerate"), "launch", "--config_file", "configs/accelerate/cpu_ddp.yaml", "train/sft.py",
+           "--config", str(MAIN_CONFIG), "--num_train_examples", "32", "--train.batch_size", "4",
+           "--train.epochs", "1", "--output_dir", str(run_dir)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "train_metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["distributed_type"] == "DistributedType.MULTI_CPU"
+    # each process saw half the data: 32 examples / (4 per process x 2 processes) = 4 steps, not 8
+    assert metrics["steps"] == 4
+    # different data on each process, the same adapter on both at the end: gradients were averaged
+    assert metrics["replicas_identical"] is True
+    # one adapter, written once, whole
+    assert sorted(p.name for p in (run_dir / "adapter").iterdir()) == [
+        "README.md", "adapter_config.json", "adapter_model.safetensors"]
+    assert not list(run_dir.glob(".adapter*")) and proc.stdout.count("adapter saved to") == 1
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"train.attn_implementation": "flash_attention_2"}, "flash_attention_2 needs a CUDA GPU"),
+    ({"train.use_liger_kernel": "true"}, "Liger's kernels are Triton kernels for CUDA GPUs"),
+    ({"train.optim": "paged_adamw_8bit"}, "paged_adamw_8bit needs a CUDA GPU and bitsandbytes"),
+    ({"train.quantization": "4bit"}, "4bit (QLoRA) needs a CUDA GPU"),
+])
+def test_what_this_machine_cannot_run_is_refused_before_loading(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_hardware(load_config(MAIN_CONFIG, override))
+
+
+@pytest.mark.parametrize("env, message", [
+    ("ACCELERATE_USE_FSDP", "FSDP, which ftscale runs on CUDA GPUs only"),
+    ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed, which is not installed: pip install deepspeed"),
+])
+def test_an_accelerate_config_this_machine_cannot_run_is_refused(env, message, monkeypatch):
+    monkeypatch.setenv(env, "true")
+    with pytest.raises(ConfigError, match=message):
+        check_hardware(load_config(MAIN_CONFIG))
+
+
+def test_an_unknown_attention_implementation_is_a_config_error():
+    with pytest.raises(ConfigError, match="train.attn_implementation: Input should be"):
+        load_config(MAIN_CONFIG, {"train.attn_implementation": "flash"})
