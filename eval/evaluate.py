@@ -37,6 +37,8 @@ def evaluate(task: Task, examples: list[dict], pool: list[dict], backend: Backen
             "sampling": sampling.as_dict(), **gen.extra,
             "scores": task.score(ex, gen.text) if gen.error is None else None,
         })
+    if task.judges:
+        judge_pass(task, records)
     out_dir = Path(out_dir)
     write_jsonl(out_dir / "generations.jsonl", records)
     # what serving these requests took on this machine: the cost model prices local systems by it
@@ -48,11 +50,39 @@ def evaluate(task: Task, examples: list[dict], pool: list[dict], backend: Backen
     return summary
 
 
+def judge_pass(task: Task, records: list[dict]) -> None:
+    """Ask each llm_judge's model about every answered example; keep its reply beside the scores."""
+    from .backends import make_judge_backend
+    from .evaluators import judge_scores, render_judge_prompt
+
+    answered = [r for r in records if r["error"] is None]
+    for params, prefix in task.judges:
+        backend = make_judge_backend(params.judge)
+        prompts = [Request(r["id"], render_judge_prompt(params, _user_text(r["prompt"]), r["output"], r["reference"]))
+                   for r in answered]
+        replies = backend.generate(prompts, Sampling(temperature=0.0, max_new_tokens=params.max_new_tokens))
+        for r, reply in zip(answered, replies):
+            r.setdefault("judgements", {})[prefix] = reply.text if reply.error is None else None
+            r["scores"] |= judge_scores(r["judgements"][prefix], params, prefix)
+
+
+def _user_text(messages: list[dict]) -> str:
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+
+
 def summarise(task: Task, records: list[dict]) -> dict:
-    """Means of every metric over the examples; failed requests count as failures, not as absent."""
+    """Means of every metric over the examples. A failed request counts as a failure (0), not as
+    absent; an example a metric cannot score (its reference lacks a field, a judge's reply did not
+    parse) is left out of that metric's mean and counted in `not_scorable`."""
     scored = [r for r in records if r["scores"] is not None]
     n = len(records)
-    metrics = {m.name: sum(r["scores"][m.name] for r in scored) / n if n else 0.0 for m in task.metrics}
+    metrics, not_scorable = {}, {}
+    for m in task.metrics:
+        values = [r["scores"].get(m.name) for r in scored]
+        missing = sum(v is None for v in values)
+        if missing:
+            not_scorable[m.name] = missing
+        metrics[m.name] = sum(v for v in values if v is not None) / (n - missing) if n - missing else None
 
     def median(key):
         values = [r[key] for r in scored if r.get(key) is not None]
@@ -60,11 +90,13 @@ def summarise(task: Task, records: list[dict]) -> dict:
 
     return {
         "task": task.name, "n": n, "failed": n - len(scored), "metrics": metrics,
+        **({"not_scorable": not_scorable} if not_scorable else {}),
         "backend": records[0]["backend"] if records else None, "model": records[0]["model"] if records else None,
         "prompt_variant": records[0]["prompt_variant"] if records else None,
         "median_latency_s": median("latency_s"), "median_ttft_s": median("ttft_s"),
         "mean_output_tokens": statistics.fmean(r["output_tokens"] for r in scored) if scored else None,
         "mean_input_tokens": statistics.fmean(r["input_tokens"] for r in scored) if scored else None,
+        **(task.aggregates(records) if task.aggregates else {}),
     }
 
 
@@ -74,4 +106,8 @@ def rescore(generations_path: str | Path, task: Task) -> dict:
     for r in records:
         if r["error"] is None:
             r["scores"] = task.score({"reference": r["reference"], "id": r["id"]}, r["output"])
+            for params, prefix in task.judges:  # the judge's stored reply, parsed again
+                from .evaluators import judge_scores
+
+                r["scores"] |= judge_scores(r.get("judgements", {}).get(prefix), params, prefix)
     return summarise(task, records)

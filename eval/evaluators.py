@@ -521,7 +521,8 @@ register(Evaluator("choice", ChoiceParams, one_metric("the output names the refe
 # --- llm_judge (the pure parts; the judge model is called in a batch pass) -----------------------
 
 _PLACEHOLDERS = ("input", "output", "reference")
-_BACKENDS = ("hf", "openai", "vllm")
+# a vLLM server is an OpenAI-compatible endpoint: openai:<served name> with OPENAI_BASE_URL
+_BACKENDS = ("hf", "openai")
 
 
 class LlmJudgeParams(Strict):
@@ -530,7 +531,8 @@ class LlmJudgeParams(Strict):
     scale_min: int = 1
     scale_max: int = 10
     pattern: str = Field(r"(?im)^\s*score\s*:\s*(\d+)\s*$", description="regex whose one group captures the score")
-    judge: str = Field(description="<backend>:<model>, backend one of hf, openai, vllm")
+    judge: str = Field(description="hf:<model ref> (in-process) or openai:<model> (OpenAI, or a vLLM server via OPENAI_BASE_URL)")
+    max_new_tokens: int = Field(64, ge=1, description="the judge's reply length")
     _regex: Any = PrivateAttr(None)
 
     @field_validator("rubric")

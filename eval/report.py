@@ -32,7 +32,7 @@ def collect(exp_dir: Path) -> list[dict]:
                 "cell": cell.name, "num_train_examples": cfg["num_train_examples"], "seed": cfg["train"]["seed"],
                 "prompt_variant": scores["prompt_variant"], "backend": system, "model": scores["model"],
                 "n_eval": scores["n"],
-                "failed": scores["failed"], **scores["metrics"],
+                "failed": scores["failed"], **scores["metrics"], "not_scorable": scores.get("not_scorable", {}),
                 "median_latency_s": scores["median_latency_s"], "mean_output_tokens": scores["mean_output_tokens"],
                 "mean_input_tokens": scores.get("mean_input_tokens"),
                 "train_wall_time_s": train.get("wall_time_s"), "train_tokens_per_s": train.get("train_tokens_per_s"),
@@ -59,13 +59,16 @@ def plot(rows: list[dict], task: Task, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     metrics = task.headline or tuple(m.name for m in task.metrics)
+    directions = {m.name: m.higher_is_better for m in task.metrics}
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.6), squeeze=False)
     sizes = sorted({r["num_train_examples"] for r in rows})
     positive = [s for s in sizes if s > 0]
     for ax, metric in zip(axes[0], metrics):
         for backend, variant in sorted({(r["backend"], r["prompt_variant"]) for r in rows}):
             pts = sorted((r["num_train_examples"], r[metric]) for r in rows
-                         if (r["backend"], r["prompt_variant"]) == (backend, variant))
+                         if (r["backend"], r["prompt_variant"]) == (backend, variant) and r.get(metric) is not None)
+            if not pts:
+                continue
             if {p[0] for p in pts} == {0}:  # a base-only baseline: a reference line, not a curve
                 ax.axhline(pts[0][1], linestyle="--", color="grey", label=f"base, {variant} prompt ({backend})")
             else:
@@ -73,9 +76,11 @@ def plot(rows: list[dict], task: Task, path: Path) -> None:
         # symlog keeps n=0 (the untrained base) on a log-like axis of training sizes
         ax.set_xscale("symlog", linthresh=min(positive) if positive else 1)
         ax.set_xticks(sizes, [str(s) for s in sizes])
-        ax.set_ylim(-0.03, 1.03)
+        values = [r[metric] for r in rows if r.get(metric) is not None]
+        if values and 0 <= min(values) and max(values) <= 1:  # a rate; a diagnostic such as length keeps its own scale
+            ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel("training examples (0 = base model)")
-        ax.set_ylabel(metric)
+        ax.set_ylabel(f"{metric} ({'higher' if directions[metric] else 'lower'} is better)")
         ax.set_title(metric.replace("_", " "))
         ax.grid(alpha=0.3)
     axes[0][0].legend(loc="best", fontsize=8)
@@ -93,7 +98,7 @@ def plot_cost(rows: list[dict], task: Task, path: Path, ctx: dict) -> bool:
     import matplotlib.pyplot as plt
 
     metric = (task.headline or tuple(m.name for m in task.metrics))[0]
-    points = [r for r in rows if r.get("cost_per_1k_requests_usd")]
+    points = [r for r in rows if r.get("cost_per_1k_requests_usd") and r.get(metric) is not None]
     if not points:
         return False
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -159,8 +164,10 @@ def markdown(rows: list[dict], task: Task, title: str, exp_dir: Path, cost_ctx: 
     names = [m.name for m in task.metrics]
     head = ["train examples", "seed", "backend", "prompt", "eval examples"] + names + ["failed", "median latency (s)", "mean output tokens",
                                                            "train time (s)", "train tokens/s"]
+    lower = [m.name for m in task.metrics if not m.higher_is_better]
     lines = [f"# {title}", "", f"Task `{task.name}`; each score is the mean over the eval examples "
-             "(higher is better). `train examples = 0` is the untrained base model."
+             f"(higher is better{'; lower is better for ' + ', '.join(lower) if lower else ''}). "
+             "`train examples = 0` is the untrained base model."
              + (f" Prices checked {cost_ctx['prices_checked']}." if cost_ctx else ""), "",
              "![scaling](scaling.png)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -168,6 +175,12 @@ def markdown(rows: list[dict], task: Task, title: str, exp_dir: Path, cost_ctx: 
         cells = [r["num_train_examples"], r["seed"], r["backend"], r["prompt_variant"], r["n_eval"], *(r[n] for n in names), r["failed"],
                  r["median_latency_s"], r["mean_output_tokens"], r["train_wall_time_s"], r["train_tokens_per_s"]]
         lines.append("| " + " | ".join(_fmt(c, 1 if i >= len(cells) - 2 else 3) for i, c in enumerate(cells)) + " |")
+    unscorable = [r for r in rows if r["not_scorable"]]
+    if unscorable:
+        lines += ["", "Not scorable (left out of that metric's mean: the reference lacks a field the metric needs, "
+                  "or a judge's reply did not parse): " + "; ".join(
+                      f"n={r['num_train_examples']} {r['backend']} {r['prompt_variant']}: "
+                      + ", ".join(f"{k} {v}" for k, v in r["not_scorable"].items()) for r in unscorable) + "."]
     if cost_ctx:
         lines += cost_lines(rows, task, cost_ctx, has_cost_plot)
     for latency in sorted(exp_dir.glob("*/latency/latency.md")):

@@ -26,11 +26,14 @@ def _models(args) -> None:
 
 def _data(args) -> int | None:
     if args.action == "generate":
-        if args.task != "formatting":
-            raise FtscaleError(f"data generate: no generator for task {args.task!r} (available: formatting)")
-        from ftscale.data import formatting
+        import importlib
 
-        res = formatting.write(args.out or Path("data/formatting"), args.seed, args.n_train, args.n_eval)
+        generators = ("formatting", "orders")  # modules of ftscale.data with write(out, seed, n_train, n_eval)
+        if args.task not in generators:
+            raise FtscaleError(f"data generate: no generator for task {args.task!r} (available: {', '.join(generators)})")
+        module = importlib.import_module(f"ftscale.data.{args.task}")
+        sizes = {k: v for k, v in (("n_train", args.n_train), ("n_eval", args.n_eval)) if v is not None}
+        res = module.write(args.out or Path("data") / args.task, args.seed, **sizes)
         print(f"wrote {res['n_train']} training examples to {res['train']} and {res['n_eval']} eval examples to {res['eval']}")
     else:
         from .chatdata import read_jsonl
@@ -177,6 +180,28 @@ def _bench(args) -> None:
         print(json.dumps(result, indent=2))
 
 
+def _bench_train(args) -> None:
+    from ftscale.train.bench import run_train_benchmark, summary_line
+
+    if args.model:
+        args.overrides = [*args.overrides, "--model", args.model]
+    cfg = _load(args)
+    tag = f"{Path(cfg.model).name}-s{args.seq_len}-b{args.batch}-{'qlora' if cfg.train.quantization == '4bit' else 'lora'}"
+    out = Path(args.output) if args.output else Path("runs") / "bench-train" / f"{tag}{'-random' if args.random_init else ''}.json"
+    result = run_train_benchmark(cfg, args.seq_len, args.batch, args.steps, args.warmup, args.random_init,
+                                 args.peak_tflops, out)
+    print(summary_line(result))
+    print(f"written to {out}")
+
+
+def _task(args) -> int:
+    from ftscale.eval.tasks.check import check_task
+
+    report = check_task(Path(args.task_file))
+    print(report.format())
+    return 0 if report.ok else 1
+
+
 def _report(args) -> None:
     import yaml
 
@@ -219,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = dsub.add_parser("generate", help="write a task's train pool and eval set")
     g.add_argument("task")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--n-train", type=int, default=1200)
-    g.add_argument("--n-eval", type=int, default=200)
+    g.add_argument("--n-train", type=int, help="default: the generator's (formatting 1200, orders 600)")
+    g.add_argument("--n-eval", type=int, help="default: the generator's (formatting 200, orders 100)")
     g.add_argument("--out", type=Path)
     c = dsub.add_parser("check", help="validate chat JSONL files (errors as file:line: reason)")
     c.add_argument("files", nargs="+")
@@ -287,6 +312,25 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--concurrency", type=int, default=16)
     bt.add_argument("--num-prompts", type=int, default=200)
     bt.add_argument("--output-dir", help="default: <experiment dir>/throughput")
+
+    btr = bsub.add_parser("train", help="train tokens/s, peak memory and MFU of a LoRA/QLoRA step",
+                          epilog="Training knobs as in the config: --train.quantization 4bit, --train.gradient_checkpointing true, ...")
+    btr.add_argument("--config", type=Path, default=Path("configs/experiments/formatting-smollm2-cpu.yaml"),
+                     help="where the LoRA and training settings come from (default: the main job's)")
+    btr.add_argument("--model", help="model reference (default: the config's)")
+    btr.add_argument("--seq-len", type=int, default=512)
+    btr.add_argument("--batch", type=int, default=1, help="sequences per device and step")
+    btr.add_argument("--steps", type=int, default=10, help="measured steps (the median step time counts)")
+    btr.add_argument("--warmup", type=int, default=3, help="steps run first and not measured")
+    btr.add_argument("--random-init", action="store_true", help="the architecture with random weights: nothing to download")
+    btr.add_argument("--peak-tflops", type=float, help="the machine's dense bf16 peak (default: configs/gpus.yaml)")
+    btr.add_argument("--output", help="result JSON (default: runs/bench-train/<model>-s<L>-b<B>-<lora|qlora>.json)")
+    btr.set_defaults(fn=_bench_train)
+
+    tk = sub.add_parser("task", help="user-defined tasks (YAML)").add_subparsers(dest="action", required=True)
+    tc = tk.add_parser("check", help="validate a task YAML and its data before any training")
+    tc.add_argument("task_file", help="configs/tasks/<name>.yaml or any path")
+    tc.set_defaults(fn=_task)
 
     r = sub.add_parser("report", help="write summary.md, results.json, scaling.png and cost.png for an experiment directory")
     r.add_argument("experiment_dir")

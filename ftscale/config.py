@@ -45,18 +45,18 @@ class TrainSpec(Strict):
     gradient_checkpointing: bool = Field(False, description="trade compute for memory; only where memory needs it")
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3"] = Field(
         "auto", description="auto = flash_attention_2 on CUDA when flash-attn is installed, else sdpa")
-    padding_free: bool = Field(False, description="flatten each batch into one row without padding (TRL)")
+    padding_free: bool = Field(False, description="flatten each batch into one row without padding (TRL); without packing, max_length is not enforced")
     packing: bool = Field(False, description="pack examples into max_length rows, best-fit decreasing (TRL 'bfd')")
     use_liger_kernel: bool = Field(False, description="Liger's fused Triton kernels (CUDA; pip install liger-kernel)")
-    optim: Literal["adamw_torch", "adamw_torch_fused", "paged_adamw_8bit"] = Field(
-        "adamw_torch", description="paged_adamw_8bit: bitsandbytes' paged 8-bit AdamW (CUDA)")
+    optim: Literal["adamw_torch_fused", "adamw_torch", "paged_adamw_8bit"] = Field(
+        "adamw_torch_fused", description="transformers' default; paged_adamw_8bit: bitsandbytes' paged 8-bit AdamW (CUDA)")
     logging_steps: int = Field(1, ge=1)
     save_steps: int | None = Field(None, ge=1, description="checkpoint every N steps; a rerun resumes from the last")
 
 
 class DataSpec(Strict):
-    train: Path = Field(description="training pool, OpenAI chat fine-tuning JSONL")
-    eval: Path = Field(description="held-out eval set: messages without the answer, id, reference")
+    train: Path | None = Field(None, description="training pool, OpenAI chat fine-tuning JSONL (default: the task's)")
+    eval: Path | None = Field(None, description="held-out eval set: messages without the answer, id, reference (default: the task's)")
     seed: int = Field(0, description="seed of the shuffle that nested subsets are cut from")
 
 
@@ -110,7 +110,7 @@ class ExperimentConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     task: str
     model: str = Field(description="hub id, local directory or a name in configs/models/")
-    data: DataSpec
+    data: DataSpec = DataSpec()
     num_train_examples: int | list[int] = Field(
         description="training examples (nested subsets); 0 = evaluate the untrained base model"
     )
@@ -133,7 +133,7 @@ class ExperimentConfig(Strict):
     def _files_exist(self):
         for key in ("train", "eval"):
             path = getattr(self.data, key)
-            if not Path(path).is_file():
+            if path is not None and not Path(path).is_file():
                 raise ValueError(f"data.{key}: file not found: {path}")
         return self
 
@@ -232,8 +232,19 @@ def load_validated(path: str | Path, model: type[BaseModel], overrides: dict[str
 
 
 def load_config(path: str | Path, overrides: dict[str, str] | None = None) -> ExperimentConfig:
-    """Load, override and validate an experiment config; raise ConfigError naming file, line, key."""
-    return load_validated(path, ExperimentConfig, overrides)
+    """Load, override and validate an experiment config; raise ConfigError naming file, line, key.
+    Data files it does not name come from its task's YAML (a dataset is written out as JSONL)."""
+    cfg = load_validated(path, ExperimentConfig, overrides)
+    if cfg.data.train is None or cfg.data.eval is None:
+        from ftscale.eval.tasks.yaml_task import data_files, find_task_file, load_spec
+
+        task_file = find_task_file(cfg.task)
+        if task_file is None:
+            raise ConfigError(f"{path}: data.train, data.eval: required: task {cfg.task!r} names no data of its own")
+        train, eval_ = data_files(load_spec(task_file), task_file, cfg.output_dir / "task-data")
+        cfg.data.train = cfg.data.train or train
+        cfg.data.eval = cfg.data.eval or eval_
+    return cfg
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:

@@ -38,11 +38,16 @@ def task_for(cfg: ExperimentConfig, variants: list[str] | None = None):
     return task
 
 
-def sampling_of(cfg: ExperimentConfig):
+def sampling_of(cfg: ExperimentConfig, task=None):
+    """The experiment's sampling; a task's own defaults fill the keys the experiment does not set."""
     from ftscale.eval.backends import Sampling
 
     e = cfg.eval
-    return Sampling(temperature=e.temperature, top_p=e.top_p, max_new_tokens=e.max_new_tokens, seed=e.seed)
+    chosen = {k: getattr(e, k) for k in ("temperature", "top_p", "max_new_tokens")}
+    for key, value in (getattr(task, "sampling", None) or {}).items():
+        if key not in e.model_fields_set:
+            chosen[key] = value
+    return Sampling(**chosen, seed=e.seed)
 
 
 def evaluate_cell(cfg: ExperimentConfig, cell: Path, make_backend: Callable, task, pool, examples,
@@ -56,10 +61,10 @@ def evaluate_cell(cfg: ExperimentConfig, cell: Path, make_backend: Callable, tas
     backend = make_backend()
     out = {}
     for variant in todo:
-        out[variant] = evaluate(task, examples, pool, backend, sampling_of(cfg), variant,
+        out[variant] = evaluate(task, examples, pool, backend, sampling_of(cfg, task), variant,
                                 eval_dir(cell, variant, label), cfg.eval.few_shot_k)
         m = out[variant]["metrics"]
-        log(f"{cell.name} [{label}, {variant}]: " + ", ".join(f"{k}={v:.3f}" for k, v in m.items())
+        log(f"{cell.name} [{label}, {variant}]: " + ", ".join(f"{k}={v:.3f}" if v is not None else f"{k}=n/a" for k, v in m.items())
             + (f", {out[variant]['failed']} failed" if out[variant]["failed"] else ""))
     return out
 
@@ -88,7 +93,10 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> Path:
     from ftscale.eval.report import write_report
     from ftscale.train.sft import train
 
+    from ftscale.eval.tasks.check import refuse_overlap
+
     task = task_for(cfg)
+    refuse_overlap(cfg.data.train, cfg.data.eval)  # before any training: scores on seen examples mean nothing
     pool = read_jsonl(cfg.data.train, "train")
     examples = read_jsonl(cfg.data.eval, "eval")[: cfg.eval.limit]
     exp_dir = cfg.experiment_dir

@@ -40,6 +40,9 @@ class ModelSpec(BaseModel):
     hub_id: str | None = None
     gguf: GgufSource | None = None
     dtype: str = "bfloat16"
+    # transformers config fields: `ftscale bench train --random-init` builds the architecture from
+    # them, so speed and memory can be measured without downloading the weights
+    architecture: dict | None = None
 
 
 def registry() -> dict[str, Path]:
@@ -150,3 +153,13 @@ def prepare(name: str, force: bool = False, log=print) -> Path:
         })
     log(f"{name}: ready in {dest}")
     return dest
+
+
+def architecture(ref: str, path: str):
+    """A model's transformers config: from its `architecture` in configs/models/, else its checkpoint."""
+    from transformers import AutoConfig
+
+    if ref in registry() and load_spec(ref).architecture:
+        fields = dict(load_spec(ref).architecture)
+        return AutoConfig.for_model(fields.pop("model_type"), **fields)
+    return AutoConfig.from_pretrained(path)

@@ -8,17 +8,9 @@ from pathlib import Path
 
 import pytest
 
-try:
-    from ftscale.eval.evaluators import (
-        EVALUATORS, ParamsError, confusion_matrix, get_evaluator, judge_scores, parse_judgement, parse_params,
-        render_judge_prompt)
-except ModuleNotFoundError as e:  # a checkout whose installed ftscale predates this module
-    if e.name != "ftscale.eval.evaluators":
-        raise
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from eval.evaluators import (
-        EVALUATORS, ParamsError, confusion_matrix, get_evaluator, judge_scores, parse_judgement, parse_params,
-        render_judge_prompt)
+from ftscale.eval.evaluators import (
+    EVALUATORS, ParamsError, confusion_matrix, get_evaluator, judge_scores, parse_judgement, parse_params,
+    render_judge_prompt)
 
 
 def run(name: str, raw: dict | None, output: str, reference: dict | None = None, prefix: str | None = None) -> dict:

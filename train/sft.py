@@ -81,7 +81,51 @@ def check_hardware(cfg: ExperimentConfig) -> None:
                           "on a CPU use configs/accelerate/cpu_ddp.yaml (data parallel)")
 
 
-def _load_model(cfg: ExperimentConfig, path: str):
+def load_model(cfg: ExperimentConfig, path: str, random_init: bool = False):
+    """The base model as training wants it; out of memory says what to turn."""
+    import torch
+
+    try:
+        return _load_model(cfg, path, random_init)
+    except torch.OutOfMemoryError:
+        raise FtscaleError("out of GPU memory while loading the model: try --train.quantization 4bit (QLoRA), "
+                           "a smaller model, or shard it with configs/accelerate/fsdp.yaml") from None
+
+
+def sft_config(cfg: ExperimentConfig, output_dir: Path, **overrides):
+    """TRL's SFTConfig from the experiment's `train` section (the benchmark overrides steps and logging)."""
+    import torch
+    from trl import SFTConfig
+
+    t = cfg.train
+    return SFTConfig(**{
+        "output_dir": str(output_dir), "seed": t.seed, "data_seed": t.seed,
+        "num_train_epochs": t.epochs, "learning_rate": t.learning_rate, "per_device_train_batch_size": t.batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps, "lr_scheduler_type": t.lr_scheduler,
+        "warmup_steps": t.warmup_ratio,  # transformers 5 reads a float below 1 as a ratio of all steps
+        "weight_decay": t.weight_decay,
+        # TRL truncates in its collator, which padding-free batching without packing bypasses: it
+        # refuses a max_length there, so examples longer than max_length are kept whole
+        "max_length": None if t.padding_free and not t.packing else t.max_length,
+        "bf16": resolve_dtype(t.precision) == torch.bfloat16, "gradient_checkpointing": t.gradient_checkpointing,
+        "logging_steps": t.logging_steps, "save_strategy": "no" if t.save_steps is None else "steps",
+        "save_steps": t.save_steps or 500, "report_to": [], "completion_only_loss": True,
+        "use_cpu": not torch.cuda.is_available(), "disable_tqdm": False,
+        "ddp_find_unused_parameters": False,  # a LoRA uses every adapter weight in each forward pass
+        "padding_free": t.padding_free, "packing": t.packing, "packing_strategy": "bfd",
+        "use_liger_kernel": t.use_liger_kernel, "optim": t.optim,
+    } | overrides)
+
+
+def lora_config(cfg: ExperimentConfig):
+    from peft import LoraConfig
+
+    lora = cfg.train.lora
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=lora.target_modules, task_type="CAUSAL_LM")
+
+
+def _load_model(cfg: ExperimentConfig, path: str, random_init: bool = False):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -97,6 +141,20 @@ def _load_model(cfg: ExperimentConfig, path: str):
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
         kwargs["device_map"] = {"": PartialState().local_process_index}  # one full copy per process
+    if random_init:
+        # the architecture with random weights: measure speed for any model without its weights
+        from ftscale.models import architecture
+
+        config = architecture(cfg.model, path)
+        if "quantization_config" not in kwargs:
+            with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # initialise where it will train
+                return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=kwargs["attn_implementation"])
+        # bitsandbytes quantizes while loading: write the random weights once, load them quantized
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="ftscale-random-") as tmp:
+            AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(tmp)
+            return AutoModelForCausalLM.from_pretrained(tmp, **kwargs)
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
@@ -169,37 +227,18 @@ def train(cfg: ExperimentConfig, n: int, run_dir: Path) -> dict:
 
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoTokenizer
     from transformers.trainer_utils import get_last_checkpoint
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     path = resolve(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    try:
-        model = _load_model(cfg, path)
-    except torch.OutOfMemoryError:
-        raise FtscaleError("out of GPU memory while loading the model: try --train.quantization 4bit (QLoRA), "
-                           "a smaller model, or shard it with configs/accelerate/fsdp.yaml") from None
+    model = load_model(cfg, path)
     t = cfg.train
-    args = SFTConfig(
-        output_dir=str(run_dir / "checkpoints"), seed=t.seed, data_seed=t.seed,
-        num_train_epochs=t.epochs, learning_rate=t.learning_rate, per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps, lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_ratio,  # transformers 5 reads a float below 1 as a ratio of all steps
-        weight_decay=t.weight_decay, max_length=t.max_length,
-        bf16=resolve_dtype(t.precision) == torch.bfloat16, gradient_checkpointing=t.gradient_checkpointing,
-        logging_steps=t.logging_steps, save_strategy="no" if t.save_steps is None else "steps",
-        save_steps=t.save_steps or 500, report_to=[], completion_only_loss=True,
-        use_cpu=not torch.cuda.is_available(), disable_tqdm=False,
-        ddp_find_unused_parameters=False,  # a LoRA uses every adapter weight in each forward pass
-        padding_free=t.padding_free, packing=t.packing, packing_strategy="bfd",
-        use_liger_kernel=t.use_liger_kernel, optim=t.optim,
-    )
-    lora = LoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
-                      target_modules=t.lora.target_modules, task_type="CAUSAL_LM")
+    args = sft_config(cfg, run_dir / "checkpoints")
     dataset = Dataset.from_list([to_prompt_completion(r) for r in subset])
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=lora_config(cfg))
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     resume = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None

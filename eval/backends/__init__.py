@@ -2,7 +2,7 @@
 
 from .base import Backend, Generation, Request, Sampling
 
-__all__ = ["Backend", "Generation", "Request", "Sampling", "make_backend"]
+__all__ = ["Backend", "Generation", "Request", "Sampling", "make_backend", "make_judge_backend"]
 
 
 def make_backend(kind: str, **kwargs) -> Backend:
@@ -15,3 +15,17 @@ def make_backend(kind: str, **kwargs) -> Backend:
 
         return OpenAIBackend(**kwargs)
     raise ValueError(f"unknown backend {kind!r}; available: hf, openai")
+
+
+def make_judge_backend(spec: str) -> Backend:
+    """A judge named `hf:<model ref>` (in-process) or `openai:<model>` (OpenAI, or any OpenAI-compatible
+    server such as a vLLM one named by OPENAI_BASE_URL)."""
+    import os
+
+    kind, _, model = spec.partition(":")
+    if kind == "hf":
+        return make_backend("hf", model=model, progress=False)
+    if kind == "openai":
+        return make_backend("openai", model=model, base_url=os.environ.get("OPENAI_BASE_URL"), progress=False)
+    raise ValueError(f"judge {spec!r}: use hf:<model> or openai:<model> (a vLLM server: openai:<served name> "
+                     "with OPENAI_BASE_URL=http://127.0.0.1:PORT/v1)")

@@ -7,7 +7,7 @@ out whichever backend produced the text, and every score can be recomputed from
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 
@@ -28,12 +28,31 @@ class Task:
     # (eval example, output text) -> {metric name: value}
     score: Callable[[dict, str], dict[str, float]]
     headline: tuple[str, ...] = ()  # metrics that the summary plot shows
+    # llm_judge evaluators, scored in a batch after generation: (params, metric prefix)
+    judges: tuple = ()
+    # the task's own sampling defaults (temperature, top_p, max_new_tokens); the experiment's eval section wins
+    sampling: dict = field(default_factory=dict)
+    # records -> aggregates beyond means that scores.json keeps (a choice evaluator's confusion matrix)
+    aggregates: Callable[[list[dict]], dict] | None = None
+
+
+def builtin_tasks() -> dict[str, Task]:
+    from . import formatting
+
+    return {formatting.TASK.name: formatting.TASK}
 
 
 def get_task(name: str) -> Task:
-    from . import formatting
+    """A built-in task, a task YAML in configs/tasks/ by name, or a path to a task YAML."""
+    from .yaml_task import find_task_file, task_from_file
 
-    tasks = {formatting.TASK.name: formatting.TASK}
-    if name not in tasks:
-        raise KeyError(f"unknown task {name!r}; available: {', '.join(sorted(tasks))}")
-    return tasks[name]
+    tasks = builtin_tasks()
+    if name in tasks:
+        return tasks[name]
+    path = find_task_file(name)
+    if path is None:
+        from ftscale import paths
+
+        known = sorted(tasks) + sorted(p.stem for p in (paths.CONFIGS / "tasks").glob("*.yaml"))
+        raise KeyError(f"unknown task {name!r}; available: {', '.join(known)}, or a path to a task YAML")
+    return task_from_file(path)

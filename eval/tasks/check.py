@@ -1,0 +1,117 @@
+"""`ftscale task check <task.yaml>`: everything that can be wrong with a task, before any training.
+
+Refused (errors): an unknown evaluator or a wrong parameter (file:line: key), an invalid JSON
+Schema or regex, data that is missing or fails `data check` (file:line: reason), duplicated eval
+ids, eval examples that also appear in the training pool, a reference field that an evaluator
+needs and no eval example has. Reported (warnings): a field that some examples lack (those are
+not scorable for that metric, never counted right or wrong).
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ftscale.chatdata import read_jsonl
+from ftscale.datacheck import check_file
+from ftscale.errors import DataError
+
+
+def _prompt_key(rec: dict, normalise: bool) -> str:
+    """What the model is asked: the non-assistant turns (for a training example, all but its answer)."""
+    turns = [m for m in rec["messages"] if m["role"] != "assistant"]
+    text = "\n".join(f"{m['role']}: {m['content']}" for m in turns if m["role"] != "system")
+    return re.sub(r"\s+", " ", text).strip().casefold() if normalise else text
+
+
+def overlap(train_path: Path, train: list[dict], eval_path: Path, evals: list[dict]) -> list[str]:
+    """Eval examples whose question is also in the training pool, exactly or up to whitespace and case."""
+    exact = {_prompt_key(r, False): i for i, r in enumerate(train, 1)}
+    loose = {_prompt_key(r, True): i for i, r in enumerate(train, 1)}
+    out = []
+    for lineno, rec in enumerate(evals, 1):
+        if (line := exact.get(_prompt_key(rec, False))) is not None:
+            out.append(f"{eval_path}:{lineno}: eval example {rec['id']!r} is in the training pool ({train_path}:{line})")
+        elif (line := loose.get(_prompt_key(rec, True))) is not None:
+            out.append(f"{eval_path}:{lineno}: eval example {rec['id']!r} is in the training pool up to whitespace "
+                       f"and case ({train_path}:{line})")
+    return out
+
+
+def refuse_overlap(train_path: Path, eval_path: Path) -> None:
+    """What `ftscale run` checks for every task before training."""
+    found = overlap(train_path, read_jsonl(train_path, "train"), eval_path, read_jsonl(eval_path, "eval"))
+    if found:
+        more = f"\n... and {len(found) - 10} more" if len(found) > 10 else ""
+        raise DataError(f"the eval set overlaps the training pool ({len(found)} examples); a score on "
+                        "examples the model was trained on measures memory, not the task:\n" + "\n".join(found[:10]) + more)
+
+
+@dataclass
+class TaskReport:
+    task: str
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    profile: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def format(self) -> str:
+        head = f"task {self.task}: {'OK' if self.ok else f'{len(self.errors)} errors'}, {len(self.warnings)} warnings"
+        return "\n".join([head, *self.profile, *(f"error: {e}" for e in self.errors),
+                          *(f"warning: {w}" for w in self.warnings)])
+
+
+def check_task(path: Path, out_dir: Path = Path("runs") / "task-data") -> TaskReport:
+    """Check a task YAML and its data. Config errors raise ConfigError (file:line: key); the rest is reported."""
+    from ..evaluators import get_evaluator
+    from .yaml_task import build_task, data_files, load_spec
+
+    spec = load_spec(Path(path))  # unknown keys, evaluators and their parameters: file:line: key
+    task = build_task(spec)
+    report = TaskReport(spec.name)
+    try:
+        train_path, eval_path = data_files(spec, Path(path), out_dir)
+    except DataError as e:
+        report.errors.append(str(e))
+        return report
+    check = check_file(train_path, min_examples=None)
+    report.errors += check.errors
+    train, evals = read_jsonl(train_path, "train"), read_jsonl(eval_path, "eval")  # eval ids unique, lines valid
+    report.errors += overlap(train_path, train, eval_path, evals)
+
+    for raw in spec.evaluators:
+        evaluator = get_evaluator(raw["type"])
+        from ..evaluators import parse_params
+
+        params = parse_params(raw["type"], {k: v for k, v in raw.items() if k not in ("type", "name")})
+        for needed in evaluator.needs(params):
+            lacking = [r["id"] for r in evals if needed not in (r.get("reference") or {})]
+            name = raw.get("name", raw["type"])
+            if len(lacking) == len(evals):
+                report.errors.append(f"{eval_path}: evaluator {name!r} needs reference field {needed!r}, "
+                                     "which no eval example has")
+            elif lacking:
+                report.warnings.append(f"{eval_path}: {len(lacking)} eval examples lack reference field {needed!r} "
+                                       f"({', '.join(map(str, lacking[:5]))}{', ...' if len(lacking) > 5 else ''}): "
+                                       f"{name!r} cannot score them; they are counted as not scorable")
+        if raw["type"] == "choice":
+            counts = Counter(str((r.get("reference") or {}).get(params.field)) for r in evals)
+            report.profile.append(f"labels of {raw.get('name', 'choice')!r} in the eval set: "
+                                  + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
+
+    t = check.tokens
+    report.profile[:0] = [
+        f"training pool: {train_path} ({len(train)} examples); eval set: {eval_path} ({len(evals)} examples)",
+        f"tokens per training example ({check.encoding}{', approximate' if check.approximate else ''}): "
+        f"min {t.get('min')}, median {t.get('p50', 0):.0f}, max {t.get('max')}" if t else "tokens: -",
+        f"eval prompts, characters: median {statistics.median(len(_prompt_key(r, False)) for r in evals):.0f}",
+        f"prompt variants: {', '.join(task.prompt_variants)}; metrics: "
+        + ", ".join(f"{m.name} ({'higher' if m.higher_is_better else 'lower'} is better)" for m in task.metrics),
+    ]
+    return report
