@@ -191,3 +191,14 @@ def test_datasets_from_disk_and_parquet_load_through_the_same_path(tmp_path):
         check_task(path, tmp_path / "task-data")
     report = check_task(_write_task(tmp_path, [{"type": "length"}], eval_path=tmp_path / "missing.jsonl"), tmp_path / "td")
     assert not report.ok and f"{tmp_path / 'missing.jsonl'}: file not found" in report.format()
+
+
+def test_the_formatting_task_in_yaml_form_agrees_with_the_built_in():
+    builtin, from_yaml = get_task("formatting"), get_task(str(ROOT / "configs" / "tasks" / "formatting-yaml.yaml"))
+    example = read_jsonl(ROOT / "data" / "formatting" / "eval.jsonl", "eval")[1]  # answer 42
+    outputs = ['{"answer": 42, "explanation": "9 x 8 - 30."}', '{"answer": 41, "explanation": "x"}',
+               'Sure! {"answer": 42, "explanation": "x"}', '{"answer": "42", "explanation": ""}', "42", "{}"]
+    for out in outputs:
+        a, b = builtin.score(example, out), from_yaml.score(example, out)
+        assert a["format_ok"] == b["valid_json"], out
+        assert a["answer_correct"] == b["answer.answer"], out
