@@ -93,6 +93,7 @@ def summarise(task: Task, records: list[dict]) -> dict:
         **({"not_scorable": not_scorable} if not_scorable else {}),
         "backend": records[0]["backend"] if records else None, "model": records[0]["model"] if records else None,
         "prompt_variant": records[0]["prompt_variant"] if records else None,
+        "sampling": records[0]["sampling"] if records else None,
         "median_latency_s": median("latency_s"), "median_ttft_s": median("ttft_s"),
         "mean_output_tokens": statistics.fmean(r["output_tokens"] for r in scored) if scored else None,
         "mean_input_tokens": statistics.fmean(r["input_tokens"] for r in scored) if scored else None,

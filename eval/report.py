@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ftscale.atomic import atomic_path, write_json, write_text
 from ftscale.config import CostSpec
+from ftscale.errors import FtscaleError
 from ftscale.prices import load_prices
 from ftscale.rundir import TRAIN_METRICS, read_json
 
@@ -17,31 +18,43 @@ from .evaluate import TIMING
 from .tasks import Task
 
 
+def cell_rows(cell: Path) -> list[dict]:
+    """One row per evaluation (prompt variant, backend, temperature) of one run directory."""
+    cfg = yaml.safe_load((cell / "config.yaml").read_text())
+    train = read_json(cell / TRAIN_METRICS) or {}
+    rows = []
+    for scores_path in sorted(cell.glob("eval-*/scores.json")):
+        scores = read_json(scores_path)
+        generations = scores_path.parent / "generations.jsonl"
+        count = sum(1 for _ in open(generations)) if generations.is_file() else 0
+        if count != scores["n"]:  # edited by hand, or a copy gone wrong: no number from it is trusted
+            raise FtscaleError(f"{scores_path.parent}: generations.jsonl holds {count} records but scores.json "
+                               f"says n={scores['n']}; re-run the evaluation (delete that folder) or restore it")
+        timing = read_json(scores_path.parent / TIMING) or {}
+        # One curve per system: a local backend, or an OpenAI model family (its base and its fine-tunes)
+        system = scores["backend"] if scores["backend"] != "openai" else f"openai {cfg['openai']['model']}"
+        rows.append({
+            "cell": cell.name, "num_train_examples": cfg["num_train_examples"], "seed": cfg["train"]["seed"],
+            "prompt_variant": scores["prompt_variant"], "backend": system, "model": scores["model"],
+            "temperature": (scores.get("sampling") or {}).get("temperature", cfg["eval"]["temperature"]),
+            "n_eval": scores["n"],
+            "failed": scores["failed"], **scores["metrics"], "not_scorable": scores.get("not_scorable", {}),
+            "median_latency_s": scores["median_latency_s"], "mean_output_tokens": scores["mean_output_tokens"],
+            "mean_input_tokens": scores.get("mean_input_tokens"),
+            "train_wall_time_s": train.get("wall_time_s"), "train_tokens_per_s": train.get("train_tokens_per_s"),
+            "train_machine": train.get("machine"), "trained_tokens": train.get("trained_tokens"),
+            "estimated_billed_tokens": train.get("estimated_billed_tokens"),
+            "eval_wall_time_s": timing.get("wall_time_s"), "eval_requests": timing.get("requests"),
+            "eval_machine": timing.get("machine"),
+            "generations": str(generations),
+        })
+    return rows
+
+
 def collect(exp_dir: Path) -> list[dict]:
     """One row per (cell, prompt variant) that has scores."""
-    rows = []
-    for cell in sorted(p for p in Path(exp_dir).iterdir() if (p / "config.yaml").is_file()):
-        cfg = yaml.safe_load((cell / "config.yaml").read_text())
-        train = read_json(cell / TRAIN_METRICS) or {}
-        for scores_path in sorted(cell.glob("eval-*/scores.json")):
-            scores = read_json(scores_path)
-            timing = read_json(scores_path.parent / TIMING) or {}
-            # One curve per system: a local backend, or an OpenAI model family (its base and its fine-tunes)
-            system = scores["backend"] if scores["backend"] != "openai" else f"openai {cfg['openai']['model']}"
-            rows.append({
-                "cell": cell.name, "num_train_examples": cfg["num_train_examples"], "seed": cfg["train"]["seed"],
-                "prompt_variant": scores["prompt_variant"], "backend": system, "model": scores["model"],
-                "n_eval": scores["n"],
-                "failed": scores["failed"], **scores["metrics"], "not_scorable": scores.get("not_scorable", {}),
-                "median_latency_s": scores["median_latency_s"], "mean_output_tokens": scores["mean_output_tokens"],
-                "mean_input_tokens": scores.get("mean_input_tokens"),
-                "train_wall_time_s": train.get("wall_time_s"), "train_tokens_per_s": train.get("train_tokens_per_s"),
-                "train_machine": train.get("machine"), "trained_tokens": train.get("trained_tokens"),
-                "estimated_billed_tokens": train.get("estimated_billed_tokens"),
-                "eval_wall_time_s": timing.get("wall_time_s"), "eval_requests": timing.get("requests"),
-                "eval_machine": timing.get("machine"),
-                "generations": str(scores_path.parent / "generations.jsonl"),
-            })
+    rows = [row for cell in sorted(p for p in Path(exp_dir).iterdir() if (p / "config.yaml").is_file())
+            for row in cell_rows(cell)]
     rows.sort(key=lambda r: (r["backend"], r["prompt_variant"], r["num_train_examples"], r["seed"]))
     return rows
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from .errors import FtscaleError, run_command
@@ -202,6 +203,18 @@ def _task(args) -> int:
     return 0 if report.ok else 1
 
 
+def _sweep(args) -> None:
+    from ftscale import sweep
+
+    if args.status:
+        print(sweep.status(args.config))
+    elif args.executor:
+        sweep.submit(args.config, args.executor, args.timeout_min, args.slurm_partition, args.gpus_per_node)
+    else:
+        counts = sweep.Runner(args.config).run(fail_fast=args.fail_fast)
+        print(", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
 def _report(args) -> None:
     import yaml
 
@@ -209,6 +222,12 @@ def _report(args) -> None:
     from ftscale.eval.tasks import get_task
 
     exp = Path(args.experiment_dir)
+    if (exp / "results.db").is_file():  # a sweep: the cross-backend comparison report
+        from ftscale.sweep import write_report as write_sweep
+
+        html, md = write_sweep(exp, " ".join(["ftscale", "report", *sys.argv[2:]]))
+        print(f"{html}\n{md}")
+        return
     configs = [exp / "experiment.yaml", *sorted(exp.glob("*/config.yaml"))]
     found = next((c for c in configs if c.is_file()), None)
     if found is None:
@@ -327,13 +346,24 @@ def build_parser() -> argparse.ArgumentParser:
     btr.add_argument("--output", help="result JSON (default: runs/bench-train/<model>-s<L>-b<B>-<lora|qlora>.json)")
     btr.set_defaults(fn=_bench_train)
 
+    sw = sub.add_parser("sweep", help="run a grid of cells (configs/sweeps/), resumable; --status to follow it")
+    sw.add_argument("config", type=Path)
+    sw.add_argument("--status", action="store_true", help="done / running / failed / left, with an ETA")
+    sw.add_argument("--fail-fast", action="store_true", help="stop at the first failed cell")
+    sw.add_argument("--executor", choices=["slurm", "local", "debug"],
+                    help="submit one job per cell through submitit instead of the built-in loop")
+    sw.add_argument("--timeout-min", type=int, default=240, help="per job, with --executor")
+    sw.add_argument("--slurm-partition")
+    sw.add_argument("--gpus-per-node", type=int, default=1)
+    sw.set_defaults(fn=_sweep)
+
     tk = sub.add_parser("task", help="user-defined tasks (YAML)").add_subparsers(dest="action", required=True)
     tc = tk.add_parser("check", help="validate a task YAML and its data before any training")
     tc.add_argument("task_file", help="configs/tasks/<name>.yaml or any path")
     tc.set_defaults(fn=_task)
 
     r = sub.add_parser("report", help="write summary.md, results.json, scaling.png and cost.png for an experiment directory")
-    r.add_argument("experiment_dir")
+    r.add_argument("experiment_dir", help="an experiment's directory, or a sweep's (the HTML comparison report)")
     r.add_argument("--prices", help="price table (default: the experiment's cost.prices, configs/prices.yaml)")
     r.add_argument("--hardware", help="the price-table machine local runs are priced as (default: auto)")
     r.add_argument("--hourly-usd", help="your own price per hour of the local machine")

@@ -14,6 +14,7 @@ from jsonschema import Draft202012Validator
 from ftscale.chatdata import read_jsonl
 from ftscale.errors import ConfigError
 from ftscale.eval.evaluate import rescore
+from ftscale.eval.evaluators import DEFAULT_REFUSAL_MARKERS
 from ftscale.eval.tasks import get_task
 from ftscale.eval.tasks.check import check_task
 
@@ -83,7 +84,7 @@ def test_a_yaml_task_runs_with_every_evaluator_on_real_generations(embedded_mode
                 obj = None
             assert s["valid_json"] == float(isinstance(obj, dict) and validator.is_valid(obj))
             assert s["words"] == len(out.split())
-            assert s["refused"] == 0.0
+            assert s["refused"] == float(any(m in out.lower().replace("\u2019", "'") for m in DEFAULT_REFUSAL_MARKERS))
             named = [label for label in ("express", "standard") if re.search(rf"\b{label}\b", out, re.IGNORECASE)]
             assert s["shipping.predicted"] == (named[0] if len(named) == 1 else None)
             assert s["shipping"] == float(s["shipping.predicted"] == ref["label"])
