@@ -1,0 +1,423 @@
+"""The double-blind rating study, driven in a real headless Chromium (Debian's package).
+
+A 3-system x 3-query study (9 pairs) is rated by two raters through the browser; the test
+checks that no rating page ever names a system, that the votes stored are the clicks, that a
+rater resumes where they left off, that bad and duplicate votes are refused without touching the
+database, and that the unblinded report (and `unblind()`) gives the totals computed here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import itertools
+import json
+import math
+import re
+import shutil
+import sqlite3
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from ftscale.errors import FtscaleError
+
+
+def _load_rating():
+    try:
+        return importlib.import_module("ftscale.eval.rating")
+    except ImportError:  # an installed ftscale from another checkout: load this checkout's module
+        path = Path(__file__).resolve().parents[1] / "eval" / "rating.py"
+        spec = importlib.util.spec_from_file_location("ftscale.eval.rating", path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["ftscale.eval.rating"] = mod
+        spec.loader.exec_module(mod)
+        return mod
+
+
+rating = _load_rating()
+
+SYSTEMS = ["zephyr-ft", "quokka-base", "marlin-judge4"]
+QUERIES = {
+    "q1": "My parcel never arrived. What can you do?",
+    "q2": "How do I change the address on my account?",
+    "q3": "I was charged twice for order 1182, please fix it.",
+}
+REPLIES = {
+    "zephyr-ft": {
+        "q1": "Sorry about that! I have opened a trace; you get a refund or a new parcel within 3 days.",
+        "q2": "Go to Settings > Address, edit it and press Save. Done!",
+        "q3": "I see both charges on order 1182; the duplicate is refunded today.",
+    },
+    "quokka-base": {
+        "q1": "Parcels sometimes get lost. Please wait a few more weeks.",
+        "q2": "Addresses can be changed.",
+        "q3": "Please contact your bank about charges.",
+    },
+    "marlin-judge4": {
+        "q1": "I'm sorry your parcel has not arrived. Could you share the order number so I can check?",
+        "q2": "You can update it under Account settings; changes apply to future orders only.",
+        "q3": "Apologies for the double charge. I've issued a refund for the second payment on order 1182.",
+    },
+}
+RATER_1, RATER_2 = "Ada Rater", "Bo <b>Rater</b> & co"  # the second name needs escaping everywhere
+RATER_3 = "Cy"  # votes by direct HTTP posts on the first five pairs only
+PATTERN_1 = ["A", "B", "tie"]
+PATTERN_2 = ["B", "B", "A", "tie"]
+PATTERN_3 = ["A", "A", "tie", "B", "tie"]
+JUDGE = ["B", "B", "A", "tie", "A", "tie", "A", "A", "B"]  # the LLM judge's verdicts, in study pair order
+
+
+def _replies():
+    return {s: {q: (QUERIES[q], REPLIES[s][q]) for q in QUERIES} for s in SYSTEMS}
+
+
+def _browser_or_fail(p):
+    exe = shutil.which("chromium")
+    if exe is None:
+        pytest.fail("Chromium is not installed: run make setup (installs Debian's chromium)")
+    return p.chromium.launch(executable_path=exe, headless=True)
+
+
+def _assert_blind(html_text: str, where: str):
+    low = html_text.lower()
+    for s in SYSTEMS:
+        assert s.lower() not in low, f"{where}: the page names system {s!r}"
+
+
+def _db_rows(db: Path) -> list[tuple]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT study, pair_id, rater, choice, created FROM votes ORDER BY rowid").fetchall()
+    finally:
+        conn.close()
+
+
+def _post(url: str, fields: dict) -> tuple[int, str]:
+    data = urllib.parse.urlencode(fields).encode()
+    req = urllib.request.Request(url, data=data, method="POST",
+                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(req, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+
+
+def test_wilson_textbook_values():
+    lo, hi = rating.wilson(8, 10)
+    assert (round(lo, 3), round(hi, 3)) == (0.490, 0.943)
+    lo, hi = rating.wilson(0, 10)
+    assert lo == 0.0 and round(hi, 3) == 0.278
+    lo, hi = rating.wilson(10, 10)
+    assert round(lo, 3) == 0.722 and hi == 1.0
+    lo, hi = rating.wilson(50, 100)
+    assert (round(lo, 4), round(hi, 4)) == (0.4038, 0.5962)
+    assert rating.wilson(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        rating.wilson(3, 2)
+
+
+def _labels(table: dict[tuple[str, str], int]) -> list[tuple[str, str]]:
+    return [pair for pair, count in table.items() for _ in range(count)]
+
+
+def test_cohen_kappa_textbook_examples():
+    # Wikipedia's examples: 50 items, yes/yes 20, yes/no 5, no/yes 10, no/no 15 -> p_o 0.7, p_e 0.5, kappa 0.4
+    assert rating.cohen_kappa(_labels({("y", "y"): 20, ("y", "n"): 5, ("n", "y"): 10, ("n", "n"): 15})) == pytest.approx(0.4)
+    # 100 items, 45/15/25/15 -> p_o 0.60, p_e 0.54, kappa 0.1304
+    assert rating.cohen_kappa(_labels({("y", "y"): 45, ("y", "n"): 15, ("n", "y"): 25, ("n", "n"): 15})) == pytest.approx(0.06 / 0.46)
+    # 100 items, 25/35/5/35 -> p_o 0.60, p_e 0.46, kappa 0.2593
+    assert rating.cohen_kappa(_labels({("y", "y"): 25, ("y", "n"): 35, ("n", "y"): 5, ("n", "n"): 35})) == pytest.approx(0.14 / 0.54)
+    # three categories (A, B, tie): p_o 0.7, p_e = (0.4*0.4 + 0.4*0.3 + 0.2*0.3) = 0.34
+    three = _labels({("A", "A"): 3, ("B", "B"): 3, ("tie", "tie"): 1, ("A", "tie"): 1, ("B", "tie"): 1, ("tie", "A"): 1})
+    assert rating.cohen_kappa(three) == pytest.approx((0.7 - 0.34) / (1 - 0.34))
+    assert rating.cohen_kappa([("A", "A"), ("B", "B")]) == pytest.approx(1.0)
+    assert rating.cohen_kappa([("A", "B"), ("B", "A")]) == pytest.approx(-1.0)
+    assert math.isnan(rating.cohen_kappa([]))
+    assert math.isnan(rating.cohen_kappa([("A", "A"), ("A", "A")]))  # chance agreement is 1: undefined
+
+
+# ---------------------------------------------------------------------------------------------
+# Building a study
+
+
+def test_build_study_pairs_seed_and_errors(tmp_path):
+    d = rating.build_study("s1", _replies(), tmp_path, seed=3)
+    study = json.loads((d / "study.json").read_text())
+    assert d == tmp_path / "s1" and study["name"] == "s1" and study["seed"] == 3 and study["systems"] == SYSTEMS
+    assert len(study["pairs"]) == 9 and len({p["id"] for p in study["pairs"]}) == 9
+    got = Counter((frozenset((p["a"]["system"], p["b"]["system"])), p["query"]) for p in study["pairs"])
+    assert got == Counter({(frozenset(xy), QUERIES[q]): 1 for xy in itertools.combinations(SYSTEMS, 2) for q in QUERIES})
+    for p in study["pairs"]:
+        assert p["a"]["system"] != p["b"]["system"]
+        for side in "ab":
+            q = next(q for q, t in QUERIES.items() if t == p["query"])
+            assert p[side]["reply"] == REPLIES[p[side]["system"]][q]
+    # same seed, same pairs; the A/B sides are drawn, not always in the system order
+    again = json.loads((rating.build_study("s2", _replies(), tmp_path, seed=3) / "study.json").read_text())
+    assert again["pairs"] == study["pairs"]
+    firsts = {SYSTEMS.index(p["a"]["system"]) < SYSTEMS.index(p["b"]["system"]) for p in study["pairs"]}
+    assert firsts == {True, False}
+    # a sample of queries per pair of systems; only queries every system answered
+    r = _replies()
+    r["zephyr-ft"]["q9"] = ("only one system has this", "x")
+    small = json.loads((rating.build_study("s3", r, tmp_path, seed=1, n_pairs_per_system_pair=2) / "study.json").read_text())
+    assert len(small["pairs"]) == 6 and all(p["query"] in QUERIES.values() for p in small["pairs"])
+    with pytest.raises(FtscaleError, match="at least two systems"):
+        rating.build_study("s4", {"zephyr-ft": r["zephyr-ft"]}, tmp_path)
+    bad = _replies()
+    bad["quokka-base"]["q1"] = ("another text", "reply")
+    with pytest.raises(FtscaleError, match="q1"):
+        rating.build_study("s5", bad, tmp_path)
+    with pytest.raises(FtscaleError, match="study name"):
+        rating.build_study("../escape", _replies(), tmp_path)
+
+
+def test_load_replies_from_generations(tmp_path):
+    path = tmp_path / "generations.jsonl"
+    records = [
+        {"id": "q1", "prompt": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "old"},
+                                {"role": "assistant", "content": "shot"}, {"role": "user", "content": "Where is it?"}],
+         "output": "On its way.", "error": None},
+        {"id": "q2", "prompt": [{"role": "user", "content": "Refund?"}], "output": "", "error": "timeout"},
+        {"id": 3, "prompt": [{"role": "user", "content": "Hi"}], "output": "Hello", "error": None},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert rating.load_replies_from_generations(path) == {"q1": ("Where is it?", "On its way."), "3": ("Hi", "Hello")}
+    with pytest.raises(FtscaleError, match="no such"):
+        rating.load_replies_from_generations(tmp_path / "missing.jsonl")
+    path.write_text("{not json\n")
+    with pytest.raises(FtscaleError, match=r"generations.jsonl:1:"):
+        rating.load_replies_from_generations(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The browser
+
+
+def _vote_through(page, study, rater_expected: str, pattern: list[str], start: int, stop: int, clicks: dict):
+    """Vote on pairs start..stop-1 (study order) with the pattern; record (rater, pair) -> choice."""
+    pairs = study["pairs"]
+    for i in range(start, stop):
+        content = page.content()
+        _assert_blind(content, f"pair {i + 1}")
+        assert page.inner_text("#progress").startswith(f"Pair {i + 1} of {len(pairs)}")
+        pid = page.get_attribute("input[name=pair_id]", "value")
+        assert pid == pairs[i]["id"], "pairs come in the study's order"
+        assert page.get_attribute("input[name=rater]", "value") == rater_expected
+        assert page.inner_text("#query") == pairs[i]["query"]
+        assert page.inner_text("#reply-A") == pairs[i]["a"]["reply"]
+        assert page.inner_text("#reply-B") == pairs[i]["b"]["reply"]
+        assert "Reply A" in content and "Reply B" in content
+        choice = pattern[i % len(pattern)]
+        with page.expect_navigation():
+            page.click(f"#vote-{choice}")
+        clicks[(rater_expected, pid)] = choice
+
+
+def _start(page, base: str, rater: str):
+    page.goto(base)
+    _assert_blind(page.content(), "start page")
+    page.fill("#rater", rater)
+    with page.expect_navigation():
+        page.click("#start")
+
+
+def test_rating_study_in_chromium(tmp_path):
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is not installed: run make setup (the test extra installs it)")
+    if shutil.which("chromium") is None:
+        pytest.fail("Chromium is not installed: run make setup (installs Debian's chromium)")
+
+    study_dir = rating.build_study("blind-study", _replies(), tmp_path / "studies", seed=11)
+    study = json.loads((study_dir / "study.json").read_text())
+    pairs = {p["id"]: p for p in study["pairs"]}
+    n = len(study["pairs"])
+    assert n == 9
+
+    # a study that does not exist: a clear error naming the path and how to build one
+    with pytest.raises(FtscaleError) as err:
+        rating.serve_study(tmp_path / "studies" / "no-such-study")
+    assert str(tmp_path / "studies" / "no-such-study") in str(err.value) and "build_study" in str(err.value)
+
+    server = rating.serve_study(study_dir)
+    host, port = server.server_address[:2]
+    assert host == "127.0.0.1" and port > 0
+    base = f"http://127.0.0.1:{port}/"
+    db = study_dir / "votes.db"
+    clicks: dict[tuple[str, str], str] = {}
+    try:
+        with sync_playwright() as p:
+            browser = _browser_or_fail(p)
+            try:
+                # rater 1 rates everything
+                page = browser.new_page()
+                _start(page, base, RATER_1)
+                _vote_through(page, study, RATER_1, PATTERN_1, 0, n, clicks)
+                _assert_blind(page.content(), "done page")
+                assert page.is_visible("#done")
+                assert page.get_attribute("#report-link", "href") == "/report"
+                page.context.close()
+
+                # rater 2 stops after four pairs, comes back in a fresh browser context, resumes at the fifth
+                ctx = browser.new_context()
+                page = ctx.new_page()
+                _start(page, base, RATER_2)
+                _vote_through(page, study, RATER_2, PATTERN_2, 0, 4, clicks)
+                ctx.close()
+                ctx = browser.new_context()
+                page = ctx.new_page()
+                _start(page, base, RATER_2)
+                assert page.inner_text("#progress").startswith(f"Pair 5 of {n}")
+                assert page.get_attribute("input[name=pair_id]", "value") == study["pairs"][4]["id"]
+                _vote_through(page, study, RATER_2, PATTERN_2, 4, n, clicks)
+                assert page.is_visible("#done")
+
+                # the stored votes are the clicks, and they unblind to the systems clicked
+                rows = _db_rows(db)
+                assert {(r[2], r[1]): r[3] for r in rows} == clicks and len(rows) == 2 * n
+                assert {r[0] for r in rows} == {"blind-study"}
+                for (rater_name, pid), choice in clicks.items():
+                    stored = next(r[3] for r in rows if r[1] == pid and r[2] == rater_name)
+                    side = {"A": "a", "B": "b"}.get(stored)
+                    clicked = {"A": "a", "B": "b"}.get(choice)
+                    assert (pairs[pid][side]["system"] if side else "tie") == (pairs[pid][clicked]["system"] if clicked else "tie")
+
+                # direct HTTP: a duplicate vote (409), bad votes (400); the database does not change
+                ctx.close()
+                probe = urllib.request.urlopen(base + "rate?rater=probe", timeout=10).read().decode()
+                _assert_blind(probe, "probe page")
+                key = re.search(r'name="study" value="([^"]+)"', probe).group(1)
+                before = _db_rows(db)
+                first = study["pairs"][0]["id"]
+                other = "B" if clicks[(RATER_1, first)] != "B" else "A"
+                status, body = _post(base + "vote", {"study": key, "pair_id": first, "rater": RATER_1, "choice": other})
+                assert status == 409 and "already voted" in body and "first vote is kept" in body
+                _assert_blind(body, "409 page")
+                for fields, needle in [
+                    ({"study": key, "pair_id": "p9999", "rater": RATER_1, "choice": "A"}, "unknown pair id"),
+                    ({"study": "another-study", "pair_id": first, "rater": "newcomer", "choice": "A"}, "another study"),
+                    ({"pair_id": first, "rater": "newcomer", "choice": "A"}, "study"),
+                    ({"study": key, "pair_id": first, "rater": "newcomer", "choice": "C"}, "not one of A, B, tie"),
+                    ({"study": key, "pair_id": first, "rater": "   ", "choice": "A"}, "rater name is empty"),
+                ]:
+                    status, body = _post(base + "vote", fields)
+                    assert status == 400 and needle in body, (fields, status, body)
+                    _assert_blind(body, f"400 page for {fields}")
+                assert _db_rows(db) == before
+                # a third rater votes on the first five pairs by direct posts (303 back to the rating page)
+                for i, choice in enumerate(PATTERN_3):
+                    pid = study["pairs"][i]["id"]
+                    status, _ = _post(base + "vote", {"study": key, "pair_id": pid, "rater": RATER_3, "choice": choice})
+                    assert status == 303
+                    clicks[(RATER_3, pid)] = choice
+                assert len(_db_rows(db)) == 2 * n + len(PATTERN_3)
+
+                # expected results, computed here from the clicks
+                judge = {pid: JUDGE[i] for i, pid in enumerate(pairs)}
+                (study_dir / "llm_judge.json").write_text(json.dumps(judge))
+                expected = {}
+                for x, y in itertools.combinations(SYSTEMS, 2):
+                    w = t = lo = 0
+                    for (_, pid), choice in clicks.items():
+                        pr = pairs[pid]
+                        if {pr["a"]["system"], pr["b"]["system"]} != {x, y}:
+                            continue
+                        if choice == "tie":
+                            t += 1
+                        elif pr[choice.lower()]["system"] == x:
+                            w += 1
+                        else:
+                            lo += 1
+                    expected[(x, y)] = (w, t, lo)
+                assert sum(sum(v) for v in expected.values()) == len(clicks)
+                raters = sorted({r for r, _ in clicks})
+                pairwise = {}
+                for r1, r2 in itertools.combinations(raters, 2):
+                    both = [(clicks[(r1, pid)], clicks[(r2, pid)]) for pid in pairs
+                            if (r1, pid) in clicks and (r2, pid) in clicks]
+                    pairwise[(r1, r2)] = (len(both), 100 * sum(a == b for a, b in both) / len(both), rating.cohen_kappa(both))
+                majority, no_majority = {}, 0
+                for pid in pairs:
+                    top = Counter(c for (_, q), c in clicks.items() if q == pid).most_common()
+                    if len(top) > 1 and top[0][1] == top[1][1]:
+                        no_majority += 1
+                    else:
+                        majority[pid] = top[0][0]
+                judged = [(majority[pid], judge[pid]) for pid in pairs if pid in majority]
+                judge_agree = sum(a == b for a, b in judged)
+                assert 0 < judge_agree < len(judged) and no_majority > 0  # the example exercises every case
+
+                # the report in the browser
+                page = browser.new_page()
+                page.goto(base + "report")
+                assert "zephyr-ft" in page.content()  # unblinded
+                rows_html = page.query_selector_all("tr.comparison")
+                assert len(rows_html) == 3
+                for row in rows_html:
+                    x, y = row.get_attribute("data-x"), row.get_attribute("data-y")
+                    w, t, lo = expected[(x, y)]
+                    assert (int(row.get_attribute("data-wins")), int(row.get_attribute("data-ties")),
+                            int(row.get_attribute("data-losses"))) == (w, t, lo)
+                    assert f"{w} · {t} · {lo}" in row.inner_text()
+                    assert int(row.get_attribute("data-votes")) == w + t + lo
+                assert page.inner_text("#totals").startswith(f"{len(clicks)} votes on {n} pairs")
+                rps = page.query_selector_all("tr.rater-pair")
+                assert len(rps) == 3
+                for rp in rps:
+                    cnt, pct, kappa = pairwise[tuple(rp.get_attribute("data-raters").split(" | "))]
+                    assert int(rp.get_attribute("data-n")) == cnt
+                    assert float(rp.get_attribute("data-percent")) == pytest.approx(pct, abs=1e-4)
+                    assert float(rp.get_attribute("data-kappa")) == pytest.approx(kappa, abs=1e-4)
+                lj = page.query_selector("#llm-judge")
+                assert int(lj.get_attribute("data-n")) == len(judged)
+                assert int(lj.get_attribute("data-agree")) == judge_agree
+                assert float(lj.get_attribute("data-kappa")) == pytest.approx(rating.cohen_kappa(judged), abs=1e-4)
+                embedded = json.loads(page.inner_text("#unblind-data"))
+                page.close()
+            finally:
+                browser.close()
+    finally:
+        server.shutdown()
+
+    # unblind() gives the same numbers
+    result = rating.unblind(study_dir)
+    assert json.loads(json.dumps(result)) == embedded
+    assert result["n_votes"] == len(clicks) and result["raters"] == {RATER_1: n, RATER_2: n, RATER_3: len(PATTERN_3)}
+    for c in result["comparisons"]:
+        w, t, lo = expected[tuple(c["systems"])]
+        assert (c["wins"], c["ties"], c["losses"], c["votes"], c["decided"]) == (w, t, lo, w + t + lo, w + lo)
+        assert (c["win_rate"]["lo"], c["win_rate"]["hi"]) == rating.wilson(w, w + t + lo)
+        assert (c["tie_rate"]["lo"], c["tie_rate"]["hi"]) == rating.wilson(t, w + t + lo)
+        assert c["win_rate_decided"]["n"] == w + lo
+        if w + lo:
+            assert c["win_rate_decided"]["rate"] == pytest.approx(w / (w + lo))
+    ag = result["agreement"]
+    for rp in ag["rater_pairs"]:
+        cnt, pct, kappa = pairwise[tuple(rp["raters"])]
+        assert (rp["n"], rp["percent_agreement"]) == (cnt, pytest.approx(pct)) and rp["kappa"] == pytest.approx(kappa)
+    assert ag["n"] == sum(v[0] for v in pairwise.values())
+    assert ag["percent_agreement"] == pytest.approx(sum(v[0] * v[1] for v in pairwise.values()) / ag["n"])
+    assert ag["mean_kappa"] == pytest.approx(sum(v[2] for v in pairwise.values()) / 3)
+    lj = result["llm_judge"]
+    assert (lj["n"], lj["agree"], lj["no_majority"], lj["judged"]) == (len(judged), judge_agree, no_majority, n)
+    assert lj["kappa"] == pytest.approx(rating.cohen_kappa(judged))
+    assert lj["percent_agreement"] == pytest.approx(100 * judge_agree / len(judged))
