@@ -198,10 +198,9 @@ def load_study(study_dir: str | Path) -> dict:
     study_dir = Path(study_dir)
     path = study_dir / STUDY_FILE
     if not path.is_file():
-        raise FtscaleError(f"{study_dir}: no rating study here (no {STUDY_FILE}); build one first with "
-                           f"ftscale.eval.rating.build_study(name, replies, out_root) "
-                           f"(e.g. out_root=runs/studies), from generations.jsonl files read by "
-                           f"load_replies_from_generations()")
+        raise FtscaleError(f"{study_dir}: no rating study here (no {STUDY_FILE}); build one first: "
+                           f"ftscale rate {study_dir.name} --build SYSTEM=path/to/generations.jsonl "
+                           f"SYSTEM=path/to/generations.jsonl ...")
     try:
         study = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:

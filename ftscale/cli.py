@@ -215,6 +215,25 @@ def _sweep(args) -> None:
         print(", ".join(f"{v} {k}" for k, v in counts.items()))
 
 
+def _rate(args) -> None:
+    import json
+
+    from ftscale.eval import rating
+
+    study_dir = Path(args.study) if Path(args.study).is_dir() or "/" in args.study else Path(args.studies_dir) / args.study
+    if args.build:
+        bad = [b for b in args.build if "=" not in b]
+        if bad:
+            raise FtscaleError(f"--build {bad[0]}: expected SYSTEM=path/to/generations.jsonl")
+        replies = {name: rating.load_replies_from_generations(path) for name, path in (b.split("=", 1) for b in args.build)}
+        built = rating.build_study(study_dir.name, replies, study_dir.parent, seed=args.seed, n_pairs_per_system_pair=args.pairs)
+        print(f"study written to {built}; rate it with `ftscale rate {args.study}`")
+    elif args.report:
+        print(json.dumps(rating.unblind(study_dir), indent=2))
+    else:
+        rating.run_rating_server(study_dir, args.host, args.port)
+
+
 def _report(args) -> None:
     import yaml
 
@@ -356,6 +375,17 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--slurm-partition")
     sw.add_argument("--gpus-per-node", type=int, default=1)
     sw.set_defaults(fn=_sweep)
+
+    ra = sub.add_parser("rate", help="a double-blind human rating study: build it, serve its page, unblind it")
+    ra.add_argument("study", help="a study name (under --studies-dir) or its directory")
+    ra.add_argument("--build", nargs="+", metavar="SYSTEM=GENERATIONS", help="build the study from evaluations' generations.jsonl")
+    ra.add_argument("--pairs", type=int, help="with --build: queries per pair of systems (default: all they share)")
+    ra.add_argument("--seed", type=int, default=0, help="with --build: the A/B order and sample")
+    ra.add_argument("--report", action="store_true", help="print the unblinded results (also at /report on the page)")
+    ra.add_argument("--studies-dir", default="runs/studies")
+    ra.add_argument("--host", default="127.0.0.1")
+    ra.add_argument("--port", type=int, default=8765)
+    ra.set_defaults(fn=_rate)
 
     tk = sub.add_parser("task", help="user-defined tasks (YAML)").add_subparsers(dest="action", required=True)
     tc = tk.add_parser("check", help="validate a task YAML and its data before any training")

@@ -26,7 +26,7 @@ JUDGE_RUBRIC = ("Rate how well this reply extracts the order from the message, f
                 "(perfect JSON).\nMessage: {input}\nReply: {output}\nAnswer with one line: Score: <1-10>")
 
 
-def _write_task(tmp_path, evaluators, eval_path=None, train_path=None, extra=None) -> "Path":  # noqa: F821
+def _write_task(tmp_path, evaluators, eval_path=None, train_path=None, extra=None):
     spec = {"name": "orders-test", "data": {"train": str(train_path or ORDERS / "train.jsonl"),
                                             "eval": str(eval_path or ORDERS / "eval.jsonl")},
             "prompt_variants": {"default": {}, "few_shot": {"few_shot": 2}},

@@ -8,15 +8,12 @@ database, and that the unblinded report (and `unblind()`) gives the totals compu
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import itertools
 import json
 import math
 import re
 import shutil
 import sqlite3
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,21 +23,9 @@ from pathlib import Path
 import pytest
 
 from ftscale.errors import FtscaleError
+from ftscale.eval import rating
 
 
-def _load_rating():
-    try:
-        return importlib.import_module("ftscale.eval.rating")
-    except ImportError:  # an installed ftscale from another checkout: load this checkout's module
-        path = Path(__file__).resolve().parents[1] / "eval" / "rating.py"
-        spec = importlib.util.spec_from_file_location("ftscale.eval.rating", path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["ftscale.eval.rating"] = mod
-        spec.loader.exec_module(mod)
-        return mod
-
-
-rating = _load_rating()
 
 SYSTEMS = ["zephyr-ft", "quokka-base", "marlin-judge4"]
 QUERIES = {
@@ -256,7 +241,7 @@ def test_rating_study_in_chromium(tmp_path):
     # a study that does not exist: a clear error naming the path and how to build one
     with pytest.raises(FtscaleError) as err:
         rating.serve_study(tmp_path / "studies" / "no-such-study")
-    assert str(tmp_path / "studies" / "no-such-study") in str(err.value) and "build_study" in str(err.value)
+    assert str(tmp_path / "studies" / "no-such-study") in str(err.value) and "--build" in str(err.value)
 
     server = rating.serve_study(study_dir)
     host, port = server.server_address[:2]

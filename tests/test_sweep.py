@@ -22,7 +22,7 @@ from conftest import BIN, MAIN_CONFIG, ROOT
 LORA = {"name": "smollm2 LoRA", "backend": "local", "model": "smollm2-135m"}
 
 
-def _sweep(tmp_path, name="tiny", systems=(LORA,), sizes=(0, 4), seeds=(1, 2), **extra) -> "Path":  # noqa: F821
+def _sweep(tmp_path, name="tiny", systems=(LORA,), sizes=(0, 4), seeds=(1, 2), **extra):
     spec = {"name": name, "base": str(MAIN_CONFIG),
             "overrides": {"eval.limit": 2, "eval.max_new_tokens": 8, "eval.batch_size": 2, "train.batch_size": 4},
             "systems": list(systems), "num_train_examples": list(sizes), "seeds": list(seeds), "epochs": [1],
