@@ -1,0 +1,148 @@
+"""General-ability probes: does a tone fine-tune forget what the base model could do?
+
+Plain questions with exactly checkable short answers, from the formatting task's five
+generator families (arithmetic, units, dates, strings, countries: ftscale.data.formatting),
+without its JSON format demand: the question, then "Answer with just the answer." Scored by
+`probe_correct`, which accepts a wordy reply as long as the answer is in it (see there).
+
+Deterministic: the probes depend only on the seed (and the installed pycountry data, as the
+formatting task's do). They are drawn from their own random stream, not the formatting task's,
+so seed 0 does not simply repeat the formatting task's seed-0 questions (an overlap is possible
+but rare and harmless: the tone experiment never trains on them).
+
+    python -m ftscale.data.probes --seed 0 --n 100 --out data/probes
+
+Each line of `probes.jsonl` is a chat eval record:
+`{"id", "messages": [{"role": "user", ...}], "reference": {"answer", "type", "family"[, "case_sensitive"]}}`.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+from ftscale.atomic import write_jsonl
+
+SUFFIX = " Answer with just the answer."
+MAX_MISSES = 2000  # consecutive duplicate draws before a family counts as exhausted
+
+
+def _families() -> dict:
+    from ftscale.data.formatting import FAMILIES
+
+    return FAMILIES
+
+
+def _norm(q: str) -> str:
+    return " ".join(q.lower().split())
+
+
+def generate_probes(seed: int = 0, n: int = 100) -> list[dict]:
+    """`n` distinct probes, round-robin over the families (so any prefix stays balanced)."""
+    families = _families()
+    rng = random.Random(f"ftscale-probes:{seed}")  # str seeds are hashed with SHA-512: stable across runs
+    seen: set = set()
+    items: list[tuple[str, str, object]] = []
+    active = list(families)
+    while len(items) < n and active:
+        for fam in list(active):
+            if len(items) >= n:
+                break
+            for _ in range(MAX_MISSES):
+                q, a, e = families[fam](rng)
+                keys = (_norm(q), (fam, a, e))
+                if not any(k in seen for k in keys):
+                    seen.update(keys)
+                    items.append((fam, q, a))
+                    break
+            else:
+                active.remove(fam)
+    if len(items) < n:
+        raise ValueError(f"only {len(items)} distinct probes found, need {n}")
+    out = []
+    for i, (fam, q, a) in enumerate(items):
+        ref = {"answer": a, "type": "string" if isinstance(a, str) else "number", "family": fam}
+        # "Write X in uppercase": the lowercase word is in the question, so case is the whole answer.
+        if isinstance(a, str) and a != a.lower() and re.search(rf"(?<!\w){re.escape(a.lower())}(?!\w)", q):
+            ref["case_sensitive"] = True
+        out.append({"id": f"probe-{fam}-{i:03d}", "messages": [{"role": "user", "content": q + SUFFIX}],
+                    "reference": ref})
+    return out
+
+
+def write_probes(out_dir: Path, seed: int = 0, n: int = 100) -> dict:
+    """Write `probes.jsonl` (chat eval records) atomically; return its path and count."""
+    probes = generate_probes(seed, n)
+    path = write_jsonl(Path(out_dir) / "probes.jsonl", probes)
+    return {"probes": path, "n": len(probes)}
+
+
+# ---------------------------------------------------------------- scoring
+# A number as people write it: optional sign, thousands separators, decimals. The sign counts only
+# where it cannot be a hyphen (not right after a letter or digit: "2024-05-01", "x-3").
+_NUMBER = re.compile(r"(?<![\w.])(?:(?<![\w-])-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\d])")
+_WRAP = " \t\r\n\"'`*_.!:;()[]{}"
+
+
+def _numbers(text: str) -> list[str]:
+    return [m.group(0).replace(",", "") for m in _NUMBER.finditer(text)]
+
+
+def probe_correct(output: str, reference: dict) -> float:
+    """1.0 if the reply gives the reference answer, else 0.0.
+
+    Numbers: the LAST number in the reply must match, with the formatting task's tolerance
+    (`answers_match`: relative or absolute 1e-3), so "3 + 4 = 7" and "The answer is 7." are
+    right and "7? No, 8." is wrong. Numbers written as words are not read.
+    Strings: the whole reply, stripped of quotes, markdown emphasis and end punctuation, matches
+    (`answers_match`: case- and space-insensitive); or the answer occurs in the reply on word
+    boundaries, for answers of 3 or more characters, or for shorter ones (single letters, codes)
+    when quoted/emphasised or the reply's first or last word ("DE (Germany)", "It ends with z.").
+    Case matters where reference["case_sensitive"] (the uppercase questions, whose lowercase word
+    is in the question itself). A reply that hedges between several answers can pass: a heuristic.
+    """
+    from ftscale.eval.tasks.formatting import answers_match
+
+    if not isinstance(output, str) or not output.strip():
+        return 0.0
+    gold = reference["answer"]
+    if reference.get("type") == "number" or (isinstance(gold, (int, float)) and not isinstance(gold, bool)):
+        nums = _numbers(output)
+        return float(bool(nums) and answers_match(nums[-1], reference))
+    gold = str(gold)
+    case = reference.get("case_sensitive", False)
+    whole = output.strip().strip(_WRAP)
+    if (whole == gold) if case else answers_match(whole, {"answer": gold, "type": "string"}):
+        return 1.0
+    flags = 0 if case else re.IGNORECASE
+    body = r"\s+".join(re.escape(w) for w in gold.split())
+    if len(gold) >= 3 and re.search(rf"(?<!\w){body}(?!\w)", output, flags):
+        return 1.0
+    quoted = rf"(?:[\"'`*]|\*\*){body}(?:[\"'`*]|\*\*)"  # "a", 'a', `a`, *a*, **a**
+    last = rf"(?<!\w){body}[\s\"'`*_.!)]*$"
+    first = rf"^[\s\"'`*_]*{body}(?!\w)"
+    text = output.strip()
+    return float(any(re.search(p, text, flags) for p in (quoted, last, first)))
+
+
+def score(example: dict, text: str) -> dict[str, float]:
+    """Per-example evaluator (Task.score shape)."""
+    return {"probe_correct": probe_correct(text, example["reference"])}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Generate the general-ability probes (forgetting check).")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--out", type=Path, default=Path("data/probes"))
+    args = p.parse_args(argv)
+    res = write_probes(args.out, args.seed, args.n)
+    counts = Counter(r["reference"]["family"] for r in generate_probes(args.seed, args.n))
+    print(f"probes: {res['n']} -> {res['probes']}  " + ", ".join(f"{f}={c}" for f, c in sorted(counts.items())))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
