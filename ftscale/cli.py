@@ -29,9 +29,16 @@ def _data(args) -> int | None:
     if args.action == "generate":
         import importlib
 
-        generators = ("formatting", "orders")  # modules of ftscale.data with write(out, seed, n_train, n_eval)
+        # modules of ftscale.data with write(out, seed, n_train, n_eval); tone writes customer queries
+        generators = ("formatting", "orders", "tone")
+        if args.task == "probes":
+            from ftscale.data.probes import write_probes
+
+            res = write_probes(args.out or Path("data/probes"), args.seed, **({"n": args.n_eval} if args.n_eval else {}))
+            print(f"wrote {res['n']} probes to {res['probes']}")
+            return None
         if args.task not in generators:
-            raise FtscaleError(f"data generate: no generator for task {args.task!r} (available: {', '.join(generators)})")
+            raise FtscaleError(f"data generate: no generator for {args.task!r} (available: {', '.join(generators)}, probes)")
         module = importlib.import_module(f"ftscale.data.{args.task}")
         sizes = {k: v for k, v in (("n_train", args.n_train), ("n_eval", args.n_eval)) if v is not None}
         res = module.write(args.out or Path("data") / args.task, args.seed, **sizes)

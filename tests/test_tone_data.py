@@ -2,39 +2,19 @@
 general-ability probes. Fast and deterministic: no model is loaded."""
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
 from ftscale.chatdata import read_jsonl
+from ftscale.data import personas, probes, tone
 from ftscale.errors import ConfigError
+from ftscale.eval import lexical_tone as lexical
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _module(name: str, rel: str):
-    """The package module, or this checkout's file when the installed package lacks it."""
-    try:
-        mod = importlib.import_module(name)
-        if Path(mod.__file__).resolve() == (ROOT / rel).resolve():
-            return mod
-    except ImportError:
-        pass
-    spec = importlib.util.spec_from_file_location(name, ROOT / rel)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-personas = _module("ftscale.data.personas", "data/personas.py")
-tone = _module("ftscale.data.tone", "data/tone.py")
-probes = _module("ftscale.data.probes", "data/probes.py")
-lexical = _module("ftscale.eval.lexical_tone", "eval/lexical_tone.py")
 
 QUERY_KEYS = ["id", "query", "product", "problem", "mood", "template"]
 
