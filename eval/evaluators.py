@@ -687,3 +687,24 @@ def refusal(output: str, reference: dict, params: RefusalParams, prefix: str) ->
 
 register(Evaluator("refusal", RefusalParams, one_metric("the output refuses", higher_is_better=False),
                    no_needs, refusal))
+
+
+# --- lexical_tone: the tone task's judge-free baseline (HEURISTIC) -------------------------------
+
+class LexicalToneParams(Strict):
+    persona: str = Field("rude", description="a persona in configs/personas/ (or a path): whose marker words count")
+
+
+def lexical_tone_evaluator(output: str, reference: dict, params: LexicalToneParams, prefix: str) -> dict:
+    """HEURISTIC, not a judge: `<prefix>` = persona-tone markers / (tone + opposite markers), 0.5 when
+    neither occurs (eval/lexical_tone.py). Details: `<prefix>.tone_markers`, `<prefix>.opposite_markers`."""
+    from .lexical_tone import lexical_tone
+
+    found = lexical_tone(output, params.persona)
+    return {prefix: found["lexical_tone"], f"{prefix}.tone_markers": found["tone_markers"],
+            f"{prefix}.opposite_markers": found["opposite_markers"]}
+
+
+register(Evaluator("lexical_tone", LexicalToneParams,
+                   one_metric("HEURISTIC lexical tone: share of the persona's marker words among tone markers"),
+                   no_needs, lexical_tone_evaluator))
