@@ -42,6 +42,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -53,7 +54,7 @@ from tqdm.auto import tqdm
 from ftscale.atomic import atomic_path
 from ftscale.datacheck import check_file, count_tokens, encoding_for
 from ftscale.errors import FtscaleError, run_command
-from ftscale.eval.backends import Backend, Request, Sampling, make_backend
+from ftscale.eval.backends import Backend, Request, Sampling, make_judge_backend, parse_spec
 
 OUTPUT_FRACTION = 0.6  # estimated reply length as a share of max_new_tokens (cost estimate only)
 CONFIRM_ABOVE_USD = 1.0
@@ -64,23 +65,17 @@ BATCH_SIZE = 16
 
 def parse_teacher(spec: str) -> tuple[str, str, str | None]:
     """(backend kind, model, base_url) of a teacher spec; see the module's docstring."""
-    kind, _, model = spec.partition(":")
-    if kind == "hf" and model.strip():
-        return "hf", model, None
-    if kind == "openai" and model.strip():
-        name, at, url = model.rpartition("@")
-        if at and url.startswith(("http://", "https://")) and name:
-            return "openai", name, url
-        return "openai", model, os.environ.get("OPENAI_BASE_URL") or None
-    raise FtscaleError(f"teacher {spec!r}: use hf:<model>, openai:<model> or openai:<model>@<base_url> "
-                       "(a local vLLM server: openai:<served name>@http://127.0.0.1:8000/v1)")
+    try:
+        return parse_spec(spec)
+    except ValueError as e:
+        raise FtscaleError(f"teacher {e}") from None
 
 
 def make_teacher(spec: str) -> Backend:
-    kind, model, base_url = parse_teacher(spec)
-    if kind == "hf":
-        return make_backend("hf", model=model, progress=False)
-    return make_backend("openai", model=model, base_url=base_url, progress=False)
+    try:
+        return make_judge_backend(spec)
+    except ValueError as e:
+        raise FtscaleError(f"teacher {e}") from None
 
 
 def is_local(kind: str, base_url: str | None) -> bool:
@@ -316,28 +311,6 @@ def _write_training_file(out_path: Path, answered: list[tuple[dict, dict]], syst
 
 # --- command line --------------------------------------------------------------------------------------------
 
-def _load_persona(name: str | None, path: str | None):
-    if path:
-        from ftscale.yamlfile import load_yaml
-
-        data, _ = load_yaml(path)
-        missing = [k for k in ("name", "teacher_prompt", "system_prompt") if not isinstance(data.get(k), str)]
-        if missing:
-            raise FtscaleError(f"{path}: persona needs string keys {', '.join(missing)}")
-        return data
-    try:
-        from ftscale.data import personas  # written alongside the tone task
-    except ImportError:
-        raise FtscaleError("no persona module (ftscale.data.personas) here: give --persona-file") from None
-    for getter in ("get_persona", "get"):
-        if hasattr(personas, getter):
-            return getattr(personas, getter)(name)
-    table = getattr(personas, "PERSONAS", {})
-    if name not in table:
-        raise FtscaleError(f"unknown persona {name!r}; known: {', '.join(table) or 'none'}")
-    return table[name]
-
-
 def _load_queries(path: str) -> list[dict]:
     out = []
     with open(path, encoding="utf-8") as f:
@@ -359,12 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", required=True,
                    help="hf:<model>, openai:<model>, or openai:<model>@<base_url> (a local vLLM server)")
-    who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--persona", help="a persona's name (ftscale.data.personas)")
-    who.add_argument("--persona-file", help="a YAML file with name, teacher_prompt, system_prompt")
-    p.add_argument("--queries", required=True, help="JSONL of customer queries: {\"id\", \"query\", ...} per line")
+    p.add_argument("--persona", default="rude", help="a persona in configs/personas/, or a path to one (default: rude)")
+    p.add_argument("--queries", default="data/tone/queries-train.jsonl",
+                   help="JSONL of customer queries: {\"id\", \"query\", ...} per line (default: the tone train pool)")
     p.add_argument("-n", "--n", type=int, required=True, help="distil the first N queries")
-    p.add_argument("--out", required=True, type=Path, help="the training JSONL to write")
+    p.add_argument("--out", type=Path, help="the training JSONL to write (default: data/tone/<persona>-<teacher>.jsonl)")
     p.add_argument("--cache", type=Path, help="the answers cache (default: <out>.cache.jsonl)")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.7)
@@ -380,7 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        persona = _load_persona(args.persona, args.persona_file)
+        from ftscale.data.personas import load_persona
+
+        persona = load_persona(args.persona)
+        if args.out is None:
+            args.out = Path("data/tone") / (f"{persona.name}-" + re.sub(r"[^A-Za-z0-9._-]+", "-", args.teacher) + ".jsonl")
         cache = args.cache or args.out.with_name(args.out.name.removesuffix(".jsonl") + ".cache.jsonl")
         distill(args.teacher, persona, _load_queries(args.queries), args.n, args.out, cache,
                 max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed, yes=args.yes,

@@ -34,7 +34,6 @@ instead of wins.
 from __future__ import annotations
 
 import math
-import os
 import random
 import re
 import string
@@ -45,7 +44,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from ftscale.config import Strict, load_validated
 from ftscale.errors import ConfigError
-from ftscale.eval.backends import Backend, Request, Sampling, make_backend
+from ftscale.eval.backends import Backend, Request, Sampling, make_judge_backend
 
 JUDGES_DIR = Path(__file__).resolve().parents[1] / "configs" / "judges"
 
@@ -294,16 +293,5 @@ def absolute_summary(records: list[dict]) -> dict:
 # --- judges by name ------------------------------------------------------------------------------------
 
 def make_judge(spec: str) -> Backend:
-    """`hf:<model ref>` (in-process transformers), `openai:<model>` (OpenAI, or any OpenAI-compatible
-    server named by OPENAI_BASE_URL, e.g. a vLLM one) or `openai:<model>@<base_url>`
-    (`openai:Qwen/Qwen2.5-7B-Instruct@http://127.0.0.1:8000/v1`)."""
-    kind, _, model = spec.partition(":")
-    if kind == "hf" and model.strip():
-        return make_backend("hf", model=model, progress=False)
-    if kind == "openai" and model.strip():
-        name, at, url = model.rpartition("@")
-        if at and url.startswith(("http://", "https://")) and name:
-            return make_backend("openai", model=name, base_url=url, progress=False)
-        return make_backend("openai", model=model, base_url=os.environ.get("OPENAI_BASE_URL"), progress=False)
-    raise ValueError(f"judge {spec!r}: use hf:<model>, openai:<model> or openai:<model>@<base_url> "
-                     "(a vLLM server: openai:<served name>@http://127.0.0.1:PORT/v1)")
+    """A judge named `hf:<model>`, `openai:<model>` or `openai:<model>@<base_url>` (backends.parse_spec)."""
+    return make_judge_backend(spec)

@@ -383,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--gpus-per-node", type=int, default=1)
     sw.set_defaults(fn=_sweep)
 
+    sub.add_parser("distill", add_help=False,
+                   help="training data from a teacher answering customer queries in a persona (resumable, cached)")
     ra = sub.add_parser("rate", help="a double-blind human rating study: build it, serve its page, unblind it")
     ra.add_argument("study", help="a study name (under --studies-dir) or its directory")
     ra.add_argument("--build", nargs="+", metavar="SYSTEM=GENERATIONS", help="build the study from evaluations' generations.jsonl")
@@ -412,6 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args, rest = build_parser().parse_known_args(argv)
     args.overrides = rest
+    if args.command == "distill":  # its own parser (data/distill.py)
+        from ftscale.data.distill import main as distill_main
+
+        return distill_main(rest)
     if rest and args.command not in ("run", "train", "eval", "bench"):
         build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
     return run_command(lambda: args.fn(args))

@@ -7,36 +7,21 @@ as A); everything that generates text uses the real embedded model through the h
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from ftscale.data import distill as distill_mod
 from ftscale.errors import ConfigError, FtscaleError
+from ftscale.eval import judges
 from ftscale.eval.backends import Generation, Request, Sampling, make_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _module(name: str, path: Path):
-    """Import `name`; where the installed ftscale is another checkout without it, load it from this one."""
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-        return mod
-
-
-judges = _module("ftscale.eval.judges", ROOT / "eval" / "judges.py")
-distill_mod = _module("ftscale.data.distill", ROOT / "data" / "distill.py")
 
 PERSONA = SimpleNamespace(
     name="rude-test",
@@ -388,17 +373,19 @@ def test_distill_refuses_bad_input(tmp_path):
 
 def test_command_line_refusals(tmp_path, capsys):
     persona = tmp_path / "persona.yaml"
-    persona.write_text("name: rude\nteacher_prompt: Be rude.\nsystem_prompt: You are an agent.\n")
+    persona.write_text("name: rude\ndescription: a rude agent\nteacher_prompt: Be rude.\n"
+                       "system_prompt: You are an agent.\njudge_rubric: rudeness\n")
     queries = tmp_path / "queries.jsonl"
     queries.write_text("".join(json.dumps(q) + "\n" for q in QUERIES))
-    base = ["--persona-file", str(persona), "--queries", str(queries), "-n", "2", "--out", str(tmp_path / "t.jsonl")]
+    base = ["--persona", str(persona), "--queries", str(queries), "-n", "2", "--out", str(tmp_path / "t.jsonl")]
     assert distill_mod.main(["--teacher", "vllm:foo", *base]) == 2
     assert "openai:<model>@<base_url>" in capsys.readouterr().err
     assert distill_mod.main(["--teacher", "hf:smollm2-135m", *base, "-n", "9"]) == 2
     assert "only 4 queries" in capsys.readouterr().err
     persona.write_text("name: rude\n")
     assert distill_mod.main(["--teacher", "hf:smollm2-135m", *base]) == 2
-    assert "persona needs string keys teacher_prompt, system_prompt" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{persona}:1: " in err and "teacher_prompt" in err and "required key is missing" in err
 
 
 # --- one small real run: distil through the embedded model, judge with it -------------------------------------

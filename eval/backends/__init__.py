@@ -17,15 +17,28 @@ def make_backend(kind: str, **kwargs) -> Backend:
     raise ValueError(f"unknown backend {kind!r}; available: hf, openai")
 
 
-def make_judge_backend(spec: str) -> Backend:
-    """A judge named `hf:<model ref>` (in-process) or `openai:<model>` (OpenAI, or any OpenAI-compatible
-    server such as a vLLM one named by OPENAI_BASE_URL)."""
+def parse_spec(spec: str) -> tuple[str, str, str | None]:
+    """A model named for a job (a teacher, a judge) as `hf:<model ref>`, `openai:<model>` (OpenAI, or
+    the server OPENAI_BASE_URL names) or `openai:<model>@<base_url>` (any OpenAI-compatible server,
+    e.g. a local vLLM one: `openai:Qwen/Qwen2.5-7B-Instruct@http://127.0.0.1:8000/v1`).
+    Returns (backend kind, model, base_url)."""
     import os
 
     kind, _, model = spec.partition(":")
+    if kind == "hf" and model.strip():
+        return "hf", model, None
+    if kind == "openai" and model.strip():
+        name, at, url = model.rpartition("@")
+        if at and url.startswith(("http://", "https://")) and name:
+            return "openai", name, url
+        return "openai", model, os.environ.get("OPENAI_BASE_URL") or None
+    raise ValueError(f"{spec!r}: use hf:<model>, openai:<model> or openai:<model>@<base_url> "
+                     "(a local vLLM server: openai:<served name>@http://127.0.0.1:PORT/v1)")
+
+
+def make_judge_backend(spec: str) -> Backend:
+    """The backend for a model named by `parse_spec`'s syntax, without progress bars."""
+    kind, model, base_url = parse_spec(spec)
     if kind == "hf":
         return make_backend("hf", model=model, progress=False)
-    if kind == "openai":
-        return make_backend("openai", model=model, base_url=os.environ.get("OPENAI_BASE_URL"), progress=False)
-    raise ValueError(f"judge {spec!r}: use hf:<model> or openai:<model> (a vLLM server: openai:<served name> "
-                     "with OPENAI_BASE_URL=http://127.0.0.1:PORT/v1)")
+    return make_backend("openai", model=model, base_url=base_url, progress=False)
