@@ -673,17 +673,17 @@ def write_sweep_report(out_dir: Path, rows: list[dict], task: Task, cost_ctx: di
         table_rows = []
         for key, rs in curves.items():
             by_size = _group(rs, lambda r: r.get("num_train_examples"))
-            table_rows.append([label(key), *(_agg_cell(by_size[s], metric, interval=True) if s in by_size else Cell("–")
-                                             for s in sizes_c)])
+            table_rows.append([label(key), Cell(""), *(_agg_cell(by_size[s], metric, interval=True) if s in by_size
+                                                       else Cell("–") for s in sizes_c)])
         for key, rs in refs.items():
-            table_rows.append([f"reference: {label(key)}", *([_agg_cell(rs, metric, interval=True)]
-                                                              + [Cell("")] * (len(sizes_c) - 1))])
+            table_rows.append([f"reference: {label(key)}", _agg_cell(rs, metric, interval=True),
+                               *([Cell("")] * len(sizes_c))])
         single = [f"{label(k)} at {s}" for k, rs in curves.items()
                   for s, g in _group(rs, lambda r: r.get("num_train_examples")).items() if len(_values(g, metric)) == 1]
-        doc.table(["system / train examples", *(str(s) for s in sizes_c)], table_rows,
+        doc.table(["system / train examples", "reference", *(str(s) for s in sizes_c)], table_rows,
                   f"table: {metric} by training size", rows)
         doc.p("Cells: mean [95% t interval] (n = finished seeds; what did not finish). References: mean over their "
-              "rows, in the first column." + (f" One seed only (no interval): {'; '.join(single)}." if single else ""))
+              "rows, in the reference column." + (f" One seed only (no interval): {'; '.join(single)}." if single else ""))
 
     # 3. How much data ----------------------------------------------------------------------------
     doc.h2("How much data", "how-much-data")

@@ -125,6 +125,7 @@ class Runner:
 
     def run(self, fail_fast: bool = False) -> dict:
         write_text(self.sweep.sweep_dir / "sweep.yaml", self.sweep_path.read_text())
+        write_text(self.sweep.sweep_dir / "command.txt", " ".join(["ftscale", "sweep", str(self.sweep_path)]) + "\n")
         todo = [c for c in self.cells if (self.store.get(c.key) or {}).get("status") != "done"]
         self.log(f"{self.sweep.name}: {len(self.cells)} cells, {len(self.cells) - len(todo)} done, {len(todo)} to run")
         bar = tqdm(total=len(todo), desc=self.sweep.name, unit="cell")
@@ -259,7 +260,9 @@ def sweep_rows(sweep_dir: Path) -> tuple[list[dict], object, object]:
     done, rows = [], []
     for cell in cells:
         rec = records.get(cell.key) or {"status": "pending", "error": None}
-        common = {"system": cell.system, "run_dir": str(cell.run_dir), "reference": cell.kind != "train",
+        # the untrained base is a reference line of its own, not a point of the fine-tune's curve
+        system = f"{cell.system} base" if cell.kind == "base" else cell.system
+        common = {"system": system, "run_dir": str(cell.run_dir), "reference": cell.kind != "train",
                   "status": rec["status"] if rec["status"] != "pending" else "missing", "error": rec["error"]}
         if rec["status"] == "done":
             for r in cell_rows(cell.run_dir):
@@ -281,5 +284,8 @@ def write_report(sweep_dir: Path, command: str) -> tuple[Path, Path]:
     from .eval.sweep_report import write_sweep_report
 
     rows, task, cost_ctx = sweep_rows(sweep_dir)
+    made_by = Path(sweep_dir) / "command.txt"
+    if made_by.is_file():
+        command = made_by.read_text().strip() + "\n" + command
     return write_sweep_report(Path(sweep_dir), rows, task, cost_ctx,
                               {"command": command, "sweep_dir": str(sweep_dir), "store": str(Path(sweep_dir) / STORE)})
