@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 
 from ftscale.atomic import atomic_path
 from ftscale.datacheck import check_file, count_tokens, encoding_for
+from ftscale.chatdata import json_lines
 from ftscale.errors import FtscaleError, run_command
 from ftscale.eval.backends import Backend, Request, Sampling, make_judge_backend, parse_spec
 
@@ -313,17 +314,10 @@ def _write_training_file(out_path: Path, answered: list[tuple[dict, dict]], syst
 
 def _load_queries(path: str) -> list[dict]:
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise FtscaleError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("query"), str):
-                raise FtscaleError(f"{path}:{lineno}: expected an object with a 'query' string")
-            out.append(rec)
+    for lineno, rec in json_lines(path):
+        if not isinstance(rec.get("query"), str):
+            raise FtscaleError(f"{path}:{lineno}: expected an object with a 'query' string")
+        out.append(rec)
     return out
 
 

@@ -8,7 +8,7 @@ on template instances, so no (product, problem, mood, template) combination of t
 occurs in training (every product, problem, mood and template on its own does). Output depends
 only on the seed.
 
-    python -m ftscale.data.tone --seed 0 --n-train 2000 --n-eval 200 --out data/tone
+    ftscale data generate tone --seed 0 --n-train 2000 --n-eval 200 --out data/tone
 
 Each line of `queries-train.jsonl` / `queries-eval.jsonl` is one query:
 `{"id", "query", "product", "problem", "mood", "template"}`. The chat files that train and
@@ -17,13 +17,11 @@ and a `reference`) and `train_record(query, persona, reply)` (system + user + th
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import json
 import random
-from collections import Counter
 from pathlib import Path
 
+from ftscale.chatdata import json_lines
 from ftscale.atomic import write_jsonl
 
 # ---------------------------------------------------------------- vocabulary
@@ -302,8 +300,7 @@ def write(out_dir: Path, seed: int = 0, n_train: int = 2000, n_eval: int = 200) 
 
 def read_queries(path: str | Path) -> list[dict]:
     """Read a queries JSONL file written by `write`."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [rec for _, rec in json_lines(path)]
 
 
 # ---------------------------------------------------------------- chat records
@@ -335,21 +332,3 @@ def train_record(query: dict, persona, reply: str) -> dict:
     return {"messages": [{"role": "system", "content": persona.system_prompt},
                          {"role": "user", "content": query["query"]},
                          {"role": "assistant", "content": reply.strip()}]}
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Generate the tone task's customer queries (train pool, eval set).")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-train", type=int, default=2000)
-    p.add_argument("--n-eval", type=int, default=200)
-    p.add_argument("--out", type=Path, default=Path("data/tone"))
-    args = p.parse_args(argv)
-    res = write(args.out, args.seed, args.n_train, args.n_eval)
-    for split in ("train", "eval"):
-        moods = Counter(q["mood"] for q in read_queries(res[split]))
-        print(f"{split}: {res['n_' + split]} -> {res[split]}  " + ", ".join(f"{m}={moods[m]}" for m in MOODS))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -42,6 +42,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
 from ftscale.atomic import write_json
+from ftscale.chatdata import json_lines
 from ftscale.errors import FtscaleError
 
 STUDY_FILE = "study.json"
@@ -87,28 +88,21 @@ def load_replies_from_generations(path: str | Path) -> dict[str, tuple[str, str]
     if not path.is_file():
         raise FtscaleError(f"{path}: no such generations file")
     out: dict[str, tuple[str, str]] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise FtscaleError(f"{path}:{lineno}: not JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or "id" not in rec or "prompt" not in rec:
-                raise FtscaleError(f"{path}:{lineno}: not a generation record (needs id, prompt, output)")
-            if rec.get("error") is not None:
-                continue
-            qid = str(rec["id"])
-            if qid in out:
-                raise FtscaleError(f"{path}:{lineno}: id {qid!r} appears twice")
-            users = [m for m in rec["prompt"] if isinstance(m, dict) and m.get("role") == "user"]
-            if not users:
-                raise FtscaleError(f"{path}:{lineno}: the prompt has no user message")
-            output = rec.get("output")
-            if not isinstance(output, str):
-                raise FtscaleError(f"{path}:{lineno}: output is not text")
-            out[qid] = (_message_text(users[-1]["content"]), output)
+    for lineno, rec in json_lines(path):
+        if "id" not in rec or "prompt" not in rec:
+            raise FtscaleError(f"{path}:{lineno}: not a generation record (needs id, prompt, output)")
+        if rec.get("error") is not None:
+            continue
+        qid = str(rec["id"])
+        if qid in out:
+            raise FtscaleError(f"{path}:{lineno}: id {qid!r} appears twice")
+        users = [m for m in rec["prompt"] if isinstance(m, dict) and m.get("role") == "user"]
+        if not users:
+            raise FtscaleError(f"{path}:{lineno}: the prompt has no user message")
+        output = rec.get("output")
+        if not isinstance(output, str):
+            raise FtscaleError(f"{path}:{lineno}: output is not text")
+        out[qid] = (_message_text(users[-1]["content"]), output)
     return out
 
 

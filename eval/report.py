@@ -138,7 +138,7 @@ def plot_cost(rows: list[dict], task: Task, path: Path, ctx: dict) -> bool:
     return True
 
 
-def _usd(v) -> str:
+def usd(v) -> str:
     if v is None:
         return "–"
     if isinstance(v, str):
@@ -152,7 +152,7 @@ def cost_lines(rows: list[dict], task: Task, ctx: dict, has_plot: bool) -> list[
     lines = ["", "## Cost next to quality", "",
              f"Prices: `{ctx['prices_file']}`, checked {ctx['prices_checked']} ({ctx['currency']}). Reference: "
              f"prompting `{ctx['reference_model']}` with the `{ctx['reference_variant']}` prompt, "
-             f"${_usd(ref)} per 1,000 requests ({ctx['reference_basis']}). Break-even: the number of requests after "
+             f"${usd(ref)} per 1,000 requests ({ctx['reference_basis']}). Break-even: the number of requests after "
              "which training plus serving the system costs less than prompting the reference.", ""]
     if has_plot:
         lines += ["![cost](cost.png)", ""]
@@ -162,7 +162,7 @@ def cost_lines(rows: list[dict], task: Task, ctx: dict, has_plot: bool) -> list[
     for r in rows:
         be = r["break_even_requests"]
         cells = [r["num_train_examples"], r["seed"], r["backend"], r["prompt_variant"],
-                 *(_fmt(r[m]) for m in metrics), _usd(r["training_cost_usd"]), _usd(r["cost_per_1k_requests_usd"]),
+                 *(_fmt(r[m]) for m in metrics), usd(r["training_cost_usd"]), usd(r["cost_per_1k_requests_usd"]),
                  "–" if be is None else (f"{be:,}" if isinstance(be, int) else be), r["cost_basis"] or "–"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines += ["", "Local systems are priced by the machine's price per hour times measured wall time: training, and "

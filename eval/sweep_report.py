@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftscale.atomic import atomic_path, write_text
+from ftscale.eval.report import usd
 from ftscale.eval.tasks import Task
 
 ALPHA = 0.05  # one-sided significance level of the "how much data" test
@@ -286,14 +287,6 @@ def _fmt(v, digits: int = 3) -> str:
             return "nan"
         return f"{v:.{digits}f}"
     return str(v)
-
-
-def _usd(v) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, str):
-        return v
-    return f"{v:.4f}" if v < 1 else f"{v:,.2f}"
 
 
 def _problems(rows: list[dict], metric: str | None = None) -> Counter:
@@ -788,7 +781,7 @@ def write_sweep_report(out_dir: Path, rows: list[dict], task: Task, cost_ctx: di
         ref_cost = cost_ctx.get("reference_cost_per_1k_requests_usd")
         doc.p(f"Prices: `{cost_ctx.get('prices_file', '–')}`, price table dated {cost_ctx.get('prices_checked', '–')} "
               f"({cost_ctx.get('currency', 'USD')}). Reference: prompting `{cost_ctx.get('reference_model', '–')}` "
-              f"with the `{cost_ctx.get('reference_variant', '–')}` prompt, ${_usd(ref_cost)} per 1,000 requests "
+              f"with the `{cost_ctx.get('reference_variant', '–')}` prompt, ${usd(ref_cost)} per 1,000 requests "
               f"({cost_ctx.get('reference_basis', '–')}). Training cost and cost per 1,000 requests: the mean over "
               "the seeds that have them (n); break-even (the number of requests after which training plus serving "
               "costs less than prompting the reference): each seed's value, in seed order.")
@@ -801,7 +794,7 @@ def write_sweep_report(out_dir: Path, rows: list[dict], task: Task, cost_ctx: di
                 probs = _problems(grp)
                 if not v:
                     return _nothing_cell(probs)
-                return Cell(f"{_usd(statistics.fmean(v))} (n={len(v)}" + (f"; {_problem_text(probs)})" if probs else ")"),
+                return Cell(f"{usd(statistics.fmean(v))} (n={len(v)}" + (f"; {_problem_text(probs)})" if probs else ")"),
                             "partial" if probs else None)
 
             be = []

@@ -73,6 +73,22 @@ def read_jsonl(path: str | Path, kind: str) -> list[dict]:
     return records
 
 
+def json_lines(path: str | Path):
+    """(line number, object) for every non-empty line of a JSONL file; a line that is not a JSON
+    object raises DataError as `file:line: reason`."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(rec, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object")
+            yield lineno, rec
+
+
 def nested_subset(records: list[dict], n: int, seed: int) -> list[dict]:
     """The first `n` of a seeded shuffle: the 50 of a 50-example run are the first 50 of the 100."""
     if n > len(records):
