@@ -289,13 +289,16 @@ def instance_of(query: dict) -> tuple[str, str, str, str]:
     return (query["product"], query["problem"], query["mood"], query["template"])
 
 
-def write(out_dir: Path, seed: int = 0, n_train: int = 2000, n_eval: int = 200) -> dict:
-    """Write `queries-train.jsonl` and `queries-eval.jsonl` (one query dict per line) atomically."""
+def write(out_dir: Path, seed: int = 0, n_train: int = 2000, n_eval: int = 200, persona="rude") -> dict:
+    """Write `queries-train.jsonl` and `queries-eval.jsonl` (one query dict per line) and the eval set
+    in chat form for `persona` (`eval-<persona>.jsonl`: the tone task's eval file), atomically."""
     out_dir = Path(out_dir)
     train, evals = generate(seed, n_train, n_eval)
+    chat = eval_records(evals, persona)
     paths = {"train": write_jsonl(out_dir / "queries-train.jsonl", train),
-             "eval": write_jsonl(out_dir / "queries-eval.jsonl", evals)}
-    return {"train": paths["train"], "eval": paths["eval"], "n_train": len(train), "n_eval": len(evals)}
+             "eval": write_jsonl(out_dir / "queries-eval.jsonl", evals),
+             "eval_chat": write_jsonl(out_dir / f"eval-{chat[0]['reference']['persona']}.jsonl", chat)}
+    return {**paths, "n_train": len(train), "n_eval": len(evals)}
 
 
 def read_queries(path: str | Path) -> list[dict]:

@@ -262,3 +262,17 @@ def test_probe_references_flag_case_sensitive_uppercase_questions():
     assert flagged and all(r["reference"]["answer"].isupper() for r in flagged)
     assert all(r["reference"]["answer"].lower() in r["messages"][0]["content"] for r in flagged)
     assert probes.score(flagged[0], flagged[0]["reference"]["answer"]) == {"probe_correct": 1.0}
+
+
+def test_the_shipped_tone_task_checks_and_its_eval_set_is_the_generators(tmp_path):
+    from ftscale.eval.tasks import get_task
+    from ftscale.eval.tasks.check import check_task
+
+    shipped = read_jsonl(ROOT / "data" / "tone" / "eval-rude.jsonl", "eval")
+    assert shipped == tone.eval_records(tone.generate()[1], "rude")
+    report = check_task(ROOT / "configs" / "tasks" / "tone-rude.yaml", tmp_path)
+    assert report.ok, report.format()
+    task = get_task(str(ROOT / "configs" / "tasks" / "tone-rude.yaml"))
+    rude = task.score(shipped[0], "Obviously. Read the tracking page, it's not rocket science. Fine, refund issued.")
+    polite = task.score(shipped[0], "Thank you so much for reaching out! I'm sorry, I'd be happy to help.")
+    assert rude["lexical"] > polite["lexical"] and rude["refused"] == 0.0
