@@ -235,15 +235,14 @@ def _norm(q: str) -> str:
     return " ".join(q.lower().split())
 
 
-def _build(seed: int, n_train: int, n_eval: int):
-    """Return (train_items, eval_items); items are (family, question, answer, explanation)."""
-    rng = random.Random(seed)
-    need = n_train + n_eval
-    pools = {f: [] for f in FAMILIES}
-    seen, active, total = set(), list(FAMILIES), 0
-    while total < need and active:
-        for fam in list(active):  # round-robin: each turn adds one new question per family
-            if total >= need:
+def draw_distinct(rng: random.Random, need: int) -> list[tuple]:
+    """Up to `need` distinct (family, question, answer, explanation) items, round-robin over the
+    families (each turn adds one new question per family, so any prefix stays balanced); a family
+    that draws only duplicates MAX_MISSES times in a row is exhausted. Fewer come back if all are."""
+    items, seen, active = [], set(), list(FAMILIES)
+    while len(items) < need and active:
+        for fam in list(active):
+            if len(items) >= need:
                 break
             for _ in range(MAX_MISSES):
                 q, a, e = FAMILIES[fam](rng)
@@ -251,13 +250,21 @@ def _build(seed: int, n_train: int, n_eval: int):
                 keys = (_norm(q), (fam, a, e))
                 if not any(k in seen for k in keys):
                     seen.update(keys)
-                    pools[fam].append((fam, q, a, e))
-                    total += 1
+                    items.append((fam, q, a, e))
                     break
             else:
                 active.remove(fam)
-    if total < need:
-        raise ValueError(f"only {total} distinct questions found, need {need} (n_train={n_train} + n_eval={n_eval})")
+    return items
+
+
+def _build(seed: int, n_train: int, n_eval: int):
+    """Return (train_items, eval_items); items are (family, question, answer, explanation)."""
+    rng = random.Random(seed)
+    need = n_train + n_eval
+    drawn = draw_distinct(rng, need)
+    if len(drawn) < need:
+        raise ValueError(f"only {len(drawn)} distinct questions found, need {need} (n_train={n_train} + n_eval={n_eval})")
+    pools = {f: [item for item in drawn if item[0] == f] for f in FAMILIES}
     # Stratified shuffle: shuffle inside each family, then interleave so both splits stay balanced.
     for fam in FAMILIES:
         rng.shuffle(pools[fam])

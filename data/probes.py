@@ -10,55 +10,28 @@ formatting task's do). They are drawn from their own random stream, not the form
 so seed 0 does not simply repeat the formatting task's seed-0 questions (an overlap is possible
 but rare and harmless: the tone experiment never trains on them).
 
-    python -m ftscale.data.probes --seed 0 --n 100 --out data/probes
+    ftscale data generate probes --seed 0 --n-eval 100 --out data/probes
 
 Each line of `probes.jsonl` is a chat eval record:
 `{"id", "messages": [{"role": "user", ...}], "reference": {"answer", "type", "family"[, "case_sensitive"]}}`.
 """
 from __future__ import annotations
 
-import argparse
 import random
 import re
-from collections import Counter
 from pathlib import Path
 
 from ftscale.atomic import write_jsonl
 
 SUFFIX = " Answer with just the answer."
-MAX_MISSES = 2000  # consecutive duplicate draws before a family counts as exhausted
-
-
-def _families() -> dict:
-    from ftscale.data.formatting import FAMILIES
-
-    return FAMILIES
-
-
-def _norm(q: str) -> str:
-    return " ".join(q.lower().split())
 
 
 def generate_probes(seed: int = 0, n: int = 100) -> list[dict]:
     """`n` distinct probes, round-robin over the families (so any prefix stays balanced)."""
-    families = _families()
+    from ftscale.data.formatting import draw_distinct
+
     rng = random.Random(f"ftscale-probes:{seed}")  # str seeds are hashed with SHA-512: stable across runs
-    seen: set = set()
-    items: list[tuple[str, str, object]] = []
-    active = list(families)
-    while len(items) < n and active:
-        for fam in list(active):
-            if len(items) >= n:
-                break
-            for _ in range(MAX_MISSES):
-                q, a, e = families[fam](rng)
-                keys = (_norm(q), (fam, a, e))
-                if not any(k in seen for k in keys):
-                    seen.update(keys)
-                    items.append((fam, q, a))
-                    break
-            else:
-                active.remove(fam)
+    items = [(fam, q, a) for fam, q, a, _ in draw_distinct(rng, n)]
     if len(items) < n:
         raise ValueError(f"only {len(items)} distinct probes found, need {n}")
     out = []
@@ -130,19 +103,3 @@ def probe_correct(output: str, reference: dict) -> float:
 def score(example: dict, text: str) -> dict[str, float]:
     """Per-example evaluator (Task.score shape)."""
     return {"probe_correct": probe_correct(text, example["reference"])}
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Generate the general-ability probes (forgetting check).")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n", type=int, default=100)
-    p.add_argument("--out", type=Path, default=Path("data/probes"))
-    args = p.parse_args(argv)
-    res = write_probes(args.out, args.seed, args.n)
-    counts = Counter(r["reference"]["family"] for r in generate_probes(args.seed, args.n))
-    print(f"probes: {res['n']} -> {res['probes']}  " + ", ".join(f"{f}={c}" for f, c in sorted(counts.items())))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
