@@ -94,7 +94,8 @@ class ResultsStore:
         return [dict(r) for r in self.db.execute("SELECT * FROM cells ORDER BY rowid")]
 
     def summary(self, keys: list[str] | None = None) -> dict:
-        rows = self.all() if keys is None else [r for r in self.all() if r["key"] in set(keys)]
+        wanted = None if keys is None else set(keys)
+        rows = [r for r in self.all() if wanted is None or r["key"] in wanted]
         counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "running", "failed", "pending")}
         return {"counts": counts, "rows": rows}
 

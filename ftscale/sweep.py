@@ -163,9 +163,8 @@ def status(sweep_path: str | Path) -> str:
     cells = expand(sweep, base)
     store = ResultsStore(sweep.sweep_dir / STORE)
     store.register(cells)
-    rows = {r["key"]: r for r in store.all()}
-    mine = [rows[c.key] for c in cells]
-    counts = {s: sum(r["status"] == s for r in mine) for s in ("done", "running", "failed", "pending")}
+    summary = store.summary([c.key for c in cells])
+    counts, mine = summary["counts"], summary["rows"]
     durations: dict[int, list[float]] = {}
     for r in mine:
         if r["status"] == "done" and r["duration_s"]:

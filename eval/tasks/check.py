@@ -69,8 +69,7 @@ class TaskReport:
 
 def check_task(path: Path, out_dir: Path = Path("runs") / "task-data") -> TaskReport:
     """Check a task YAML and its data. Config errors raise ConfigError (file:line: key); the rest is reported."""
-    from ..evaluators import get_evaluator
-    from .yaml_task import build_task, data_files, load_spec
+    from .yaml_task import build_task, data_files, load_spec, parsed_evaluators
 
     spec = load_spec(Path(path))  # unknown keys, evaluators and their parameters: file:line: key
     task = build_task(spec)
@@ -85,14 +84,9 @@ def check_task(path: Path, out_dir: Path = Path("runs") / "task-data") -> TaskRe
     train, evals = read_jsonl(train_path, "train"), read_jsonl(eval_path, "eval")  # eval ids unique, lines valid
     report.errors += overlap(train_path, train, eval_path, evals)
 
-    for raw in spec.evaluators:
-        evaluator = get_evaluator(raw["type"])
-        from ..evaluators import parse_params
-
-        params = parse_params(raw["type"], {k: v for k, v in raw.items() if k not in ("type", "name")})
+    for evaluator, params, name in parsed_evaluators(spec):  # as the task itself parses them
         for needed in evaluator.needs(params):
             lacking = [r["id"] for r in evals if needed not in (r.get("reference") or {})]
-            name = raw.get("name", raw["type"])
             if len(lacking) == len(evals):
                 report.errors.append(f"{eval_path}: evaluator {name!r} needs reference field {needed!r}, "
                                      "which no eval example has")
@@ -100,9 +94,9 @@ def check_task(path: Path, out_dir: Path = Path("runs") / "task-data") -> TaskRe
                 report.warnings.append(f"{eval_path}: {len(lacking)} eval examples lack reference field {needed!r} "
                                        f"({', '.join(map(str, lacking[:5]))}{', ...' if len(lacking) > 5 else ''}): "
                                        f"{name!r} cannot score them; they are counted as not scorable")
-        if raw["type"] == "choice":
+        if evaluator.name == "choice":
             counts = Counter(str((r.get("reference") or {}).get(params.field)) for r in evals)
-            report.profile.append(f"labels of {raw.get('name', 'choice')!r} in the eval set: "
+            report.profile.append(f"labels of {name!r} in the eval set: "
                                   + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
 
     t = check.tokens

@@ -141,7 +141,8 @@ def _build_messages(spec: TaskSpec, example: dict, variant: str, pool: list[dict
     return system + turns + [m for m in messages if m["role"] != "system"]
 
 
-def _evaluators(spec: TaskSpec) -> list[tuple]:
+def parsed_evaluators(spec: TaskSpec) -> list[tuple]:
+    """(evaluator, parsed parameters, metric prefix) for each evaluator of the task."""
     out = []
     for raw in spec.evaluators:
         kind = raw["type"]
@@ -168,7 +169,7 @@ def _aggregates(evaluators: list[tuple], records: list[dict]) -> dict:
 
 
 def build_task(spec: TaskSpec) -> Task:
-    evaluators = _evaluators(spec)
+    evaluators = parsed_evaluators(spec)
     metrics = tuple(m for evaluator, params, prefix in evaluators for m in evaluator.metrics(params, prefix))
     names = [m.name for m in metrics]
     unknown = [h for h in spec.headline if h not in names]
