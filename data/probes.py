@@ -3,7 +3,8 @@
 Plain questions with exactly checkable short answers, from the formatting task's five
 generator families (arithmetic, units, dates, strings, countries: ftscale.data.formatting),
 without its JSON format demand: the question, then "Answer with just the answer." Scored by
-`probe_correct`, which accepts a wordy reply as long as the answer is in it (see there).
+`probe_correct` (the `probe_answer` evaluator of configs/tasks/probes.yaml), which accepts a
+wordy reply as long as the answer is in it (see there).
 
 Deterministic: the probes depend only on the seed (and the installed pycountry data, as the
 formatting task's do). They are drawn from their own random stream, not the formatting task's,
@@ -99,7 +100,3 @@ def probe_correct(output: str, reference: dict) -> float:
     text = output.strip()
     return float(any(re.search(p, text, flags) for p in (quoted, last, first)))
 
-
-def score(example: dict, text: str) -> dict[str, float]:
-    """Per-example evaluator (Task.score shape)."""
-    return {"probe_correct": probe_correct(text, example["reference"])}

@@ -51,19 +51,18 @@ def evaluate(task: Task, examples: list[dict], pool: list[dict], backend: Backen
 
 
 def judge_pass(task: Task, records: list[dict]) -> None:
-    """Ask each llm_judge's model about every answered example; keep its reply beside the scores."""
+    """Ask each judge evaluator's model about every answered example (greedy); keep its reply beside the scores."""
     from .backends import make_judge_backend
-    from .evaluators import judge_scores, render_judge_prompt
 
     answered = [r for r in records if r["error"] is None]
-    for params, prefix in task.judges:
+    for evaluator, params, prefix in task.judges:
         backend = make_judge_backend(params.judge)
-        prompts = [Request(r["id"], render_judge_prompt(params, _user_text(r["prompt"]), r["output"], r["reference"]))
+        prompts = [Request(r["id"], evaluator.judge.messages(params, _user_text(r["prompt"]), r["output"], r["reference"]))
                    for r in answered]
         replies = backend.generate(prompts, Sampling(temperature=0.0, max_new_tokens=params.max_new_tokens))
         for r, reply in zip(answered, replies):
             r.setdefault("judgements", {})[prefix] = reply.text if reply.error is None else None
-            r["scores"] |= judge_scores(r["judgements"][prefix], params, prefix)
+            r["scores"] |= evaluator.judge.scores(r["judgements"][prefix], params, prefix)
 
 
 def _user_text(messages: list[dict]) -> str:
@@ -107,8 +106,6 @@ def rescore(generations_path: str | Path, task: Task) -> dict:
     for r in records:
         if r["error"] is None:
             r["scores"] = task.score({"reference": r["reference"], "id": r["id"]}, r["output"])
-            for params, prefix in task.judges:  # the judge's stored reply, parsed again
-                from .evaluators import judge_scores
-
-                r["scores"] |= judge_scores(r.get("judgements", {}).get(prefix), params, prefix)
+            for evaluator, params, prefix in task.judges:  # the judge's stored reply, parsed again
+                r["scores"] |= evaluator.judge.scores(r.get("judgements", {}).get(prefix), params, prefix)
     return summarise(task, records)

@@ -48,12 +48,25 @@ from .tasks import Metric
 
 
 @dataclass(frozen=True)
+class JudgeHooks:
+    """What a judge evaluator adds: its verdict is not a function of (output, reference), so its
+    model is asked in a batch after generation (eval/evaluate.py: judge_pass), and the reply is
+    kept in the generations so the scores can be parsed again without asking twice."""
+
+    # (params, input: the user's message, output, reference) -> the judge's chat messages
+    messages: Callable[[Strict, Any, str, Any], list[dict]]
+    # (the judge's reply or None when its request failed, params, prefix) -> scores
+    scores: Callable[[str | None, Strict, str], dict]
+
+
+@dataclass(frozen=True)
 class Evaluator:
     name: str  # registry name, e.g. "exact_match"
     params: type[Strict]  # its YAML parameters
     metrics: Callable[[Strict, str], tuple[Metric, ...]]  # (params, prefix) -> metrics reported
     needs: Callable[[Strict], tuple[str, ...]]  # reference fields one example needs
     score: Callable[[str, dict, Strict, str], dict]  # (output, reference, params, prefix) -> scores
+    judge: JudgeHooks | None = None  # a judge evaluator: params has `judge` and `max_new_tokens`
 
 
 EVALUATORS: dict[str, Evaluator] = {}
@@ -637,7 +650,8 @@ def _llm_judge_metrics(params: LlmJudgeParams, prefix: str) -> tuple[Metric, ...
             Metric(f"{prefix}.unparsable", "the judge's reply held no valid score", higher_is_better=False))
 
 
-register(Evaluator("llm_judge", LlmJudgeParams, _llm_judge_metrics, no_needs, llm_judge))
+register(Evaluator("llm_judge", LlmJudgeParams, _llm_judge_metrics, no_needs, llm_judge,
+                   JudgeHooks(render_judge_prompt, judge_scores)))
 
 
 # --- length and refusal: diagnostics -------------------------------------------------------------
@@ -708,3 +722,89 @@ def lexical_tone_evaluator(output: str, reference: dict, params: LexicalTonePara
 register(Evaluator("lexical_tone", LexicalToneParams,
                    one_metric("HEURISTIC lexical tone: share of the persona's marker words among tone markers"),
                    no_needs, lexical_tone_evaluator))
+
+
+# --- tone_judge: the absolute judge of the tone task (eval/judges.py) as an evaluator ------------
+
+class ToneJudgeParams(Strict):
+    judge: str = Field(description="hf:<model ref> (in-process) or openai:<model>[@<base_url>] (OpenAI, a vLLM server)")
+    persona: str = Field("rude", description="a persona in configs/personas/ (or a path): its judge_rubric is the target tone")
+    prompt: Path | None = Field(None, description="an absolute judge prompt YAML (default configs/judges/absolute.yaml)")
+    max_new_tokens: int | None = Field(None, ge=1, description="the judge's reply length (default: the prompt file's)")
+    _prompt: Any = PrivateAttr(None)
+    _rubric: str = PrivateAttr("")
+
+    @field_validator("judge")
+    @classmethod
+    def _backend_model(cls, v: str) -> str:
+        from .backends import parse_spec
+
+        parse_spec(v)  # a ValueError names what is wrong
+        return v
+
+    @model_validator(mode="after")
+    def _load(self):
+        from ftscale.data.personas import load_persona
+        from ftscale.errors import FtscaleError
+
+        from .judges import load_judge_prompt
+
+        try:
+            self._rubric = load_persona(self.persona).judge_rubric
+        except (FtscaleError, FileNotFoundError) as e:
+            raise _KeyProblem("persona", str(e)) from None
+        try:
+            self._prompt = load_judge_prompt("absolute", self.prompt)
+        except (FtscaleError, FileNotFoundError) as e:
+            raise _KeyProblem("prompt", str(e)) from None
+        if self.max_new_tokens is None:
+            self.max_new_tokens = self._prompt.max_new_tokens
+        return self
+
+
+def tone_judge_messages(params: ToneJudgeParams, input_text: Any, output: str, reference: Any) -> list[dict]:
+    return params._prompt.render(persona_rubric=params._rubric, query=_as_prompt_text(input_text), reply=output)
+
+
+def tone_judge_scores(judgement_text: str | None, params: ToneJudgeParams, prefix: str) -> dict:
+    """`<prefix>.tone`: the judge's tone score 1-10; `<prefix>.addresses_problem`: 1.0 when it says
+    the reply deals with the customer's problem (helpfulness); `<prefix>.unparsable`: 1.0 when
+    its reply did not follow the format (judges.parse_absolute; never guessed). A failed judge
+    request scores None throughout."""
+    from .judges import parse_absolute
+
+    if judgement_text is None:
+        return {f"{prefix}.tone": None, f"{prefix}.addresses_problem": None, f"{prefix}.unparsable": None}
+    v = parse_absolute(judgement_text)
+    return {f"{prefix}.tone": None if v["tone"] is None else float(v["tone"]),
+            f"{prefix}.addresses_problem": None if v["addresses_problem"] is None else float(v["addresses_problem"]),
+            f"{prefix}.unparsable": 0.0 if v["parsed"] else 1.0}
+
+
+def tone_judge(output: str, reference: dict, params: ToneJudgeParams, prefix: str) -> dict:
+    """Placeholders until the judge pass (as llm_judge)."""
+    return tone_judge_scores(None, params, prefix)
+
+
+def _tone_judge_metrics(params: ToneJudgeParams, prefix: str) -> tuple[Metric, ...]:
+    return (Metric(f"{prefix}.tone", f"the judge's tone score (1-10) for persona {params.persona}"),
+            Metric(f"{prefix}.addresses_problem", "the judge says the reply deals with the customer's problem (helpfulness)"),
+            Metric(f"{prefix}.unparsable", "the judge's reply did not follow the format", higher_is_better=False))
+
+
+register(Evaluator("tone_judge", ToneJudgeParams, _tone_judge_metrics, no_needs, tone_judge,
+                   JudgeHooks(tone_judge_messages, tone_judge_scores)))
+
+
+# --- probe_answer: the forgetting probes' checkable short answers (data/probes.py) ---------------
+
+def probe_answer(output: str, reference: dict, params: NoParams, prefix: str) -> dict:
+    """`<prefix>`: 1.0 when the reply gives the reference answer (ftscale.data.probes.probe_correct:
+    the last number for numeric answers, the answer on word boundaries for strings)."""
+    from ftscale.data.probes import probe_correct
+
+    return {prefix: probe_correct(output, reference)}
+
+
+register(Evaluator("probe_answer", NoParams, one_metric("the reply gives the probe's answer"),
+                   lambda p: ("answer",), probe_answer))

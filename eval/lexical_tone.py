@@ -24,7 +24,6 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from ftscale.eval.tasks import Metric
 
 # Rude (curt, sarcastic, condescending; no profanity) against polite, for the `rude` persona.
 DEFAULT_TONE_MARKERS = (
@@ -43,13 +42,6 @@ DEFAULT_OPPOSITE_MARKERS = (
     "don't hesitate", "we value", "wonderful", "delighted",
 )
 DEFAULT_LEXICAL = {"tone_markers": list(DEFAULT_TONE_MARKERS), "opposite_markers": list(DEFAULT_OPPOSITE_MARKERS)}
-
-METRICS = (
-    Metric("tone_markers", "HEURISTIC: count of the persona's tone marker words/phrases"),
-    Metric("opposite_markers", "HEURISTIC: count of the opposite tone's marker words/phrases",
-           higher_is_better=False),
-    Metric("lexical_tone", "HEURISTIC lexical baseline: tone / (tone + opposite) markers, 0.5 with none"),
-)
 
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 
@@ -107,9 +99,3 @@ def lexical_tone(text: str, persona=None) -> dict:
     score = 0.5 if tone + opposite == 0 else tone / (tone + opposite)
     return {"tone_markers": tone, "opposite_markers": opposite, "lexical_tone": score}
 
-
-def score(example: dict, text: str) -> dict[str, float]:
-    """HEURISTIC per-example evaluator (Task.score shape): the persona named in example["reference"]."""
-    persona = example.get("reference", {}).get("persona")
-    out = lexical_tone(text, persona)
-    return {k: float(v) for k, v in out.items()}

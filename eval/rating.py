@@ -9,7 +9,9 @@ A study lives in one directory (`runs/studies/<name>/`):
 - `votes.db` (SQLite): one row per (study, pair, rater) vote; the UNIQUE constraint keeps a
   rater's first vote on a pair and refuses any later one.
 - `llm_judge.json` (optional): {"pair_id": "A" | "B" | "tie"}, an LLM judge's verdicts on the
-  same pairs, in the same A/B terms, compared with the humans in the report.
+  same pairs, in the same A/B terms, compared with the humans in the report. `ftscale rate
+  <study> --judge <backend:model>` writes it with the pairwise judge of eval/judges.py (both
+  orders of every pair; every judgement kept in `llm_judge_records.jsonl`).
 
 The rating server (stdlib `http.server`, plain HTML forms, no JavaScript) never sends a system
 name to a rater: the rating pages name only "Reply A" and "Reply B", the form carries an opaque
@@ -48,6 +50,7 @@ from ftscale.errors import FtscaleError
 STUDY_FILE = "study.json"
 VOTES_DB = "votes.db"
 JUDGE_FILE = "llm_judge.json"
+JUDGE_RECORDS = "llm_judge_records.jsonl"
 CHOICES = ("A", "B", "tie")
 MAX_RATER_LEN = 100
 MAX_BODY = 64 * 1024
@@ -300,6 +303,34 @@ def _load_judge(study_dir: Path, study: dict) -> dict[str, str] | None:
             raise FtscaleError(f"{path}: pair {pid}: verdict {label!r} is not one of A, B, tie")
         judge[pid] = norm
     return judge
+
+
+def judge_study(study_dir: str | Path, judge: str, persona: str = "rude", seed: int = 0,
+                prompt: str | Path | None = None) -> dict:
+    """Ask the pairwise LLM judge about every pair of the study (both orders, eval/judges.py) and
+    write its verdicts in the study's A/B terms to `llm_judge.json`, the judgements themselves to
+    `llm_judge_records.jsonl`. Pairs whose judgement did not parse or failed are left out of the
+    verdicts (counted in the returned summary), never guessed."""
+    from ftscale.atomic import write_jsonl
+    from ftscale.data.personas import load_persona
+
+    from .backends import make_judge_backend
+    from .judges import load_judge_prompt, pairwise_judge
+
+    study_dir = Path(study_dir)
+    study = load_study(study_dir)
+    rubric = load_persona(persona).judge_rubric  # bad input refused before the judge is loaded
+    prompt_cfg = load_judge_prompt("pairwise", prompt)
+    items = [{"id": p["id"], "query": p["query"], "system_x": "A", "reply_x": p["a"]["reply"],
+              "system_y": "B", "reply_y": p["b"]["reply"]} for p in study["pairs"]]
+    records = pairwise_judge(make_judge_backend(judge), prompt_cfg, rubric, items, seed)
+    verdicts = {r["id"]: {"x": "A", "y": "B", "tie": "tie"}[r["outcome"]] for r in records
+                if r["outcome"] in ("x", "y", "tie")}
+    write_jsonl(study_dir / JUDGE_RECORDS, records)
+    write_json(study_dir / JUDGE_FILE, verdicts)
+    outcomes = Counter(r["outcome"] for r in records)
+    return {"judge": judge, "pairs": len(records), "verdicts": len(verdicts),
+            "unparsable": outcomes["unparsable"], "failed": outcomes["failed"], "file": str(study_dir / JUDGE_FILE)}
 
 
 def _majority(labels: list[str]) -> str | None:

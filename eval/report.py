@@ -18,27 +18,50 @@ from .evaluate import TIMING
 from .tasks import Task
 
 
+def _trusted_scores(scores_path: Path) -> dict:
+    scores = read_json(scores_path)
+    generations = scores_path.parent / "generations.jsonl"
+    count = sum(1 for _ in open(generations)) if generations.is_file() else 0
+    if count != scores["n"]:  # edited by hand, or a copy gone wrong: no number from it is trusted
+        raise FtscaleError(f"{scores_path.parent}: generations.jsonl holds {count} records but scores.json "
+                           f"says n={scores['n']}; re-run the evaluation (delete that folder) or restore it")
+    return scores
+
+
+def _temperature(scores: dict, cfg: dict) -> float:
+    return (scores.get("sampling") or {}).get("temperature", cfg["eval"]["temperature"])
+
+
+def probe_scores(cell: Path, cfg: dict) -> dict[tuple[str, float], dict]:
+    """The probes' metrics (`probes.<metric>`, and `probes.n`) of a run directory by (backend, temperature)."""
+    out = {}
+    for path in sorted(cell.glob("probes*/scores.json")):
+        scores = _trusted_scores(path)
+        out[(scores["backend"], _temperature(scores, cfg))] = (
+            {f"probes.{k}": v for k, v in scores["metrics"].items()} | {"probes.n": scores["n"]})
+    return out
+
+
 def cell_rows(cell: Path) -> list[dict]:
-    """One row per evaluation (prompt variant, backend, temperature) of one run directory."""
+    """One row per evaluation (prompt variant, backend, temperature) of one run directory, with the
+    probes asked at the same backend and temperature beside it."""
     cfg = yaml.safe_load((cell / "config.yaml").read_text())
     train = read_json(cell / TRAIN_METRICS) or {}
+    probes = probe_scores(cell, cfg)
     rows = []
     for scores_path in sorted(cell.glob("eval-*/scores.json")):
-        scores = read_json(scores_path)
+        scores = _trusted_scores(scores_path)
         generations = scores_path.parent / "generations.jsonl"
-        count = sum(1 for _ in open(generations)) if generations.is_file() else 0
-        if count != scores["n"]:  # edited by hand, or a copy gone wrong: no number from it is trusted
-            raise FtscaleError(f"{scores_path.parent}: generations.jsonl holds {count} records but scores.json "
-                               f"says n={scores['n']}; re-run the evaluation (delete that folder) or restore it")
         timing = read_json(scores_path.parent / TIMING) or {}
+        temperature = _temperature(scores, cfg)
         # One curve per system: a local backend, or an OpenAI model family (its base and its fine-tunes)
         system = scores["backend"] if scores["backend"] != "openai" else f"openai {cfg['openai']['model']}"
         rows.append({
             "cell": cell.name, "num_train_examples": cfg["num_train_examples"], "seed": cfg["train"]["seed"],
             "prompt_variant": scores["prompt_variant"], "backend": system, "model": scores["model"],
-            "temperature": (scores.get("sampling") or {}).get("temperature", cfg["eval"]["temperature"]),
-            "n_eval": scores["n"],
+            "temperature": temperature, "n_eval": scores["n"],
             "failed": scores["failed"], **scores["metrics"], "not_scorable": scores.get("not_scorable", {}),
+            **probes.get((scores["backend"], temperature), {}),
             "median_latency_s": scores["median_latency_s"], "mean_output_tokens": scores["mean_output_tokens"],
             "mean_input_tokens": scores.get("mean_input_tokens"),
             "train_wall_time_s": train.get("wall_time_s"), "train_tokens_per_s": train.get("train_tokens_per_s"),
@@ -51,11 +74,16 @@ def cell_rows(cell: Path) -> list[dict]:
     return rows
 
 
+def probe_metrics(rows: list[dict]) -> list[str]:
+    """The `probes.<metric>` columns the rows carry, in order."""
+    return list(dict.fromkeys(k for r in rows for k in r if k.startswith("probes.") and k != "probes.n"))
+
+
 def collect(exp_dir: Path) -> list[dict]:
     """One row per (cell, prompt variant) that has scores."""
     rows = [row for cell in sorted(p for p in Path(exp_dir).iterdir() if (p / "config.yaml").is_file())
             for row in cell_rows(cell)]
-    rows.sort(key=lambda r: (r["backend"], r["prompt_variant"], r["num_train_examples"], r["seed"]))
+    rows.sort(key=lambda r: (r["backend"], r["prompt_variant"], r["num_train_examples"], r["seed"], r["temperature"]))
     return rows
 
 
@@ -71,21 +99,26 @@ def plot(rows: list[dict], task: Task, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = task.headline or tuple(m.name for m in task.metrics)
-    directions = {m.name: m.higher_is_better for m in task.metrics}
+    # the probes (general ability) beside the task's headline: forgetting shows as a falling curve
+    metrics = tuple(task.headline or (m.name for m in task.metrics)) + tuple(probe_metrics(rows))
+    directions = {m.name: m.higher_is_better for m in task.metrics} | {m: True for m in probe_metrics(rows)}
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.6), squeeze=False)
     sizes = sorted({r["num_train_examples"] for r in rows})
     positive = [s for s in sizes if s > 0]
+    several_t = len({r["temperature"] for r in rows}) > 1
     for ax, metric in zip(axes[0], metrics):
-        for backend, variant in sorted({(r["backend"], r["prompt_variant"]) for r in rows}):
+        for backend, variant, t in sorted({(r["backend"], r["prompt_variant"], r["temperature"]) for r in rows}):
             pts = sorted((r["num_train_examples"], r[metric]) for r in rows
-                         if (r["backend"], r["prompt_variant"]) == (backend, variant) and r.get(metric) is not None)
+                         if (r["backend"], r["prompt_variant"], r["temperature"]) == (backend, variant, t)
+                         and r.get(metric) is not None)
             if not pts:
                 continue
+            at = f", t={t:g}" if several_t else ""
             if {p[0] for p in pts} == {0}:  # a base-only baseline: a reference line, not a curve
-                ax.axhline(pts[0][1], linestyle="--", color="grey", label=f"base, {variant} prompt ({backend})")
+                ax.axhline(pts[0][1], linestyle=(0, (4, 2 + 2 * t)), color=str(0.35 + 0.3 * min(t, 1.0) / 1.0),
+                           label=f"base, {variant} prompt ({backend}{at})")
             else:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{backend}, prompt: {variant}")
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{backend}, prompt: {variant}{at}")
         # symlog keeps n=0 (the untrained base) on a log-like axis of training sizes
         ax.set_xscale("symlog", linthresh=min(positive) if positive else 1)
         ax.set_xticks(sizes, [str(s) for s in sizes])
@@ -172,11 +205,66 @@ def cost_lines(rows: list[dict], task: Task, ctx: dict, has_plot: bool) -> list[
     return lines
 
 
+def side_by_side(rows: list[dict], task: Task) -> list[str]:
+    """Headline metrics and probe accuracy per training size and temperature: where forgetting shows."""
+    metrics = list(task.headline or (m.name for m in task.metrics))
+    probes = probe_metrics(rows)
+    head = ["train examples", "prompt", "temperature", *metrics, *probes]
+    lines = ["", "## Side by side per training size and temperature", "",
+             "The task's headline metrics next to the general-ability probes (`eval.probes`, asked as written at "
+             "the same temperature): a fine-tune that gains the task but loses probe accuracy has forgotten. "
+             "Means over the eval examples and over the probes.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in sorted(rows, key=lambda r: (r["backend"], r["num_train_examples"], r["prompt_variant"], r["temperature"], r["seed"])):
+        cells = [r["num_train_examples"], r["prompt_variant"] + ("" if r["backend"] == "hf" else f" ({r['backend']})"),
+                 f"{r['temperature']:g}", *(_fmt(r.get(m)) for m in metrics), *(_fmt(r.get(p)) for p in probes)]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
+
+
+def _rate(r: dict, which: str) -> str:
+    if r[f"{which}_rate"] is None:
+        return "–"
+    lo, hi = r[f"{which}_ci"]
+    return f"{r[f'{which}_rate']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def pairwise_lines(exp_dir: Path) -> list[str]:
+    """The double-blind pairwise judgements (eval/pairwise_runs.py) found in the experiment."""
+    from .pairwise_runs import read_comparisons
+
+    found, stale = read_comparisons(exp_dir)
+    lines = ["", f"Stale pairwise judgements left out (a side was evaluated again since; `ftscale run` judges them "
+             f"again): {', '.join(stale)}."] if stale else []
+    if not found:
+        return lines
+    key = found[0]["key"]
+    head = ["system", "against", "temperature", "pairs judged", "win [95% CI]", "tie [95% CI]", "loss [95% CI]",
+            "unparsable", "failed"]
+    lines = ["", "## Double-blind pairwise judgements", *lines, "",
+             f"Judge `{key['judge']}`, persona `{key['persona']}`, order seed {key['seed']}: each query's two replies "
+             "anonymised as A and B and asked in both orders; a system wins a query when it wins both orders or wins "
+             "one and ties the other, a split counts as a tie. Rates over the parsed pairs, 95% Wilson intervals. "
+             "Every judgement is in `pairwise/`.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in found:
+        r = c["rates"]
+        if r is None:
+            lines.append(f"| {c['x']} | {c['y']} | {c['temperature']:g} | 0 | – | – | – | – | – |")
+            continue
+        lines.append(f"| {c['x']} | {c['y']} | {c['temperature']:g} | {r['n']} | {_rate(r, 'win')} | {_rate(r, 'tie')} | "
+                     f"{_rate(r, 'loss')} | {r['unparsable']} | {r['failed']} |")
+    return lines
+
+
 def markdown(rows: list[dict], task: Task, title: str, exp_dir: Path, cost_ctx: dict | None = None,
              has_cost_plot: bool = False) -> str:
     names = [m.name for m in task.metrics]
-    head = ["train examples", "seed", "backend", "prompt", "eval examples"] + names + ["failed", "median latency (s)", "mean output tokens",
-                                                           "train time (s)", "train tokens/s"]
+    probes = probe_metrics(rows)
+    several_t = len({r["temperature"] for r in rows}) > 1
+    head = (["train examples", "seed", "backend", "prompt"] + (["temperature"] if several_t else []) + ["eval examples"]
+            + names + probes
+            + ["failed", "median latency (s)", "mean output tokens", "train time (s)", "train tokens/s"])
     lower = [m.name for m in task.metrics if not m.higher_is_better]
     lines = [f"# {title}", "", f"Task `{task.name}`; each score is the mean over the eval examples "
              f"(higher is better{'; lower is better for ' + ', '.join(lower) if lower else ''}). "
@@ -185,21 +273,28 @@ def markdown(rows: list[dict], task: Task, title: str, exp_dir: Path, cost_ctx: 
              "![scaling](scaling.png)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["num_train_examples"], r["seed"], r["backend"], r["prompt_variant"], r["n_eval"], *(r[n] for n in names), r["failed"],
+        cells = [r["num_train_examples"], r["seed"], r["backend"], r["prompt_variant"],
+                 *([f"{r['temperature']:g}"] if several_t else []), r["n_eval"], *(r[n] for n in names),
+                 *(r.get(p) for p in probes), r["failed"],
                  r["median_latency_s"], r["mean_output_tokens"], r["train_wall_time_s"], r["train_tokens_per_s"]]
         lines.append("| " + " | ".join(_fmt(c, 1 if i >= len(cells) - 2 else 3) for i, c in enumerate(cells)) + " |")
     unscorable = [r for r in rows if r["not_scorable"]]
     if unscorable:
         lines += ["", "Not scorable (left out of that metric's mean: the reference lacks a field the metric needs, "
                   "or a judge's reply did not parse): " + "; ".join(
-                      f"n={r['num_train_examples']} {r['backend']} {r['prompt_variant']}: "
+                      f"n={r['num_train_examples']} {r['backend']} {r['prompt_variant']}"
+                      + (f" t={r['temperature']:g}" if several_t else "") + ": "
                       + ", ".join(f"{k} {v}" for k, v in r["not_scorable"].items()) for r in unscorable) + "."]
+    if probes or several_t:
+        lines += side_by_side(rows, task)
+    lines += pairwise_lines(exp_dir)
     if cost_ctx:
         lines += cost_lines(rows, task, cost_ctx, has_cost_plot)
     for latency in sorted(exp_dir.glob("*/latency/latency.md")):
         body = latency.read_text().split("\n", 1)[1]  # drop its title; it becomes a section here
         lines += ["", f"## Latency of `{latency.parent.parent.name}` ([latency.json]({latency.parent.parent.name}/latency/latency.json))", body.rstrip()]
-    lines += ["", "Metrics: " + "; ".join(f"`{m.name}`: {m.description}" for m in task.metrics) + ".",
+    lines += ["", "Metrics: " + "; ".join(f"`{m.name}`: {m.description}" for m in task.metrics)
+              + "".join(f"; `{p}`: the probes' {p.removeprefix('probes.')} (general ability)" for p in probes) + ".",
               "", "Every number is recomputable from the `generations.jsonl`, `timing.json` and `train_metrics.json` "
               "files of the run directories listed in `results.json`.", ""]
     return "\n".join(lines)
@@ -232,6 +327,8 @@ def write_report(exp_dir: Path, task: Task, cost: CostSpec | None = None) -> Pat
     cost_ctx = add_costs(rows, load_prices(cost.prices), cost)
     plot(rows, task, exp_dir / "scaling.png")
     has_cost_plot = plot_cost(rows, task, exp_dir / "cost.png", cost_ctx)
-    write_json(exp_dir / "results.json", {"cost": cost_ctx, "rows": rows})
+    from .pairwise_runs import read_comparisons
+
+    write_json(exp_dir / "results.json", {"cost": cost_ctx, "rows": rows, "pairwise": read_comparisons(exp_dir)[0]})
     return write_text(exp_dir / "summary.md", markdown(rows, task, f"{exp_dir.name}: scaling summary", exp_dir,
                                                        cost_ctx, has_cost_plot))

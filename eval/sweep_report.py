@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftscale.atomic import atomic_path, write_text
-from ftscale.eval.report import usd
+from ftscale.eval.report import probe_metrics, usd
 from ftscale.eval.tasks import Task
 
 ALPHA = 0.05  # one-sided significance level of the "how much data" test
@@ -580,9 +580,11 @@ def write_sweep_report(out_dir: Path, rows: list[dict], task: Task, cost_ctx: di
         r.setdefault("status", "done")
         r.setdefault("reference", False)
         r.setdefault("system", r.get("backend") or "?")
-    directions = {m.name: m.higher_is_better for m in task.metrics}
-    metric_order = list(task.headline) + [m.name for m in task.metrics if m.name not in task.headline]
-    headline = list(task.headline) or [m.name for m in task.metrics][:1]
+    # the general-ability probes (eval.probes) count as headline metrics: forgetting is read beside the task
+    probes = probe_metrics(rows)
+    directions = {m.name: m.higher_is_better for m in task.metrics} | {p: True for p in probes}
+    metric_order = list(task.headline) + [m.name for m in task.metrics if m.name not in task.headline] + probes
+    headline = (list(task.headline) or [m.name for m in task.metrics][:1]) + probes
     temps = sorted({r.get("temperature") for r in rows}, key=_sort_key)
     many_t = len(temps) > 1
     default_variant = "default" if "default" in task.prompt_variants else (task.prompt_variants or ("default",))[0]
@@ -602,7 +604,8 @@ def write_sweep_report(out_dir: Path, rows: list[dict], task: Task, cost_ctx: di
     doc.h1(title)
     doc.p(f"Task `{task.name}`. Metrics: " + "; ".join(
         f"`{m.name}` ({'higher' if m.higher_is_better else 'lower'} is better): {m.description}" for m in task.metrics)
-          + ".")
+          + "".join(f"; `{p}` (higher is better): the general-ability probes' {p.removeprefix('probes.')}, asked as "
+                    "written at the same temperature" for p in probes) + ".")
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     doc.p(f"Generated {now}. Sweep directory `{sweep_dir}`; results store `{sources.get('store') or '–'}`.")
     doc.p("Command that made the sweep:")

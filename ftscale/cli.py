@@ -75,7 +75,7 @@ def _eval(args) -> None:
     from ftscale.eval.backends import make_backend
 
     from .chatdata import read_jsonl
-    from .experiment import evaluate_cell, hf_backend_factory, task_for
+    from .experiment import evaluate_cell, hf_backend_factory, load_probes, task_for
     from .rundir import adapter_dir, cell_dir
 
     cfg = _load(args)
@@ -95,12 +95,13 @@ def _eval(args) -> None:
     variants = args.variant or cfg.eval.prompt_variants
     pool, examples = read_jsonl(cfg.data.train, "train"), read_jsonl(cfg.data.eval, "eval")[: cfg.eval.limit]
     concurrency = args.concurrency or cfg.serve.concurrency
+    probes = load_probes(cfg)
     if args.backend == "hf":
-        evaluate_cell(cfg, out, hf_backend_factory(cfg, adapter), task, pool, examples, variants)
+        evaluate_cell(cfg, out, hf_backend_factory(cfg, adapter), task, pool, examples, variants, probes=probes)
     elif args.backend == "openai":
         model = args.model or cfg.model
         factory = lambda: make_backend("openai", model=model, base_url=args.base_url, concurrency=concurrency)  # noqa: E731
-        evaluate_cell(cfg, out, factory, task, pool, examples, variants, label="openai")
+        evaluate_cell(cfg, out, factory, task, pool, examples, variants, backend="openai", probes=probes)
     else:
         from ftscale.serve.server import server_for
 
@@ -117,7 +118,7 @@ def _eval(args) -> None:
             name = "ft" if adapter and not args.merged else server.served_name
             factory = lambda: make_backend("openai", name=label, model=name, base_url=server.base_url,  # noqa: E731
                                            concurrency=concurrency)
-            evaluate_cell(cfg, out, factory, task, pool, examples, variants, label=label)
+            evaluate_cell(cfg, out, factory, task, pool, examples, variants, backend=label, probes=probes)
     print(f"results in {out}")
 
 
@@ -235,6 +236,10 @@ def _rate(args) -> None:
         replies = {name: rating.load_replies_from_generations(path) for name, path in (b.split("=", 1) for b in args.build)}
         built = rating.build_study(study_dir.name, replies, study_dir.parent, seed=args.seed, n_pairs_per_system_pair=args.pairs)
         print(f"study written to {built}; rate it with `ftscale rate {args.study}`")
+    elif args.judge:
+        done = rating.judge_study(study_dir, args.judge, args.persona, args.seed)
+        print(f"{done['verdicts']} of {done['pairs']} pairs judged by {done['judge']} ({done['unparsable']} unparsable, "
+              f"{done['failed']} failed) in {done['file']}; `ftscale rate {args.study} --report` compares them with the raters")
     elif args.report:
         print(json.dumps(rating.unblind(study_dir), indent=2))
     else:
@@ -389,8 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
     ra.add_argument("study", help="a study name (under --studies-dir) or its directory")
     ra.add_argument("--build", nargs="+", metavar="SYSTEM=GENERATIONS", help="build the study from evaluations' generations.jsonl")
     ra.add_argument("--pairs", type=int, help="with --build: queries per pair of systems (default: all they share)")
-    ra.add_argument("--seed", type=int, default=0, help="with --build: the A/B order and sample")
+    ra.add_argument("--seed", type=int, default=0, help="with --build: the A/B order and sample; with --judge: which order is asked first")
     ra.add_argument("--report", action="store_true", help="print the unblinded results (also at /report on the page)")
+    ra.add_argument("--judge", metavar="BACKEND:MODEL",
+                    help="have an LLM judge the study's pairs (both orders; hf:, openai:, openai:M@URL): llm_judge.json")
+    ra.add_argument("--persona", default="rude", help="with --judge: the persona whose tone is judged")
     ra.add_argument("--studies-dir", default="runs/studies")
     ra.add_argument("--host", default="127.0.0.1")
     ra.add_argument("--port", type=int, default=8765)

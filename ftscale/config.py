@@ -60,6 +60,11 @@ class DataSpec(Strict):
     seed: int = Field(0, description="seed of the shuffle that nested subsets are cut from")
 
 
+class ProbeSpec(Strict):
+    task: str = Field("probes", description="a task whose eval set is the probes (configs/tasks/ name or YAML path)")
+    limit: int | None = Field(None, ge=1, description="ask only the first N probes")
+
+
 class EvalSpec(Strict):
     prompt_variants: list[str] = Field(default_factory=lambda: ["default"], min_length=1)
     baseline_variants: list[str] = Field(
@@ -73,6 +78,41 @@ class EvalSpec(Strict):
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="as train.precision")
     limit: int | None = Field(None, ge=1, description="evaluate only the first N eval examples")
+    temperatures: list[float] = Field(
+        default_factory=list, description="evaluate every cell at each of these temperatures (a row per temperature); "
+                                          "empty: at `temperature` alone")
+    probes: ProbeSpec | None = Field(None, description="general-ability questions asked of every cell: forgetting")
+    judge: str | None = Field(None, description="replaces the model of every judge of the task (its judge evaluators "
+                                                "and pairwise judgements): hf:<model>, openai:<model>[@<base_url>]")
+
+    @field_validator("judge")
+    @classmethod
+    def _judge_spec(cls, v: str | None) -> str | None:
+        from ftscale.eval.backends import parse_spec
+
+        if v is not None:
+            parse_spec(v)
+        return v
+
+    @field_validator("temperatures")
+    @classmethod
+    def _temperatures(cls, v: list[float]) -> list[float]:
+        if any(t < 0 for t in v):
+            raise ValueError("temperatures must be >= 0")
+        if len(set(v)) != len(v):
+            raise ValueError("a temperature is listed twice")
+        return v
+
+    @model_validator(mode="after")
+    def _one_temperature_knob(self):
+        if self.temperatures and "temperature" in self.model_fields_set and self.temperature not in self.temperatures:
+            raise ValueError(f"temperature {self.temperature:g} is not among temperatures {self.temperatures}: "
+                             "set one of the two")
+        return self
+
+    @property
+    def all_temperatures(self) -> list[float]:
+        return self.temperatures or [self.temperature]
 
 
 class ServeSpec(Strict):
@@ -242,6 +282,9 @@ def load_config(path: str | Path, overrides: dict[str, str] | None = None) -> Ex
         if task_file is None:
             raise ConfigError(f"{path}: data.train, data.eval: required: task {cfg.task!r} names no data of its own")
         train, eval_ = data_files(load_spec(task_file), task_file, cfg.output_dir / "task-data")
+        if cfg.data.train is None and train is None:
+            raise ConfigError(f"{path}: data.train: task {cfg.task!r} has no training pool (a probe set is asked, "
+                              "not trained on: name it under eval.probes)")
         cfg.data.train = cfg.data.train or train
         cfg.data.eval = cfg.data.eval or eval_
     return cfg

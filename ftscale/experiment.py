@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +20,7 @@ from .atomic import write_text
 from .chatdata import read_jsonl
 from .config import ExperimentConfig
 from .errors import ConfigError
-from .rundir import cell_dir, eval_dir, trained
+from .rundir import cell_dir, eval_dir, probe_dir, trained
 
 
 def task_for(cfg: ExperimentConfig, variants: list[str] | None = None):
@@ -30,6 +31,10 @@ def task_for(cfg: ExperimentConfig, variants: list[str] | None = None):
         task = get_task(cfg.task)
     except KeyError as e:
         raise ConfigError(f"task: {e.args[0]}") from None
+    if cfg.eval.judge is not None:
+        from ftscale.eval.tasks import with_judge
+
+        task = with_judge(task, cfg.eval.judge)
     wanted = variants or cfg.eval.prompt_variants + cfg.eval.baseline_variants
     unknown = [v for v in wanted if v not in task.prompt_variants]
     if unknown:
@@ -50,22 +55,57 @@ def sampling_of(cfg: ExperimentConfig, task=None):
     return Sampling(**chosen, seed=e.seed)
 
 
+def eval_label(backend: str, temperature: float) -> str:
+    """An evaluation's label in its folder's name: the backend, and the temperature unless greedy."""
+    return backend if temperature == 0.0 else f"{backend}-t{temperature:g}"
+
+
+def at_temperature(cfg: ExperimentConfig, t: float) -> ExperimentConfig:
+    return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"temperature": t})})
+
+
+def load_probes(cfg: ExperimentConfig) -> tuple | None:
+    """(probe task, probe examples) of `eval.probes`, or None."""
+    from ftscale.eval.tasks.yaml_task import data_files, find_task_file, load_spec
+
+    spec = cfg.eval.probes
+    if spec is None:
+        return None
+    path = find_task_file(spec.task)
+    if path is None:
+        raise ConfigError(f"eval.probes.task: no task YAML {spec.task!r} (a name in configs/tasks/ or a path)")
+    _, eval_path = data_files(load_spec(path), path, cfg.output_dir / "task-data")
+    return task_for(cfg.model_copy(update={"task": str(path)}), ["default"]), read_jsonl(eval_path, "eval")[: spec.limit]
+
+
 def evaluate_cell(cfg: ExperimentConfig, cell: Path, make_backend: Callable, task, pool, examples,
-                  variants: list[str], label: str = "hf", log=print) -> dict:
-    """Evaluate the variants not yet scored in `cell`; the backend is only built if there is work."""
+                  variants: list[str], backend: str = "hf", probes: tuple | None = None, log=print) -> dict:
+    """Evaluate, at each of the config's temperatures, every variant (and the probes, asked as
+    written) not yet scored in `cell`; the backend is built once, and only if there is work."""
     from ftscale.eval.evaluate import evaluate
 
-    todo = [v for v in dict.fromkeys(variants) if not (eval_dir(cell, v, label) / "scores.json").is_file()]
+    todo = []
+    for t in cfg.eval.all_temperatures:
+        label = eval_label(backend, t)
+        todo += [(t, label, variant, task, examples, eval_dir(cell, variant, label)) for variant in dict.fromkeys(variants)]
+        if probes:
+            todo.append((t, label, "probes", probes[0], probes[1], probe_dir(cell, label)))
+    todo = [job for job in todo if not (job[-1] / "scores.json").is_file()]
     if not todo:
         return {}
-    backend = make_backend()
+    model = make_backend()
     out = {}
-    for variant in todo:
-        out[variant] = evaluate(task, examples, pool, backend, sampling_of(cfg, task), variant,
-                                eval_dir(cell, variant, label), cfg.eval.few_shot_k)
-        m = out[variant]["metrics"]
-        log(f"{cell.name} [{label}, {variant}]: " + ", ".join(f"{k}={v:.3f}" if v is not None else f"{k}=n/a" for k, v in m.items())
-            + (f", {out[variant]['failed']} failed" if out[variant]["failed"] else ""))
+    for t, label, variant, which, items, out_dir in todo:
+        cfg_t = at_temperature(cfg, t)
+        sampling = sampling_of(cfg_t, which)
+        if which is not task:  # the probes' answer length is theirs, not the task's
+            sampling = replace(sampling, max_new_tokens=which.sampling.get("max_new_tokens", sampling.max_new_tokens))
+        result = evaluate(which, items, pool, model, sampling, "default" if which is not task else variant, out_dir,
+                          cfg.eval.few_shot_k)
+        out[(label, variant)] = result
+        log(f"{cell.name} [{label}, {variant}]: "
+            + ", ".join(f"{k}={v:.3f}" if v is not None else f"{k}=n/a" for k, v in result["metrics"].items())
+            + (f", {result['failed']} failed" if result["failed"] else ""))
     return out
 
 
@@ -99,6 +139,7 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> Path:
     refuse_overlap(cfg.data.train, cfg.data.eval)  # before any training: scores on seen examples mean nothing
     pool = read_jsonl(cfg.data.train, "train")
     examples = read_jsonl(cfg.data.eval, "eval")[: cfg.eval.limit]
+    probes = load_probes(cfg)
     exp_dir = cfg.experiment_dir
     write_text(exp_dir / "experiment.yaml", cfg.to_yaml())
     start = time.perf_counter()
@@ -110,7 +151,7 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> Path:
         if changed or not trained(cell):
             if changed:
                 log(f"{cell.name}: config changed since the last run; training and evaluating again")
-            for stale in cell.glob("eval-*"):
+            for stale in [*cell.glob("eval-*"), *cell.glob("probes*")]:
                 shutil.rmtree(stale)
             metrics = train(cfg, n, cell)
             if metrics.get("trained"):
@@ -120,7 +161,12 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> Path:
             log(f"{cell.name}: training already done, reusing {cell / 'adapter' if n else 'the base model'}")
         variants = cfg.eval.prompt_variants + (cfg.eval.baseline_variants if n == 0 else [])
         adapter = cell / "adapter" if n > 0 else None
-        evaluate_cell(cfg, cell, hf_backend_factory(cfg, adapter), task, pool, examples, variants, log=log)
+        evaluate_cell(cfg, cell, hf_backend_factory(cfg, adapter), task, pool, examples, variants, probes=probes, log=log)
+    if task.pairwise is not None:
+        from ftscale.eval.pairwise_runs import run_comparisons
+        from ftscale.eval.report import collect
+
+        run_comparisons(exp_dir, task.pairwise, collect(exp_dir), log=log)
     report = write_report(exp_dir, task, cfg.cost)
     log(f"done in {time.perf_counter() - start:.0f} s: {report}")
     return report

@@ -5,6 +5,8 @@
         adapter/              PEFT adapter (absent for n=0, the untrained base)
         train_metrics.json    loss curve, tokens/s, wall time, peak memory, versions, hashes
         eval-<variant>/       generations.jsonl + scores.json, one folder per prompt variant
+        eval-hf-t0.7-<variant>/  the same at temperature 0.7 (eval.temperatures)
+        probes/               the general-ability probes (eval.probes), asked as written; probes-hf-t0.7/ ...
 
 A file is only trusted when complete: every write is atomic, and train_metrics.json is written
 after the adapter, so its presence means the training finished.
@@ -26,6 +28,10 @@ def cell_dir(experiment_dir: Path, n: int, seed: int) -> Path:
 
 def eval_dir(cell: Path, variant: str, backend: str = "hf") -> Path:
     return Path(cell) / (f"eval-{variant}" if backend == "hf" else f"eval-{backend}-{variant}")
+
+
+def probe_dir(cell: Path, label: str = "hf") -> Path:
+    return Path(cell) / ("probes" if label == "hf" else f"probes-{label}")
 
 
 def read_json(path: Path) -> dict | None:

@@ -29,17 +29,9 @@ from .sweepconfig import Cell, expand, load_sweep
 STORE = "results.db"
 
 
-def _label(backend: str, temperature: float) -> str:
-    return backend if temperature == 0.0 else f"{backend}-t{temperature:g}"
-
-
-def _with_temperature(cfg, t: float):
-    return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"temperature": t})})
-
-
 class Runner:
     def __init__(self, sweep_path: str | Path, log=print):
-        from .experiment import task_for
+        from .experiment import load_probes, task_for
 
         self.sweep_path = Path(sweep_path)
         self.sweep, self.base = load_sweep(sweep_path)
@@ -47,6 +39,7 @@ class Runner:
         self.task = task_for(self.base, sorted({v for c in self.cells for v in c.variants}))
         self.pool = read_jsonl(self.base.data.train, "train")
         self.examples = read_jsonl(self.base.data.eval, "eval")[: self.base.eval.limit]
+        self.probes = load_probes(self.base)
         self.store = ResultsStore(self.sweep.sweep_dir / STORE)
         self.store.register(self.cells)
         self.log = log
@@ -86,9 +79,9 @@ class Runner:
     def evaluate(self, cell: Cell, make_backend, backend: str) -> None:
         from .experiment import evaluate_cell
 
-        for t in cell.temperatures:
-            evaluate_cell(_with_temperature(cell.cfg, t), cell.run_dir, make_backend, self.task, self.pool,
-                          self.examples, list(cell.variants), label=_label(backend, t), log=self.log)
+        cfg = cell.cfg.model_copy(update={"eval": cell.cfg.eval.model_copy(update={"temperatures": list(cell.temperatures)})})
+        evaluate_cell(cfg, cell.run_dir, make_backend, self.task, self.pool, self.examples, list(cell.variants),
+                      backend=backend, probes=self.probes, log=self.log)
 
     def run_cell(self, cell: Cell, evaluate: bool = True) -> None:
         from .eval.backends import make_backend

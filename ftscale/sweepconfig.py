@@ -51,7 +51,8 @@ class SweepConfig(Strict):
     num_train_examples: list[int] = Field(default_factory=lambda: [0, 25, 50, 100, 250, 500, 1000], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [42, 43, 44], min_length=1)
     epochs: list[float] = Field(default_factory=lambda: [2.0], min_length=1)
-    temperatures: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
+    temperatures: list[float] | None = Field(
+        None, min_length=1, description="default: the base experiment's eval.temperatures (or its eval.temperature)")
     prompt_variants: list[str] = Field(default_factory=lambda: ["default"], min_length=1)
     baseline_variants: list[str] = Field(default_factory=list, description="evaluated on the untrained base only")
     eval_backend: Literal["hf", "vllm"] = Field("hf", description="vllm: one server per base model with all its adapters")
@@ -133,7 +134,7 @@ def _key(cfg: ExperimentConfig, kind: str, system: str, variants, temperatures) 
 
 def expand(sweep: SweepConfig, base: ExperimentConfig) -> list[Cell]:
     """Every cell of the grid, in the order the built-in loop runs them (system by system, small first)."""
-    cells, temps = [], tuple(sweep.temperatures)
+    cells, temps = [], tuple(sweep.temperatures or base.eval.all_temperatures)
     for s in sweep.systems:
         openai_model = s.model if s.backend == "openai" else None
         local_model = s.model if s.backend == "local" else base.model

@@ -406,3 +406,59 @@ def test_rating_study_in_chromium(tmp_path):
     assert (lj["n"], lj["agree"], lj["no_majority"], lj["judged"]) == (len(judged), judge_agree, no_majority, n)
     assert lj["kappa"] == pytest.approx(rating.cohen_kappa(judged))
     assert lj["percent_agreement"] == pytest.approx(100 * judge_agree / len(judged))
+
+
+# ---------------------------------------------------------------------------------------------
+# The LLM judge of a study: `ftscale rate <study> --judge`, against a stand-in of the OpenAI
+# service (the only thing this machine cannot reach) whose verdicts follow a fixed rule.
+
+class _RuleJudge:
+    """Prefers the reply with more words, whichever side it is on; answers outside the format for
+    order 1182 (so those pairs are unparsable and must be left out, not guessed)."""
+
+    @staticmethod
+    def reply(section: str, text: str) -> str:
+        return text.split(f"Reply {section}:\n<<<\n", 1)[1].split("\n>>>", 1)[0]
+
+    def __call__(self, req: dict) -> str:
+        text = req["messages"][-1]["content"]
+        if "1182" in text:
+            return "Both are fine, I would say A."
+        a, b = len(self.reply("A", text).split()), len(self.reply("B", text).split())
+        return "Winner: " + ("A" if a > b else "B" if b > a else "tie")
+
+
+def test_llm_judge_of_a_study_from_the_command_line(tmp_path):
+    import os
+    import subprocess
+
+    from conftest import BIN, ROOT
+    from openai_standin import StandIn
+
+    study_dir = rating.build_study("judged", _replies(), tmp_path, seed=1)
+    study = rating.load_study(study_dir)
+    with StandIn() as standin:
+        standin.answer = _RuleJudge()
+        proc = subprocess.run([str(BIN / "ftscale"), "rate", "judged", "--studies-dir", str(tmp_path), "--judge",
+                               f"openai:judge-model@{standin.base_url}", "--seed", "5"], cwd=ROOT, capture_output=True,
+                              text=True, env={k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+                              | {"OPENAI_API_KEY": "sk-test"})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        requests = list(standin.chat_requests)
+    assert f"6 of 9 pairs judged by openai:judge-model@{standin.base_url} (3 unparsable, 0 failed)" in proc.stdout
+    # double-blind: the judge saw every pair in both orders and never a system's name
+    assert len(requests) == 18
+    for req in requests:
+        _assert_blind(json.dumps(req), "a judge request")
+    expected = {}
+    for p in study["pairs"]:
+        if "1182" in p["query"]:
+            continue
+        a, b = len(p["a"]["reply"].split()), len(p["b"]["reply"].split())
+        expected[p["id"]] = "A" if a > b else "B" if b > a else "tie"
+    assert json.loads((study_dir / "llm_judge.json").read_text()) == expected
+    records = [json.loads(line) for line in (study_dir / "llm_judge_records.jsonl").read_text().splitlines()]
+    assert len(records) == 9 and all(set(r["orders"]) == {"xy", "yx"} and r["seed"] == 5 for r in records)
+    assert sum(r["outcome"] == "unparsable" for r in records) == 3
+    report = rating.unblind(study_dir)["llm_judge"]
+    assert report["judged"] == 6 and report["n"] == 0  # no human has voted yet

@@ -209,11 +209,15 @@ def test_lexical_tone_uses_the_personas_markers():
     assert lexical.lexical_tone(RUDE_REPLY, cheerful)["lexical_tone"] == 0.0
     custom = {"lexical": {"tone_markers": ["reissued"], "opposite_markers": ["arrive"]}}
     assert lexical.lexical_tone(NEUTRAL_REPLY, custom) == {"tone_markers": 1, "opposite_markers": 1, "lexical_tone": 0.5}
-    example = {"reference": {"persona": "rude"}}
-    scored = lexical.score(example, RUDE_REPLY)
-    assert scored == {k: float(v) for k, v in lexical.lexical_tone(RUDE_REPLY, "rude").items()}
-    assert all(isinstance(v, float) for v in scored.values())
-    assert all(m.description.startswith("HEURISTIC") for m in lexical.METRICS)
+    from ftscale.eval.evaluators import get_evaluator, parse_params
+
+    evaluator = get_evaluator("lexical_tone")
+    params = parse_params("lexical_tone", {"persona": "rude"})
+    found = lexical.lexical_tone(RUDE_REPLY, "rude")
+    assert evaluator.score(RUDE_REPLY, {}, params, "lex") == {
+        "lex": found["lexical_tone"], "lex.tone_markers": found["tone_markers"],
+        "lex.opposite_markers": found["opposite_markers"]}
+    assert all(m.description.startswith("HEURISTIC") for m in evaluator.metrics(params, "lex"))
     assert "HEURISTIC" in lexical.__doc__ and "HEURISTIC" in lexical.lexical_tone.__doc__
 
 
@@ -261,7 +265,8 @@ def test_probe_references_flag_case_sensitive_uppercase_questions():
     flagged = [r for r in probes.generate_probes(n=300) if r["reference"].get("case_sensitive")]
     assert flagged and all(r["reference"]["answer"].isupper() for r in flagged)
     assert all(r["reference"]["answer"].lower() in r["messages"][0]["content"] for r in flagged)
-    assert probes.score(flagged[0], flagged[0]["reference"]["answer"]) == {"probe_correct": 1.0}
+    assert probes.probe_correct(flagged[0]["reference"]["answer"], flagged[0]["reference"]) == 1.0
+    assert probes.probe_correct(flagged[0]["reference"]["answer"].lower(), flagged[0]["reference"]) == 0.0
 
 
 def test_the_shipped_tone_task_checks_and_its_eval_set_is_the_generators(tmp_path):

@@ -465,6 +465,18 @@ def test_real_judges(hf, distilled):
                           Sampling(max_new_tokens=32))
     neutral = {q["id"]: g.text.strip() for q, g in zip(QUERIES, neutral)}
 
+    # the judge-free HEURISTIC baseline, as the tone task's lexical_tone evaluator scores it
+    from ftscale.eval.evaluators import get_evaluator, parse_params
+    from ftscale.eval.lexical_tone import DEFAULT_LEXICAL, count_markers
+
+    lexical = get_evaluator("lexical_tone")
+    for it in items:
+        got = lexical.score(it["reply"], {}, parse_params("lexical_tone", {"persona": "rude"}), "lexical")
+        rude = count_markers(it["reply"], DEFAULT_LEXICAL["tone_markers"])
+        polite = count_markers(it["reply"], DEFAULT_LEXICAL["opposite_markers"])
+        assert (got["lexical.tone_markers"], got["lexical.opposite_markers"]) == (rude, polite)
+        assert got["lexical"] == (0.5 if rude + polite == 0 else rude / (rude + polite))
+
     absolute = judges.absolute_judge(hf, judges.load_judge_prompt("absolute"), PERSONA.judge_rubric, items)
     assert [r["id"] for r in absolute] == [it["id"] for it in items]
     for r in absolute:

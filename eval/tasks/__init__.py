@@ -7,7 +7,7 @@ out whichever backend produced the text, and every score can be recomputed from
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 
@@ -28,12 +28,21 @@ class Task:
     # (eval example, output text) -> {metric name: value}
     score: Callable[[dict, str], dict[str, float]]
     headline: tuple[str, ...] = ()  # metrics that the summary plot shows
-    # llm_judge evaluators, scored in a batch after generation: (params, metric prefix)
+    # judge evaluators (llm_judge, tone_judge), scored in a batch after generation: (evaluator, params, prefix)
     judges: tuple = ()
     # the task's own sampling defaults (temperature, top_p, max_new_tokens); the experiment's eval section wins
     sampling: dict = field(default_factory=dict)
     # records -> aggregates beyond means that scores.json keeps (a choice evaluator's confusion matrix)
     aggregates: Callable[[list[dict]], dict] | None = None
+    # double-blind pairwise judgements between the experiment's evaluations (eval/pairwise_runs.PairwiseSpec)
+    pairwise: object | None = None
+
+
+def with_judge(task: Task, judge: str) -> Task:
+    """The task with the model of every judge (judge evaluators, pairwise judgements) replaced by `judge`."""
+    judges = tuple((e, params.model_copy(update={"judge": judge}), prefix) for e, params, prefix in task.judges)
+    pairwise = task.pairwise.model_copy(update={"judge": judge}) if task.pairwise is not None else None
+    return replace(task, judges=judges, pairwise=pairwise)
 
 
 def builtin_tasks() -> dict[str, Task]:

@@ -79,10 +79,13 @@ def check_task(path: Path, out_dir: Path = Path("runs") / "task-data") -> TaskRe
     except DataError as e:
         report.errors.append(str(e))
         return report
-    check = check_file(train_path, min_examples=None)
-    report.errors += check.errors
-    train, evals = read_jsonl(train_path, "train"), read_jsonl(eval_path, "eval")  # eval ids unique, lines valid
-    report.errors += overlap(train_path, train, eval_path, evals)
+    evals = read_jsonl(eval_path, "eval")  # eval ids unique, lines valid
+    check, train = None, []
+    if train_path is not None:  # a probe set has no training pool
+        check = check_file(train_path, min_examples=None)
+        report.errors += check.errors
+        train = read_jsonl(train_path, "train")
+        report.errors += overlap(train_path, train, eval_path, evals)
 
     for evaluator, params, name in parsed_evaluators(spec):  # as the task itself parses them
         for needed in evaluator.needs(params):
@@ -99,9 +102,10 @@ def check_task(path: Path, out_dir: Path = Path("runs") / "task-data") -> TaskRe
             report.profile.append(f"labels of {name!r} in the eval set: "
                                   + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
 
-    t = check.tokens
+    t = check.tokens if check else None
     report.profile[:0] = [
-        f"training pool: {train_path} ({len(train)} examples); eval set: {eval_path} ({len(evals)} examples)",
+        (f"training pool: {train_path} ({len(train)} examples)" if train_path else "training pool: none (asked only, "
+         "e.g. as an experiment's eval.probes)") + f"; eval set: {eval_path} ({len(evals)} examples)",
         f"tokens per training example ({check.encoding}{', approximate' if check.approximate else ''}): "
         f"min {t.get('min')}, median {t.get('p50', 0):.0f}, max {t.get('max')}" if t else "tokens: -",
         f"eval prompts, characters: median {statistics.median(len(_prompt_key(r, False)) for r in evals):.0f}",

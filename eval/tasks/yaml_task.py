@@ -15,9 +15,9 @@
       - {type: json_schema, name: valid, schema_path: configs/schemas/orders.schema.json}
       - {type: json_fields, name: field, fields: [customer, item, quantity]}
 
-Every evaluator is a pure function of (output, reference) from eval/evaluators.py, except
-`llm_judge`, whose judge model is asked in a batch after generation; its replies are kept in the
-generations, so every score can still be recomputed from generations.jsonl.
+Every evaluator is a pure function of (output, reference) from eval/evaluators.py, except the
+judges (`llm_judge`, `tone_judge`), whose model is asked in a batch after generation; their
+replies are kept in the generations, so every score can still be recomputed from generations.jsonl.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from ftscale.errors import ConfigError
 from ftscale.yamlfile import line_of, load_yaml
 
 from ..evaluators import get_evaluator, parse_params
+from ..pairwise_runs import PairwiseSpec
 from . import Task
 
 
@@ -49,7 +50,7 @@ class TaskSampling(Strict):
 
 
 class TaskData(Strict):
-    train: Path | dict
+    train: Path | dict | None = Field(None, description="the training pool; a task without one is only asked (eval.probes)")
     eval: Path | dict
 
 
@@ -61,6 +62,8 @@ class TaskSpec(Strict):
     sampling: TaskSampling = TaskSampling()
     evaluators: list[dict] = Field(min_length=1)
     headline: list[str] = Field(default_factory=list, description="metrics the scaling plot shows (default: the first two)")
+    pairwise: PairwiseSpec | None = Field(None, description="double-blind pairwise judgements of every fine-tune "
+                                                            "against the base (eval/pairwise_runs.py)")
 
 
 def find_task_file(ref: str) -> Path | None:
@@ -114,13 +117,17 @@ def load_spec(path: Path) -> TaskSpec:
     return spec
 
 
-def data_files(spec: TaskSpec, spec_path: Path, out_dir: Path) -> tuple[Path, Path]:
-    """The task's training pool and eval set as checked chat JSONL files (datasets written out)."""
+def data_files(spec: TaskSpec, spec_path: Path, out_dir: Path) -> tuple[Path | None, Path]:
+    """The task's training pool (None if it has none) and eval set as checked chat JSONL files
+    (datasets written out)."""
     from ftscale.data.sources import HubSource, materialise
 
     files = []
     for kind in ("train", "eval"):
         src = getattr(spec.data, kind)
+        if src is None:
+            files.append(None)
+            continue
         src = HubSource.model_validate(src) if isinstance(src, dict) else Path(src)
         files.append(materialise(src, kind, Path(out_dir) / spec.name / f"{kind}.jsonl", f"{spec_path}: data.{kind}"))
     return files[0], files[1]
@@ -154,7 +161,7 @@ def parsed_evaluators(spec: TaskSpec) -> list[tuple]:
 def _score(evaluators: list[tuple], example: dict, text: str) -> dict:
     scores = {}
     for evaluator, params, prefix in evaluators:
-        if evaluator.name != "llm_judge":  # the judge's scores come from its batch pass
+        if evaluator.judge is None:  # a judge's scores come from its batch pass
             scores |= evaluator.score(text, example.get("reference") or {}, params, prefix)
     return scores
 
@@ -175,12 +182,12 @@ def build_task(spec: TaskSpec) -> Task:
     unknown = [h for h in spec.headline if h not in names]
     if unknown:
         raise ConfigError(f"task {spec.name}: headline names unknown metrics {unknown} (it has {', '.join(names)})")
-    judges = tuple((params, prefix) for evaluator, params, prefix in evaluators if evaluator.name == "llm_judge")
+    judges = tuple(e for e in evaluators if e[0].judge is not None)
     return Task(name=spec.name, metrics=metrics, prompt_variants=tuple(spec.prompt_variants),
                 build_messages=partial(_build_messages, spec), score=partial(_score, evaluators),
                 headline=tuple(spec.headline) or tuple(names[:2]), judges=judges,
                 sampling={k: v for k, v in spec.sampling.model_dump().items() if v is not None},
-                aggregates=partial(_aggregates, evaluators))
+                aggregates=partial(_aggregates, evaluators), pairwise=spec.pairwise)
 
 
 def task_from_file(path: Path) -> Task:

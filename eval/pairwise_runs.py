@@ -1,0 +1,125 @@
+"""Double-blind pairwise judgements between the evaluations of an experiment.
+
+A task with a `pairwise:` section (configs/tasks/tone-rude.yaml) has every fine-tuned evaluation
+compared with every untrained one at the same temperature (the base with each prompt variant:
+the short prompt the fine-tune saw, the long persona prompt; a prompted OpenAI model evaluated
+into the experiment with `ftscale eval --backend openai`), query by query, by the
+pairwise judge of eval/judges.py: anonymised replies, both orders asked, the first order drawn
+from a recorded seed. Each comparison is one file, `<experiment>/pairwise/<x>__vs__<y>.json`,
+holding every judgement, its win/tie/loss rates with 95% Wilson intervals, and the SHA-256 of
+both generations files: a comparison is judged again only when either side was re-generated,
+or the judge, the seed or the limit changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from ftscale.atomic import write_json
+from ftscale.config import Strict
+from ftscale.rundir import read_json
+
+from .judges import load_judge_prompt, pairwise_judge, win_rates
+
+PAIRWISE_DIR = "pairwise"
+
+
+class PairwiseSpec(Strict):
+    judge: str = Field(description="hf:<model>, openai:<model> or openai:<model>@<base_url>")
+    persona: str = Field("rude", description="a persona in configs/personas/ (or a path): its judge_rubric is the target tone")
+    prompt: Path | None = Field(None, description="a pairwise judge prompt YAML (default configs/judges/pairwise.yaml)")
+    limit: int | None = Field(None, ge=1, description="queries per comparison (the first N both sides answered)")
+    seed: int = Field(0, description="draws which order of each pair is asked first; recorded")
+
+    @field_validator("judge")
+    @classmethod
+    def _spec(cls, v: str) -> str:
+        from .backends import parse_spec
+
+        parse_spec(v)
+        return v
+
+
+def system_name(row: dict) -> str:
+    """What a comparison calls an evaluation: its training size, prompt and backend."""
+    who = "base" if row["num_train_examples"] == 0 else f"n={row['num_train_examples']}"
+    return f"{who} ({row['prompt_variant']} prompt{'' if row['backend'] == 'hf' else ', ' + row['backend']})"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _slug(row: dict) -> str:
+    return (f"n{row['num_train_examples']:04d}-{row['prompt_variant']}-{row['backend'].replace(' ', '_')}"
+            f"-t{row['temperature']:g}")
+
+
+def comparisons(rows: list[dict]) -> list[tuple[dict, dict]]:
+    """(fine-tuned evaluation, untrained evaluation) pairs at the same temperature: each fine-tune
+    against its base and against every prompted model evaluated beside it (an OpenAI model with
+    the persona prompt, say)."""
+    return [(x, y) for x in rows if x["num_train_examples"] > 0
+            for y in rows if y["num_train_examples"] == 0 and y["temperature"] == x["temperature"]]
+
+
+def _pairs(x: dict, y: dict, limit: int | None) -> list[dict]:
+    def answered(row):
+        recs = [json.loads(line) for line in open(row["generations"], encoding="utf-8")]
+        return {r["id"]: r for r in recs if r["error"] is None}
+
+    xs, ys = answered(x), answered(y)
+    shared = [i for i in xs if i in ys][:limit]
+    return [{"id": i, "query": next(m["content"] for m in reversed(xs[i]["prompt"]) if m["role"] == "user"),
+             "system_x": system_name(x), "reply_x": xs[i]["output"],
+             "system_y": system_name(y), "reply_y": ys[i]["output"]} for i in shared]
+
+
+def run_comparisons(exp_dir: Path, spec: PairwiseSpec, rows: list[dict], log=print) -> list[dict]:
+    """Judge every comparison whose file is missing or stale; return every comparison's summary."""
+    from ftscale.data.personas import load_persona
+
+    from .backends import make_judge_backend
+
+    prompt = load_judge_prompt("pairwise", spec.prompt)
+    rubric = load_persona(spec.persona).judge_rubric
+    backend, out = None, []
+    for x, y in comparisons(rows):
+        path = Path(exp_dir) / PAIRWISE_DIR / f"{_slug(x)}__vs__{_slug(y)}.json"
+        key = {"judge": spec.judge, "persona": spec.persona, "seed": spec.seed, "limit": spec.limit,
+               "prompt": prompt.model_dump(mode="json"),
+               "sources": {"x": _sha256(x["generations"]), "y": _sha256(y["generations"])}}
+        done = read_json(path)
+        if done is None or done.get("key") != key:
+            pairs = _pairs(x, y, spec.limit)
+            backend = backend or make_judge_backend(spec.judge)
+            records = pairwise_judge(backend, prompt, rubric, pairs, spec.seed)
+            rates = win_rates(records).get((system_name(x), system_name(y)))
+            done = {"key": key, "x": system_name(x), "y": system_name(y), "temperature": x["temperature"],
+                    "x_generations": x["generations"], "y_generations": y["generations"],
+                    "rates": rates, "records": records}
+            write_json(path, done)
+            r = rates or {}
+            log(f"pairwise {done['x']} vs {done['y']} at t={x['temperature']:g}: {r.get('wins', 0)} wins, "
+                f"{r.get('ties', 0)} ties, {r.get('losses', 0)} losses, {r.get('unparsable', 0)} unparsable")
+        out.append(done)
+    return out
+
+
+def read_comparisons(exp_dir: Path) -> tuple[list[dict], list[str]]:
+    """The comparisons on disk whose generations are still the ones judged (without their records),
+    and the files of those that are stale (a side was evaluated again since)."""
+    found, stale = [], []
+    for path in sorted((Path(exp_dir) / PAIRWISE_DIR).glob("*.json")):
+        done = json.loads(path.read_text())
+        current = all(Path(done[f"{side}_generations"]).is_file()
+                      and _sha256(done[f"{side}_generations"]) == done["key"]["sources"][side] for side in ("x", "y"))
+        if current:
+            found.append({k: v for k, v in done.items() if k != "records"} | {"file": str(path)})
+        else:
+            stale.append(str(path))
+    return found, stale
