@@ -246,7 +246,8 @@ def pairwise_judge(backend: Backend, prompt_cfg: JudgePrompt, rubric: str, pairs
 # --- summaries ---------------------------------------------------------------------------------------
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of k successes in n trials (95% for z=1.96); (0, 1) when n is 0."""
+    """The Wilson score interval of k successes in n trials (95% for z=1.96); (0, 1) when n is 0:
+    centre = (p + z²/2n) / (1 + z²/n), half-width = z / (1 + z²/n) · sqrt(p(1-p)/n + z²/4n²)."""
     if n <= 0:
         return (0.0, 1.0)
     if not 0 <= k <= n:
@@ -268,15 +269,18 @@ def win_rates(records: list[dict]) -> dict[tuple[str, str], dict]:
                               {"wins": 0, "ties": 0, "losses": 0, "unparsable": 0, "failed": 0})
         key = {"x": "wins", "tie": "ties", "y": "losses", "unparsable": "unparsable", "failed": "failed"}[r["outcome"]]
         g[key] += 1
-    out = {}
-    for pair, g in groups.items():
-        n = g["wins"] + g["ties"] + g["losses"]
-        row = {"n": n, **g, "total": n + g["unparsable"] + g["failed"]}
-        for name, k in (("win", g["wins"]), ("tie", g["ties"]), ("loss", g["losses"])):
-            row[f"{name}_rate"] = k / n if n else None
-            row[f"{name}_ci"] = wilson(k, n)
-        out[pair] = row
-    return out
+    return {pair: rates_of(g) for pair, g in groups.items()}
+
+
+def rates_of(counts: dict) -> dict:
+    """`counts` (wins, ties, losses, unparsable, failed, and anything else kept as is) with `n` (the
+    parsed pairs), `total`, and each rate over n with its 95% Wilson interval (None when n is 0)."""
+    n = counts["wins"] + counts["ties"] + counts["losses"]
+    row = {"n": n, **counts, "total": n + counts["unparsable"] + counts["failed"]}
+    for name, k in (("win", counts["wins"]), ("tie", counts["ties"]), ("loss", counts["losses"])):
+        row[f"{name}_rate"] = k / n if n else None
+        row[f"{name}_ci"] = wilson(k, n)
+    return row
 
 
 def absolute_summary(records: list[dict]) -> dict:

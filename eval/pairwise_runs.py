@@ -44,9 +44,14 @@ class PairwiseSpec(Strict):
         return v
 
 
-def system_name(row: dict) -> str:
-    """What a comparison calls an evaluation: its training size, prompt and backend."""
-    who = "base" if row["num_train_examples"] == 0 else f"n={row['num_train_examples']}"
+def system_name(row: dict, seed: bool = True) -> str:
+    """What a comparison calls an evaluation: (in a sweep, its system,) its training size (and
+    seed, unless `seed` is False: the name of the seed group), its prompt, and its backend."""
+    n = row["num_train_examples"]
+    if "system" in row:  # a sweep's row: its system names the backend; the base and references are n = 0
+        who = row["system"] + (f" n={n}" + (f" seed {row['seed']}" if seed else "") if n else "")
+        return f"{who} ({row['prompt_variant']} prompt)"
+    who = "base" if n == 0 else f"n={n}"
     return f"{who} ({row['prompt_variant']} prompt{'' if row['backend'] == 'hf' else ', ' + row['backend']})"
 
 
@@ -55,8 +60,9 @@ def _sha256(path: Path) -> str:
 
 
 def _slug(row: dict) -> str:
-    return (f"n{row['num_train_examples']:04d}-{row['prompt_variant']}-{row['backend'].replace(' ', '_')}"
-            f"-t{row['temperature']:g}")
+    """The evaluation's folder and its cell's (unique within an experiment or a sweep)."""
+    evaluation = Path(row["generations"]).parent
+    return f"{evaluation.parent.name}-{evaluation.name}"
 
 
 def comparisons(rows: list[dict]) -> list[tuple[dict, dict]]:
@@ -99,7 +105,8 @@ def run_comparisons(exp_dir: Path, spec: PairwiseSpec, rows: list[dict], log=pri
             backend = backend or make_judge_backend(spec.judge)
             records = pairwise_judge(backend, prompt, rubric, pairs, spec.seed)
             rates = win_rates(records).get((system_name(x), system_name(y)))
-            done = {"key": key, "x": system_name(x), "y": system_name(y), "temperature": x["temperature"],
+            done = {"key": key, "x": system_name(x), "x_group": system_name(x, seed=False), "y": system_name(y),
+                    "temperature": x["temperature"],
                     "x_generations": x["generations"], "y_generations": y["generations"],
                     "rates": rates, "records": records}
             write_json(path, done)
@@ -123,3 +130,34 @@ def read_comparisons(exp_dir: Path) -> tuple[list[dict], list[str]]:
         else:
             stale.append(str(path))
     return found, stale
+
+
+def pooled(found: list[dict]) -> list[dict]:
+    """Win/tie/loss per (system, opponent, temperature), the seeds of a system pooled: counts summed
+    over its comparisons, rates over the parsed pairs with 95% Wilson intervals."""
+    from .judges import rates_of
+
+    groups: dict[tuple, dict] = {}
+    for c in found:
+        g = groups.setdefault((c.get("x_group", c["x"]), c["y"], c["temperature"]),
+                              {"comparisons": 0, "wins": 0, "ties": 0, "losses": 0, "unparsable": 0, "failed": 0})
+        g["comparisons"] += 1
+        for k in ("wins", "ties", "losses", "unparsable", "failed"):
+            g[k] += (c["rates"] or {}).get(k, 0)
+    return [{"x": x, "y": y, "temperature": t, **rates_of(g)} for (x, y, t), g in groups.items()]
+
+
+def rate_text(row: dict, which: str) -> str:
+    """`0.40 [0.22, 0.61]`: a pooled rate with its 95% Wilson interval, `–` without parsed pairs."""
+    if row[f"{which}_rate"] is None:
+        return "–"
+    lo, hi = row[f"{which}_ci"]
+    return f"{row[f'{which}_rate']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def describe(found: list[dict]) -> str:
+    key = found[0]["key"]
+    return (f"Judge `{key['judge']}`, persona `{key['persona']}`, order seed {key['seed']}: each query's two replies "
+            "anonymised as A and B and asked in both orders; a system wins a query when it wins both orders or wins "
+            "one and ties the other, a split counts as a tie. Rates over the parsed pairs (a system's seeds pooled), "
+            "95% Wilson intervals. Every judgement is in `pairwise/`.")

@@ -47,6 +47,8 @@ from ftscale.atomic import write_json
 from ftscale.chatdata import json_lines
 from ftscale.errors import FtscaleError
 
+from .judges import wilson
+
 STUDY_FILE = "study.json"
 VOTES_DB = "votes.db"
 JUDGE_FILE = "llm_judge.json"
@@ -221,23 +223,6 @@ def study_key(study: dict) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Statistics
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials (95% for z = 1.96).
-
-    centre = (p + z²/2n) / (1 + z²/n), half-width = z / (1 + z²/n) · sqrt(p(1-p)/n + z²/4n²).
-    With n = 0 nothing is known: (0.0, 1.0)."""
-    if n < 0 or k < 0 or k > n:
-        raise ValueError(f"wilson: need 0 <= k <= n, got k={k}, n={n}")
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    z2 = z * z
-    denom = 1 + z2 / n
-    centre = (p + z2 / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def cohen_kappa(pairs_of_labels) -> float:

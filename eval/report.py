@@ -125,6 +125,9 @@ def plot(rows: list[dict], task: Task, path: Path) -> None:
         values = [r[metric] for r in rows if r.get(metric) is not None]
         if values and 0 <= min(values) and max(values) <= 1:  # a rate; a diagnostic such as length keeps its own scale
             ax.set_ylim(-0.03, 1.03)
+        if not values:  # say why the panel is empty rather than draw a blank one
+            ax.text(0.5, 0.5, "no value in any evaluation\n(not scorable: see the summary)", ha="center", va="center",
+                    transform=ax.transAxes, color="grey")
         ax.set_xlabel("training examples (0 = base model)")
         ax.set_ylabel(f"{metric} ({'higher' if directions[metric] else 'lower'} is better)")
         ax.set_title(metric.replace("_", " "))
@@ -222,38 +225,22 @@ def side_by_side(rows: list[dict], task: Task) -> list[str]:
     return lines
 
 
-def _rate(r: dict, which: str) -> str:
-    if r[f"{which}_rate"] is None:
-        return "–"
-    lo, hi = r[f"{which}_ci"]
-    return f"{r[f'{which}_rate']:.2f} [{lo:.2f}, {hi:.2f}]"
-
-
 def pairwise_lines(exp_dir: Path) -> list[str]:
     """The double-blind pairwise judgements (eval/pairwise_runs.py) found in the experiment."""
-    from .pairwise_runs import read_comparisons
+    from .pairwise_runs import describe, pooled, rate_text, read_comparisons
 
     found, stale = read_comparisons(exp_dir)
     lines = ["", f"Stale pairwise judgements left out (a side was evaluated again since; `ftscale run` judges them "
              f"again): {', '.join(stale)}."] if stale else []
     if not found:
         return lines
-    key = found[0]["key"]
     head = ["system", "against", "temperature", "pairs judged", "win [95% CI]", "tie [95% CI]", "loss [95% CI]",
             "unparsable", "failed"]
-    lines = ["", "## Double-blind pairwise judgements", *lines, "",
-             f"Judge `{key['judge']}`, persona `{key['persona']}`, order seed {key['seed']}: each query's two replies "
-             "anonymised as A and B and asked in both orders; a system wins a query when it wins both orders or wins "
-             "one and ties the other, a split counts as a tie. Rates over the parsed pairs, 95% Wilson intervals. "
-             "Every judgement is in `pairwise/`.", "",
+    lines = ["", "## Double-blind pairwise judgements", *lines, "", describe(found), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for c in found:
-        r = c["rates"]
-        if r is None:
-            lines.append(f"| {c['x']} | {c['y']} | {c['temperature']:g} | 0 | – | – | – | – | – |")
-            continue
-        lines.append(f"| {c['x']} | {c['y']} | {c['temperature']:g} | {r['n']} | {_rate(r, 'win')} | {_rate(r, 'tie')} | "
-                     f"{_rate(r, 'loss')} | {r['unparsable']} | {r['failed']} |")
+    for r in pooled(found):
+        lines.append(f"| {r['x']} | {r['y']} | {r['temperature']:g} | {r['n']} | {rate_text(r, 'win')} | "
+                     f"{rate_text(r, 'tie')} | {rate_text(r, 'loss')} | {r['unparsable']} | {r['failed']} |")
     return lines
 
 

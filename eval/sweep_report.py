@@ -882,7 +882,25 @@ def write_sweep_report(out_dir: Path, rows: list[dict], task: Task, cost_ctx: di
                        f"change T={_fmt_t(temps[0])} to T={_fmt_t(temps[-1])}"], t_rows,
                       f"table: {metric} by temperature", rows)
 
-    # 8. Sources ----------------------------------------------------------------------------------
+    # 8. Pairwise judgements ------------------------------------------------------------------------
+    from .pairwise_runs import describe, pooled, rate_text, read_comparisons
+
+    found, stale = read_comparisons(out_dir)
+    if found or stale:
+        doc.h2("Double-blind pairwise judgements", "pairwise")
+        if found:
+            doc.p(describe(found))
+            doc.table(["system", "against", "temperature", "comparisons (seeds)", "pairs judged", "win [95% CI]",
+                       "tie [95% CI]", "loss [95% CI]", "unparsable", "failed"],
+                      [[r["x"], r["y"], _fmt_t(r["temperature"]), str(r["comparisons"]), str(r["n"]),
+                        rate_text(r, "win"), rate_text(r, "tie"), rate_text(r, "loss"),
+                        Cell(str(r["unparsable"]), "flag" if r["unparsable"] else None), str(r["failed"])]
+                       for r in pooled(found)])
+        if stale:
+            doc.p(f"Stale judgements left out (a side was evaluated again since; `ftscale sweep` judges them again): "
+                  f"{', '.join(stale)}.")
+
+    # 9. Sources ----------------------------------------------------------------------------------
     doc.h2("Sources", "sources")
     doc.p("Command that made the sweep:")
     doc.code(sources.get("command") or "(not recorded)")

@@ -85,7 +85,8 @@ def evaluate_cell(cfg: ExperimentConfig, cell: Path, make_backend: Callable, tas
     from ftscale.eval.evaluate import evaluate
 
     todo = []
-    for t in cfg.eval.all_temperatures:
+    # without eval.temperatures, the one temperature sampling_of resolves (the task's default if the config sets none)
+    for t in cfg.eval.temperatures or [sampling_of(cfg, task).temperature]:
         label = eval_label(backend, t)
         todo += [(t, label, variant, task, examples, eval_dir(cell, variant, label)) for variant in dict.fromkeys(variants)]
         if probes:

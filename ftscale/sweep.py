@@ -132,7 +132,18 @@ class Runner:
         bar.close()
         for cells in vllm_groups.values():
             self._evaluate_on_vllm(cells, fail_fast)
+        self.judge_pairs()
         return self.store.summary([c.key for c in self.cells])["counts"]
+
+    def judge_pairs(self) -> None:
+        """The task's double-blind pairwise judgements between the finished evaluations: every
+        fine-tune (each seed) against every untrained system at the same temperature."""
+        if self.task.pairwise is None:
+            return
+        from .eval.pairwise_runs import run_comparisons
+
+        rows, _, _ = sweep_rows(self.sweep.sweep_dir)
+        run_comparisons(self.sweep.sweep_dir, self.task.pairwise, [r for r in rows if r["status"] == "done"], log=self.log)
 
     def _evaluate_on_vllm(self, cells: list[Cell], fail_fast: bool) -> None:
         """One server per base model, every adapter of that base loaded as a LoRA module."""
