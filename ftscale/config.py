@@ -84,6 +84,8 @@ class EvalSpec(Strict):
     probes: ProbeSpec | None = Field(None, description="general-ability questions asked of every cell: forgetting")
     judge: str | None = Field(None, description="replaces the model of every judge of the task (its judge evaluators "
                                                 "and pairwise judgements): hf:<model>, openai:<model>[@<base_url>]")
+    pairwise_limit: int | None = Field(None, ge=1, description="queries per pairwise comparison (default: the task's "
+                                                               "pairwise.limit)")
 
     @field_validator("judge")
     @classmethod

@@ -35,6 +35,8 @@ def task_for(cfg: ExperimentConfig, variants: list[str] | None = None):
         from ftscale.eval.tasks import with_judge
 
         task = with_judge(task, cfg.eval.judge)
+    if cfg.eval.pairwise_limit is not None and task.pairwise is not None:
+        task = replace(task, pairwise=task.pairwise.model_copy(update={"limit": cfg.eval.pairwise_limit}))
     wanted = variants or cfg.eval.prompt_variants + cfg.eval.baseline_variants
     unknown = [v for v in wanted if v not in task.prompt_variants]
     if unknown:

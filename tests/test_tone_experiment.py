@@ -23,12 +23,11 @@ from ftscale.eval import judges
 
 CONFIG = ROOT / "configs" / "experiments" / "tone-smollm2-cpu.yaml"
 TINY = ["--num_train_examples", "[0, 8]", "--train.epochs", "1", "--eval.limit", "4", "--eval.max_new_tokens", "32",
-        "--eval.temperatures", "[0.0, 1.0]", "--eval.probes.limit", "4"]
+        "--eval.temperatures", "[0.0, 1.0]", "--eval.probes.limit", "4", "--eval.pairwise_limit", "3"]
 
 
 def _tone_task(tmp_path: Path, **changes) -> Path:
     spec = yaml.safe_load((ROOT / "configs" / "tasks" / "tone-rude.yaml").read_text())
-    spec["pairwise"]["limit"] = 3
     spec.update(changes)
     path = tmp_path / "tone.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -116,7 +115,9 @@ def test_pairwise_both_orders_and_rates(experiment):
         "n0008-seed42-eval-hf-t1-default__vs__n0000-seed42-eval-hf-t1-persona_prompt.json"]
     for f in files:
         c = json.loads(f.read_text())
-        assert len(c["records"]) == 3 and c["key"]["judge"] == "hf:smollm2-135m" and c["key"]["seed"] == 0
+        # eval.pairwise_limit (3) over the task's pairwise.limit
+        assert len(c["records"]) == 3 and c["key"]["limit"] == 3
+        assert c["key"]["judge"] == "hf:smollm2-135m" and c["key"]["seed"] == 0
         x_out = {r["id"]: r["output"] for r in _records(Path(c["x_generations"]))}
         for r in c["records"]:
             assert r["reply_x"] == x_out[r["id"]] and set(r["orders"]) == {"xy", "yx"}
