@@ -44,6 +44,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator, model
 # Absolute, as in eval/report.py: the same import works from a checkout and when installed.
 from ftscale.config import Strict
 
+from .backends import ModelSpec
 from .tasks import Metric
 
 
@@ -727,20 +728,12 @@ register(Evaluator("lexical_tone", LexicalToneParams,
 # --- tone_judge: the absolute judge of the tone task (eval/judges.py) as an evaluator ------------
 
 class ToneJudgeParams(Strict):
-    judge: str = Field(description="hf:<model ref> (in-process) or openai:<model>[@<base_url>] (OpenAI, a vLLM server)")
+    judge: ModelSpec = Field(description="hf:<model ref> (in-process) or openai:<model>[@<base_url>] (OpenAI, a vLLM server)")
     persona: str = Field("rude", description="a persona in configs/personas/ (or a path): its judge_rubric is the target tone")
     prompt: Path | None = Field(None, description="an absolute judge prompt YAML (default configs/judges/absolute.yaml)")
     max_new_tokens: int | None = Field(None, ge=1, description="the judge's reply length (default: the prompt file's)")
     _prompt: Any = PrivateAttr(None)
     _rubric: str = PrivateAttr("")
-
-    @field_validator("judge")
-    @classmethod
-    def _backend_model(cls, v: str) -> str:
-        from .backends import parse_spec
-
-        parse_spec(v)  # a ValueError names what is wrong
-        return v
 
     @model_validator(mode="after")
     def _load(self):

@@ -13,35 +13,28 @@ or the judge, the seed or the limit changed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from ftscale.atomic import write_json
+from ftscale.chatdata import sha256_file
 from ftscale.config import Strict
 from ftscale.rundir import read_json
 
+from .backends import ModelSpec
 from .judges import load_judge_prompt, pairwise_judge, win_rates
 
 PAIRWISE_DIR = "pairwise"
 
 
 class PairwiseSpec(Strict):
-    judge: str = Field(description="hf:<model>, openai:<model> or openai:<model>@<base_url>")
+    judge: ModelSpec = Field(description="hf:<model>, openai:<model> or openai:<model>@<base_url>")
     persona: str = Field("rude", description="a persona in configs/personas/ (or a path): its judge_rubric is the target tone")
     prompt: Path | None = Field(None, description="a pairwise judge prompt YAML (default configs/judges/pairwise.yaml)")
     limit: int | None = Field(None, ge=1, description="queries per comparison (the first N both sides answered)")
     seed: int = Field(0, description="draws which order of each pair is asked first; recorded")
-
-    @field_validator("judge")
-    @classmethod
-    def _spec(cls, v: str) -> str:
-        from .backends import parse_spec
-
-        parse_spec(v)
-        return v
 
 
 def system_name(row: dict, seed: bool = True) -> str:
@@ -55,8 +48,12 @@ def system_name(row: dict, seed: bool = True) -> str:
     return f"{who} ({row['prompt_variant']} prompt{'' if row['backend'] == 'hf' else ', ' + row['backend']})"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+class _Digests(dict):
+    """SHA-256 of generations files, each file read once per pass (a base is in many comparisons)."""
+
+    def __missing__(self, path: str) -> str:
+        self[path] = digest = sha256_file(path)
+        return digest
 
 
 def _slug(row: dict) -> str:
@@ -93,12 +90,12 @@ def run_comparisons(exp_dir: Path, spec: PairwiseSpec, rows: list[dict], log=pri
 
     prompt = load_judge_prompt("pairwise", spec.prompt)
     rubric = load_persona(spec.persona).judge_rubric
-    backend, out = None, []
+    backend, out, digests = None, [], _Digests()
     for x, y in comparisons(rows):
         path = Path(exp_dir) / PAIRWISE_DIR / f"{_slug(x)}__vs__{_slug(y)}.json"
         key = {"judge": spec.judge, "persona": spec.persona, "seed": spec.seed, "limit": spec.limit,
                "prompt": prompt.model_dump(mode="json"),
-               "sources": {"x": _sha256(x["generations"]), "y": _sha256(y["generations"])}}
+               "sources": {"x": digests[x["generations"]], "y": digests[y["generations"]]}}
         done = read_json(path)
         if done is None or done.get("key") != key:
             pairs = _pairs(x, y, spec.limit)
@@ -120,11 +117,11 @@ def run_comparisons(exp_dir: Path, spec: PairwiseSpec, rows: list[dict], log=pri
 def read_comparisons(exp_dir: Path) -> tuple[list[dict], list[str]]:
     """The comparisons on disk whose generations are still the ones judged (without their records),
     and the files of those that are stale (a side was evaluated again since)."""
-    found, stale = [], []
+    found, stale, digests = [], [], _Digests()
     for path in sorted((Path(exp_dir) / PAIRWISE_DIR).glob("*.json")):
         done = json.loads(path.read_text())
         current = all(Path(done[f"{side}_generations"]).is_file()
-                      and _sha256(done[f"{side}_generations"]) == done["key"]["sources"][side] for side in ("x", "y"))
+                      and digests[done[f"{side}_generations"]] == done["key"]["sources"][side] for side in ("x", "y"))
         if current:
             found.append({k: v for k, v in done.items() if k != "records"} | {"file": str(path)})
         else:

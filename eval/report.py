@@ -225,11 +225,10 @@ def side_by_side(rows: list[dict], task: Task) -> list[str]:
     return lines
 
 
-def pairwise_lines(exp_dir: Path) -> list[str]:
-    """The double-blind pairwise judgements (eval/pairwise_runs.py) found in the experiment."""
-    from .pairwise_runs import describe, pooled, rate_text, read_comparisons
+def pairwise_lines(found: list[dict], stale: list[str]) -> list[str]:
+    """The double-blind pairwise judgements (eval/pairwise_runs.read_comparisons) of the experiment."""
+    from .pairwise_runs import describe, pooled, rate_text
 
-    found, stale = read_comparisons(exp_dir)
     lines = ["", f"Stale pairwise judgements left out (a side was evaluated again since; `ftscale run` judges them "
              f"again): {', '.join(stale)}."] if stale else []
     if not found:
@@ -245,7 +244,7 @@ def pairwise_lines(exp_dir: Path) -> list[str]:
 
 
 def markdown(rows: list[dict], task: Task, title: str, exp_dir: Path, cost_ctx: dict | None = None,
-             has_cost_plot: bool = False) -> str:
+             has_cost_plot: bool = False, pairwise: tuple[list[dict], list[str]] = ([], [])) -> str:
     names = [m.name for m in task.metrics]
     probes = probe_metrics(rows)
     several_t = len({r["temperature"] for r in rows}) > 1
@@ -274,7 +273,7 @@ def markdown(rows: list[dict], task: Task, title: str, exp_dir: Path, cost_ctx: 
                       + ", ".join(f"{k} {v}" for k, v in r["not_scorable"].items()) for r in unscorable) + "."]
     if probes or several_t:
         lines += side_by_side(rows, task)
-    lines += pairwise_lines(exp_dir)
+    lines += pairwise_lines(*pairwise)
     if cost_ctx:
         lines += cost_lines(rows, task, cost_ctx, has_cost_plot)
     for latency in sorted(exp_dir.glob("*/latency/latency.md")):
@@ -305,17 +304,20 @@ class _CostOnly(BaseModel):
     cost: CostSpec = CostSpec()
 
 
-def write_report(exp_dir: Path, task: Task, cost: CostSpec | None = None) -> Path:
+def write_report(exp_dir: Path, task: Task, cost: CostSpec | None = None, rows: list[dict] | None = None) -> Path:
+    """summary.md, results.json, scaling.png and cost.png of an experiment; `rows`: its `collect()`,
+    when the caller has it already."""
+    from .pairwise_runs import read_comparisons
+
     exp_dir = Path(exp_dir)
-    rows = collect(exp_dir)
+    rows = collect(exp_dir) if rows is None else rows
     if not rows:
         raise FileNotFoundError(f"{exp_dir}: no evaluated cells to report")
     cost = cost or cost_spec_of(exp_dir)
     cost_ctx = add_costs(rows, load_prices(cost.prices), cost)
     plot(rows, task, exp_dir / "scaling.png")
     has_cost_plot = plot_cost(rows, task, exp_dir / "cost.png", cost_ctx)
-    from .pairwise_runs import read_comparisons
-
-    write_json(exp_dir / "results.json", {"cost": cost_ctx, "rows": rows, "pairwise": read_comparisons(exp_dir)[0]})
+    pairwise = read_comparisons(exp_dir)
+    write_json(exp_dir / "results.json", {"cost": cost_ctx, "rows": rows, "pairwise": pairwise[0]})
     return write_text(exp_dir / "summary.md", markdown(rows, task, f"{exp_dir.name}: scaling summary", exp_dir,
-                                                       cost_ctx, has_cost_plot))
+                                                       cost_ctx, has_cost_plot, pairwise))

@@ -12,6 +12,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ftscale.eval.backends import ModelSpec
+
 from .errors import ConfigError
 from .yamlfile import line_of, load_yaml, parse_value
 
@@ -82,19 +84,10 @@ class EvalSpec(Strict):
         default_factory=list, description="evaluate every cell at each of these temperatures (a row per temperature); "
                                           "empty: at `temperature` alone")
     probes: ProbeSpec | None = Field(None, description="general-ability questions asked of every cell: forgetting")
-    judge: str | None = Field(None, description="replaces the model of every judge of the task (its judge evaluators "
+    judge: ModelSpec | None = Field(None, description="replaces the model of every judge of the task (its judge evaluators "
                                                 "and pairwise judgements): hf:<model>, openai:<model>[@<base_url>]")
     pairwise_limit: int | None = Field(None, ge=1, description="queries per pairwise comparison (default: the task's "
                                                                "pairwise.limit)")
-
-    @field_validator("judge")
-    @classmethod
-    def _judge_spec(cls, v: str | None) -> str | None:
-        from ftscale.eval.backends import parse_spec
-
-        if v is not None:
-            parse_spec(v)
-        return v
 
     @field_validator("temperatures")
     @classmethod

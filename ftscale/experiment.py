@@ -133,7 +133,7 @@ def config_changed(cell: Path, cfg: ExperimentConfig, n: int) -> bool:
 
 
 def run_experiment(cfg: ExperimentConfig, log=print) -> Path:
-    from ftscale.eval.report import write_report
+    from ftscale.eval.report import collect, write_report
     from ftscale.train.sft import train
 
     from ftscale.eval.tasks.check import refuse_overlap
@@ -165,11 +165,11 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> Path:
         variants = cfg.eval.prompt_variants + (cfg.eval.baseline_variants if n == 0 else [])
         adapter = cell / "adapter" if n > 0 else None
         evaluate_cell(cfg, cell, hf_backend_factory(cfg, adapter), task, pool, examples, variants, probes=probes, log=log)
+    rows = collect(exp_dir)
     if task.pairwise is not None:
         from ftscale.eval.pairwise_runs import run_comparisons
-        from ftscale.eval.report import collect
 
-        run_comparisons(exp_dir, task.pairwise, collect(exp_dir), log=log)
-    report = write_report(exp_dir, task, cfg.cost)
+        run_comparisons(exp_dir, task.pairwise, rows, log=log)
+    report = write_report(exp_dir, task, cfg.cost, rows)
     log(f"done in {time.perf_counter() - start:.0f} s: {report}")
     return report

@@ -1,8 +1,12 @@
 """Backends: a batch of chat requests + sampling settings in, one Generation per request out."""
 
+from typing import Annotated
+
+from pydantic import AfterValidator
+
 from .base import Backend, Generation, Request, Sampling
 
-__all__ = ["Backend", "Generation", "Request", "Sampling", "make_backend", "make_judge_backend"]
+__all__ = ["Backend", "Generation", "ModelSpec", "Request", "Sampling", "make_backend", "make_judge_backend", "parse_spec"]
 
 
 def make_backend(kind: str, **kwargs) -> Backend:
@@ -34,6 +38,15 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
         return "openai", model, os.environ.get("OPENAI_BASE_URL") or None
     raise ValueError(f"{spec!r}: use hf:<model>, openai:<model> or openai:<model>@<base_url> "
                      "(a local vLLM server: openai:<served name>@http://127.0.0.1:PORT/v1)")
+
+
+def _checked_spec(spec: str) -> str:
+    parse_spec(spec)  # its ValueError names what is wrong
+    return spec
+
+
+# A config field naming a model by `parse_spec`'s syntax (a judge, a teacher), checked on load.
+ModelSpec = Annotated[str, AfterValidator(_checked_spec)]
 
 
 def make_judge_backend(spec: str) -> Backend:
