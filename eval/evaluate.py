@@ -18,10 +18,18 @@ from .backends import Backend, Request, Sampling
 from .tasks import Task
 
 TIMING = "timing.json"
+SCORES = "scores.json"
+# an evaluation with failed requests writes this instead of scores.json, and no completion record
+FAILED = "failed.json"
 
 
 def evaluate(task: Task, examples: list[dict], pool: list[dict], backend: Backend, sampling: Sampling,
              variant: str, out_dir: Path, few_shot_k: int = 3) -> dict:
+    """Generate and score; scores.json only when every request (and judge request) succeeded,
+    failed.json with the errors otherwise."""
+    out_dir = Path(out_dir)
+    for old in (SCORES, FAILED):
+        (out_dir / old).unlink(missing_ok=True)
     requests = [Request(ex["id"], task.build_messages(ex, variant, pool, few_shot_k, sampling.seed))
                 for ex in examples]
     start = time.perf_counter()
@@ -39,15 +47,31 @@ def evaluate(task: Task, examples: list[dict], pool: list[dict], backend: Backen
         })
     if task.judges:
         judge_pass(task, records)
-    out_dir = Path(out_dir)
     write_jsonl(out_dir / "generations.jsonl", records)
     # what serving these requests took on this machine: the cost model prices local systems by it
     write_json(out_dir / TIMING, {"wall_time_s": wall_time_s, "requests": len(requests),
                                   "requests_per_s": len(requests) / wall_time_s if wall_time_s else None,
                                   "backend": backend.name, "machine": machine()})
     summary = summarise(task, records)
-    write_json(out_dir / "scores.json", summary)
+    if failure_count(summary):
+        write_json(out_dir / FAILED, failure_report(summary, records))
+    else:
+        write_json(out_dir / SCORES, summary)
     return summary
+
+
+def failure_count(summary: dict) -> int:
+    return summary["failed"] + summary.get("judge_failed", 0)
+
+
+def failure_report(summary: dict, records: list[dict]) -> dict:
+    """How many requests failed and their most frequent errors, for the summary and the console."""
+    from collections import Counter
+
+    errors = Counter(r["error"] for r in records if r["error"] is not None)
+    errors.update(f"judge: {e}" for r in records for e in (r.get("judge_errors") or {}).values())
+    return {"n": summary["n"], "failed": summary["failed"], "judge_failed": summary.get("judge_failed", 0),
+            "errors": [{"error": e, "count": c} for e, c in errors.most_common(5)]}
 
 
 def judge_pass(task: Task, records: list[dict]) -> None:
@@ -62,6 +86,8 @@ def judge_pass(task: Task, records: list[dict]) -> None:
         replies = backend.generate(prompts, Sampling(temperature=0.0, max_new_tokens=params.max_new_tokens))
         for r, reply in zip(answered, replies):
             r.setdefault("judgements", {})[prefix] = reply.text if reply.error is None else None
+            if reply.error is not None:  # the judge could not be asked: a failure, not an unparsable reply
+                r.setdefault("judge_errors", {})[prefix] = reply.error
             r["scores"] |= evaluator.judge.scores(r["judgements"][prefix], params, prefix)
 
 
@@ -89,6 +115,7 @@ def summarise(task: Task, records: list[dict]) -> dict:
 
     return {
         "task": task.name, "n": n, "failed": n - len(scored), "metrics": metrics,
+        "judge_failed": sum(bool(r.get("judge_errors")) for r in records),
         **({"not_scorable": not_scorable} if not_scorable else {}),
         "backend": records[0]["backend"] if records else None, "model": records[0]["model"] if records else None,
         "prompt_variant": records[0]["prompt_variant"] if records else None,

@@ -18,41 +18,41 @@ from .evaluate import TIMING
 from .tasks import Task
 
 
-def _trusted_scores(scores_path: Path) -> dict:
-    scores = read_json(scores_path)
-    generations = scores_path.parent / "generations.jsonl"
-    count = sum(1 for _ in open(generations)) if generations.is_file() else 0
-    if count != scores["n"]:  # edited by hand, or a copy gone wrong: no number from it is trusted
-        raise FtscaleError(f"{scores_path.parent}: generations.jsonl holds {count} records but scores.json "
-                           f"says n={scores['n']}; re-run the evaluation (delete that folder) or restore it")
-    return scores
+def _scores(folder: Path) -> dict:
+    """The scores of an evaluation folder that the cell runner's audit let through."""
+    return read_json(folder / "scores.json")
 
 
 def _temperature(scores: dict, cfg: dict) -> float:
     return (scores.get("sampling") or {}).get("temperature", cfg["eval"]["temperature"])
 
 
-def probe_scores(cell: Path, cfg: dict) -> dict[tuple[str, float], dict]:
-    """The probes' metrics (`probes.<metric>`, and `probes.n`) of a run directory by (backend, temperature)."""
+def probe_scores(folders: list[Path], cfg: dict) -> dict[tuple[str, float], dict]:
+    """The probes' metrics (`probes.<metric>`, and `probes.n`) of a cell's shown probe folders by (backend, temperature)."""
     out = {}
-    for path in sorted(cell.glob("probes*/scores.json")):
-        scores = _trusted_scores(path)
+    for folder in folders:
+        scores = _scores(folder)
         out[(scores["backend"], _temperature(scores, cfg))] = (
             {f"probes.{k}": v for k, v in scores["metrics"].items()} | {"probes.n": scores["n"]})
     return out
 
 
-def cell_rows(cell: Path) -> list[dict]:
-    """One row per evaluation (prompt variant, backend, temperature) of one run directory, with the
-    probes asked at the same backend and temperature beside it."""
+def cell_rows(cell: Path, shown: list[Path] | None = None) -> list[dict]:
+    """One row per shown evaluation (prompt variant, backend, temperature) of one run directory,
+    with the probes asked at the same backend and temperature beside it. `shown`: the folders
+    `cellrunner.audit_cell` let through (audited here when not given)."""
+    from ftscale.cellrunner import audit_cell
+
+    if shown is None:
+        shown, _ = audit_cell(cell)
     cfg = yaml.safe_load((cell / "config.yaml").read_text())
     train = read_json(cell / TRAIN_METRICS) or {}
-    probes = probe_scores(cell, cfg)
+    probes = probe_scores([f for f in shown if f.name.startswith("probes")], cfg)
     rows = []
-    for scores_path in sorted(cell.glob("eval-*/scores.json")):
-        scores = _trusted_scores(scores_path)
-        generations = scores_path.parent / "generations.jsonl"
-        timing = read_json(scores_path.parent / TIMING) or {}
+    for folder in (f for f in shown if f.name.startswith("eval-")):
+        scores = _scores(folder)
+        generations = folder / "generations.jsonl"
+        timing = read_json(folder / TIMING) or {}
         temperature = _temperature(scores, cfg)
         # One curve per system: a local backend, or an OpenAI model family (its base and its fine-tunes)
         system = scores["backend"] if scores["backend"] != "openai" else f"openai {cfg['openai']['model']}"
@@ -79,12 +79,35 @@ def probe_metrics(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(k for r in rows for k in r if k.startswith("probes.") and k != "probes.n"))
 
 
-def collect(exp_dir: Path) -> list[dict]:
-    """One row per (cell, prompt variant) that has scores."""
-    rows = [row for cell in sorted(p for p in Path(exp_dir).iterdir() if (p / "config.yaml").is_file())
-            for row in cell_rows(cell)]
+def audit(exp_dir: Path, expected: dict[Path, str] | None = None) -> tuple[list[dict], list[tuple[Path, str]]]:
+    """The rows of every shown evaluation of an experiment directory, and the folders not shown with
+    the reason (failed, unfinished, stale). `expected`: the inputs digests the config asks for now
+    (experiment.expected_inputs); without it, staleness is judged by the records alone."""
+    from ftscale.cellrunner import audit_cell
+
+    rows, hidden = [], []
+    for cell in sorted(p for p in Path(exp_dir).iterdir() if (p / "config.yaml").is_file()):
+        shown, not_shown = audit_cell(cell, expected)
+        rows += cell_rows(cell, shown)
+        hidden += not_shown
     rows.sort(key=lambda r: (r["backend"], r["prompt_variant"], r["num_train_examples"], r["seed"], r["temperature"]))
-    return rows
+    return rows, hidden
+
+
+def collect(exp_dir: Path, expected: dict[Path, str] | None = None) -> list[dict]:
+    """One row per (cell, prompt variant, backend, temperature) whose scores may be shown."""
+    return audit(exp_dir, expected)[0]
+
+
+def not_shown_lines(hidden: list[tuple[Path, str]], exp_dir: Path) -> list[str]:
+    """The evaluations on disk that are not results, and why: a reader sees what is missing."""
+    if not hidden:
+        return []
+    lines = ["", "## Not shown", "", "These evaluations are on disk but are not results: they failed, did not finish, "
+             "or were made from other inputs than the current config's. Running the experiment again redoes them.", ""]
+    lines += [f"- `{folder.relative_to(exp_dir) if folder.is_relative_to(exp_dir) else folder}`: {reason}"
+              for folder, reason in hidden]
+    return lines
 
 
 def _fmt(v, digits=3):
@@ -304,20 +327,28 @@ class _CostOnly(BaseModel):
     cost: CostSpec = CostSpec()
 
 
-def write_report(exp_dir: Path, task: Task, cost: CostSpec | None = None, rows: list[dict] | None = None) -> Path:
-    """summary.md, results.json, scaling.png and cost.png of an experiment; `rows`: its `collect()`,
-    when the caller has it already."""
+def write_report(exp_dir: Path, task: Task, cost: CostSpec | None = None, rows: list[dict] | None = None,
+                 hidden: list[tuple[Path, str]] | None = None) -> Path:
+    """summary.md, results.json, scaling.png and cost.png of an experiment; `rows` and `hidden`: its
+    `audit()`, when the caller has it already."""
+    from ftscale.experiment import expected_for_dir
+
     from .pairwise_runs import read_comparisons
 
     exp_dir = Path(exp_dir)
-    rows = collect(exp_dir) if rows is None else rows
+    if rows is None:
+        rows, hidden = audit(exp_dir, expected_for_dir(exp_dir))
+    hidden = hidden or []
     if not rows:
-        raise FileNotFoundError(f"{exp_dir}: no evaluated cells to report")
+        raise FtscaleError(f"{exp_dir}: nothing evaluated to report yet" + (
+            f" ({len(hidden)} evaluation(s) failed or are stale: {hidden[0][0]}: {hidden[0][1]})" if hidden else "")
+            + "; `ftscale run CONFIG` trains and evaluates")
     cost = cost or cost_spec_of(exp_dir)
     cost_ctx = add_costs(rows, load_prices(cost.prices), cost)
     plot(rows, task, exp_dir / "scaling.png")
     has_cost_plot = plot_cost(rows, task, exp_dir / "cost.png", cost_ctx)
     pairwise = read_comparisons(exp_dir)
-    write_json(exp_dir / "results.json", {"cost": cost_ctx, "rows": rows, "pairwise": pairwise[0]})
-    return write_text(exp_dir / "summary.md", markdown(rows, task, f"{exp_dir.name}: scaling summary", exp_dir,
-                                                       cost_ctx, has_cost_plot, pairwise))
+    write_json(exp_dir / "results.json", {"cost": cost_ctx, "rows": rows, "pairwise": pairwise[0],
+                                          "not_shown": [{"folder": str(f), "reason": r} for f, r in hidden]})
+    text = markdown(rows, task, f"{exp_dir.name}: scaling summary", exp_dir, cost_ctx, has_cost_plot, pairwise)
+    return write_text(exp_dir / "summary.md", text + "\n".join(not_shown_lines(hidden, exp_dir)) + "\n")

@@ -72,10 +72,12 @@ def _run(args) -> None:
 
 
 def _eval(args) -> None:
-    from ftscale.eval.backends import make_backend
-
+    """Evaluate through the cell runner: a step is redone when its inputs (the --eval.* settings,
+    the model, the adapter's training) differ from its record, and a failed one exits 1."""
+    from .cellrunner import endpoint_answerer, eval_jobs, hf_answerer, run_evals
     from .chatdata import read_jsonl
-    from .experiment import evaluate_cell, hf_backend_factory, load_probes, task_for
+    from .errors import StepsFailed
+    from .experiment import load_probes, task_for
     from .rundir import adapter_dir, cell_dir
 
     cfg = _load(args)
@@ -84,6 +86,9 @@ def _eval(args) -> None:
     if adapter and args.backend == "openai":
         raise FtscaleError("--adapter works with the hf and vllm backends; on an OpenAI-compatible endpoint "
                            "name the fine-tuned model with --model")
+    if args.model and args.backend == "vllm":
+        raise FtscaleError("--model names an endpoint's model (--backend openai) or another local model (--backend hf); "
+                           "for vllm set the served model with --model in the config (--model is the config key too)")
     if args.output_dir:
         out = Path(args.output_dir)
     elif args.backend == "openai":
@@ -96,30 +101,55 @@ def _eval(args) -> None:
     pool, examples = read_jsonl(cfg.data.train, "train"), read_jsonl(cfg.data.eval, "eval")[: cfg.eval.limit]
     concurrency = args.concurrency or cfg.serve.concurrency
     probes = load_probes(cfg)
+    if args.backend != "openai" and not adapter and not args.output_dir:
+        from .cellrunner import ensure_trained
+
+        ensure_trained(cfg, 0, out)  # the untrained base's record (and config.yaml): what its evaluations name
+
+    def evaluate(answerer):
+        failures = run_evals(out, eval_jobs(cfg, out, task, pool, examples, variants, answerer, probes), answerer,
+                             pool, cfg.eval.few_shot_k)
+        if failures:
+            raise StepsFailed("\n".join(f.line() for f in failures))
+
     if args.backend == "hf":
-        evaluate_cell(cfg, out, hf_backend_factory(cfg, adapter), task, pool, examples, variants, probes=probes)
+        # another local model than the config's gets a label of its own, so it is a curve of its own
+        label = f"hf-{_slug(args.model)}" if args.model and args.model != cfg.model else "hf"
+        evaluate(hf_answerer(cfg, adapter, model=args.model, label=label))
     elif args.backend == "openai":
-        model = args.model or cfg.model
-        factory = lambda: make_backend("openai", model=model, base_url=args.base_url, concurrency=concurrency)  # noqa: E731
-        evaluate_cell(cfg, out, factory, task, pool, examples, variants, backend="openai", probes=probes)
+        evaluate(endpoint_answerer(args.model or cfg.model, args.base_url, concurrency))
     else:
-        from ftscale.serve.server import server_for
-
-        if args.merged and not adapter:
-            raise FtscaleError("--merged needs --adapter: it serves that adapter merged into its base")
-        if args.merged:
-            from ftscale.train.merge import merged_beside
-
-            server_cm = server_for(cfg, None, out / "vllm-server.log", model=str(merged_beside(adapter)))
-        else:
-            server_cm = server_for(cfg, {"ft": adapter} if adapter else None, out / "vllm-server.log")
-        label = "vllm-merged" if args.merged else "vllm"
-        with server_cm as server:
-            name = "ft" if adapter and not args.merged else server.served_name
-            factory = lambda: make_backend("openai", name=label, model=name, base_url=server.base_url,  # noqa: E731
-                                           concurrency=concurrency)
-            evaluate_cell(cfg, out, factory, task, pool, examples, variants, backend=label, probes=probes)
+        _eval_on_vllm(cfg, adapter, out, args.merged, concurrency, evaluate)
     print(f"results in {out}")
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-").lower()
+
+
+def _eval_on_vllm(cfg, adapter, out: Path, merged: bool, concurrency: int, evaluate) -> None:
+    """Start a vLLM server for the model (with the adapter, or merged into it) and evaluate through it."""
+    from ftscale.serve.server import server_for
+
+    from .cellrunner import endpoint_answerer
+    from .stepinputs import model_identity
+
+    if merged and not adapter:
+        raise FtscaleError("--merged needs --adapter: it serves that adapter merged into its base")
+    if merged:
+        from ftscale.train.merge import merged_beside
+
+        server_cm = server_for(cfg, None, out / "vllm-server.log", model=str(merged_beside(adapter)))
+    else:
+        server_cm = server_for(cfg, {"ft": adapter} if adapter else None, out / "vllm-server.log")
+    label = "vllm-merged" if merged else "vllm"
+    served = {"model": model_identity(cfg.model), "adapter": adapter is not None, "precision": cfg.eval.precision,
+              "serve": cfg.serve.model_dump(mode="json")}
+    with server_cm as server:
+        name = "ft" if adapter and not merged else server.served_name
+        evaluate(endpoint_answerer(name, server.base_url, concurrency, label=label, served=served))
 
 
 def _interrupt(*_):
@@ -214,13 +244,24 @@ def _task(args) -> int:
 def _sweep(args) -> None:
     from ftscale import sweep
 
+    from .errors import StepsFailed
+
     if args.status:
         print(sweep.status(args.config))
-    elif args.executor:
-        sweep.submit(args.config, args.executor, args.timeout_min, args.slurm_partition, args.gpus_per_node)
+        return
+    if args.executor:
+        sweep.submit(args.config, args.executor, args.timeout_min, args.slurm_partition, args.gpus_per_node,
+                     max_parallel=args.max_parallel)
+        if args.executor == "slurm":
+            return
+        print(sweep.status(args.config))
+        counts = sweep.status_counts(args.config)
     else:
         counts = sweep.Runner(args.config).run(fail_fast=args.fail_fast)
         print(", ".join(f"{v} {k}" for k, v in counts.items()))
+    if counts["failed"]:
+        raise StepsFailed(f"{counts['failed']} cell(s) failed; `ftscale sweep {args.config} --status` shows their "
+                          "errors, and running the sweep again redoes them")
 
 
 def _rate(args) -> None:
@@ -384,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--executor", choices=["slurm", "local", "debug"],
                     help="submit one job per cell through submitit instead of the built-in loop")
     sw.add_argument("--timeout-min", type=int, default=240, help="per job, with --executor")
+    sw.add_argument("--max-parallel", type=int, default=1, help="with --executor local: jobs run at once")
     sw.add_argument("--slurm-partition")
     sw.add_argument("--gpus-per-node", type=int, default=1)
     sw.set_defaults(fn=_sweep)

@@ -13,13 +13,22 @@ class DataError(FtscaleError):
     """A dataset line is invalid; the message starts with `file:line:`."""
 
 
+class StepsFailed(Exception):
+    """The command finished, but some steps (requests, evaluations, cells) failed: exit code 1.
+    Their results were not recorded as done, so running the same command again redoes them."""
+
+
 def run_command(fn, interrupted: str = "interrupted: finished steps are kept; run the same command again to resume") -> int:
-    """Run a command-line entry point: a FtscaleError prints its message (exit 2), Ctrl-C prints
-    what happens next (exit 130); neither shows a traceback."""
+    """Run a command-line entry point: a FtscaleError prints its message (exit 2, bad input refused
+    before any work), StepsFailed what failed (exit 1), Ctrl-C what happens next (exit 130); none
+    shows a traceback."""
     import sys
 
     try:
         return fn() or 0
+    except StepsFailed as e:
+        print(f"failed: {e}", file=sys.stderr)
+        return 1
     except FtscaleError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

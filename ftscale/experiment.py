@@ -1,26 +1,26 @@
 """Run an experiment: for each training size, train (or reuse) an adapter, evaluate it, report.
 
-Every step is skipped when its result is already on disk for the same resolved config, so a
-killed run started again picks up where it stopped.
+Every step is skipped when its completion record names exactly the inputs it would be made from
+now (ftscale/cellrunner.py), so a killed run started again picks up where it stopped, and a
+changed config redoes exactly the steps it changes.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import yaml
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from .atomic import write_text
+from .cellrunner import ensure_trained, eval_jobs, hf_answerer, run_evals
 from .chatdata import read_jsonl
 from .config import ExperimentConfig
-from .errors import ConfigError
-from .rundir import cell_dir, eval_dir, probe_dir, trained
+from .errors import ConfigError, FtscaleError, StepsFailed
+from .rundir import cell_dir
 
 
 def task_for(cfg: ExperimentConfig, variants: list[str] | None = None):
@@ -45,27 +45,6 @@ def task_for(cfg: ExperimentConfig, variants: list[str] | None = None):
     return task
 
 
-def sampling_of(cfg: ExperimentConfig, task=None):
-    """The experiment's sampling; a task's own defaults fill the keys the experiment does not set."""
-    from ftscale.eval.backends import Sampling
-
-    e = cfg.eval
-    chosen = {k: getattr(e, k) for k in ("temperature", "top_p", "max_new_tokens")}
-    for key, value in (getattr(task, "sampling", None) or {}).items():
-        if key not in e.model_fields_set:
-            chosen[key] = value
-    return Sampling(**chosen, seed=e.seed)
-
-
-def eval_label(backend: str, temperature: float) -> str:
-    """An evaluation's label in its folder's name: the backend, and the temperature unless greedy."""
-    return backend if temperature == 0.0 else f"{backend}-t{temperature:g}"
-
-
-def at_temperature(cfg: ExperimentConfig, t: float) -> ExperimentConfig:
-    return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"temperature": t})})
-
-
 def load_probes(cfg: ExperimentConfig) -> tuple | None:
     """(probe task, probe examples) of `eval.probes`, or None."""
     from ftscale.eval.tasks.yaml_task import data_files, find_task_file, load_spec
@@ -80,61 +59,10 @@ def load_probes(cfg: ExperimentConfig) -> tuple | None:
     return task_for(cfg.model_copy(update={"task": str(path)}), ["default"]), read_jsonl(eval_path, "eval")[: spec.limit]
 
 
-def evaluate_cell(cfg: ExperimentConfig, cell: Path, make_backend: Callable, task, pool, examples,
-                  variants: list[str], backend: str = "hf", probes: tuple | None = None, log=print) -> dict:
-    """Evaluate, at each of the config's temperatures, every variant (and the probes, asked as
-    written) not yet scored in `cell`; the backend is built once, and only if there is work."""
-    from ftscale.eval.evaluate import evaluate
-
-    todo = []
-    # without eval.temperatures, the one temperature sampling_of resolves (the task's default if the config sets none)
-    for t in cfg.eval.temperatures or [sampling_of(cfg, task).temperature]:
-        label = eval_label(backend, t)
-        todo += [(t, label, variant, task, examples, eval_dir(cell, variant, label)) for variant in dict.fromkeys(variants)]
-        if probes:
-            todo.append((t, label, "probes", probes[0], probes[1], probe_dir(cell, label)))
-    todo = [job for job in todo if not (job[-1] / "scores.json").is_file()]
-    if not todo:
-        return {}
-    model = make_backend()
-    out = {}
-    for t, label, variant, which, items, out_dir in todo:
-        cfg_t = at_temperature(cfg, t)
-        sampling = sampling_of(cfg_t, which)
-        if which is not task:  # the probes' answer length is theirs, not the task's
-            sampling = replace(sampling, max_new_tokens=which.sampling.get("max_new_tokens", sampling.max_new_tokens))
-        result = evaluate(which, items, pool, model, sampling, "default" if which is not task else variant, out_dir,
-                          cfg.eval.few_shot_k)
-        out[(label, variant)] = result
-        log(f"{cell.name} [{label}, {variant}]: "
-            + ", ".join(f"{k}={v:.3f}" if v is not None else f"{k}=n/a" for k, v in result["metrics"].items())
-            + (f", {result['failed']} failed" if result["failed"] else ""))
-    return out
-
-
-def hf_backend_factory(cfg: ExperimentConfig, adapter: Path | None) -> Callable:
-    from ftscale.eval.backends import make_backend
-
-    return lambda: make_backend("hf", model=cfg.model, adapter=str(adapter) if adapter else None,
-                                batch_size=cfg.eval.batch_size, dtype=cfg.eval.precision)
-
-
-def config_changed(cell: Path, cfg: ExperimentConfig, n: int) -> bool:
-    """Whether the cell on disk was made with another config. Compared after validation, so a key
-    that a newer ftscale added with its default does not count as a change."""
-    path = cell / "config.yaml"
-    if not path.is_file():
-        return False
-    try:
-        previous = ExperimentConfig.model_validate(yaml.safe_load(path.read_text()))
-    except (ValidationError, yaml.YAMLError):
-        return True
-    return previous.cell_yaml(n) != cfg.cell_yaml(n)
-
-
 def run_experiment(cfg: ExperimentConfig, log=print) -> Path:
-    from ftscale.eval.report import collect, write_report
-    from ftscale.train.sft import train
+    """Every size: train (or reuse) and evaluate through the cell runner, then the summary. Failed
+    evaluations are listed in the summary and raise StepsFailed (exit 1) once all the rest is done."""
+    from ftscale.eval.report import audit, write_report
 
     from ftscale.eval.tasks.check import refuse_overlap
 
@@ -146,30 +74,58 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> Path:
     exp_dir = cfg.experiment_dir
     write_text(exp_dir / "experiment.yaml", cfg.to_yaml())
     start = time.perf_counter()
+    failures = []
     bar = tqdm(cfg.sizes, desc=f"{cfg.name}", unit="cell")
     for n in bar:
         bar.set_postfix_str(f"n={n}")
         cell = cell_dir(exp_dir, n, cfg.train.seed)
-        changed = config_changed(cell, cfg, n)
-        if changed or not trained(cell):
-            if changed:
-                log(f"{cell.name}: config changed since the last run; training and evaluating again")
-            for stale in [*cell.glob("eval-*"), *cell.glob("probes*")]:
-                shutil.rmtree(stale)
-            metrics = train(cfg, n, cell)
-            if metrics.get("trained"):
-                log(f"{cell.name}: trained {metrics['steps']} steps in {metrics['wall_time_s']:.1f} s "
-                    f"({metrics['train_tokens_per_s']:.0f} tokens/s), loss {metrics['train_loss']:.3f}")
-        else:
-            log(f"{cell.name}: training already done, reusing {cell / 'adapter' if n else 'the base model'}")
+        ensure_trained(cfg, n, cell, log=log)
         variants = cfg.eval.prompt_variants + (cfg.eval.baseline_variants if n == 0 else [])
-        adapter = cell / "adapter" if n > 0 else None
-        evaluate_cell(cfg, cell, hf_backend_factory(cfg, adapter), task, pool, examples, variants, probes=probes, log=log)
-    rows = collect(exp_dir)
-    if task.pairwise is not None:
+        answerer = hf_answerer(cfg, cell / "adapter" if n > 0 else None)
+        jobs = eval_jobs(cfg, cell, task, pool, examples, variants, answerer, probes)
+        failures += run_evals(cell, jobs, answerer, pool, cfg.eval.few_shot_k, log=log)
+    rows, hidden = audit(exp_dir, expected_inputs(cfg, task, pool, examples, probes))
+    if rows and task.pairwise is not None:
         from ftscale.eval.pairwise_runs import run_comparisons
 
         run_comparisons(exp_dir, task.pairwise, rows, log=log)
-    report = write_report(exp_dir, task, cfg.cost, rows)
-    log(f"done in {time.perf_counter() - start:.0f} s: {report}")
-    return report
+    if rows:
+        report = write_report(exp_dir, task, cfg.cost, rows, hidden)
+        log(f"done in {time.perf_counter() - start:.0f} s: {report}")
+    if failures:
+        raise StepsFailed(f"{len(failures)} evaluation(s) failed and were not recorded as done "
+                          "(run the same command again to redo them):\n" + "\n".join(f.line() for f in failures))
+    return exp_dir / "summary.md"
+
+
+def expected_inputs(cfg: ExperimentConfig, task, pool: list[dict], examples: list[dict], probes) -> dict[Path, str]:
+    """The inputs digest of every step `ftscale run` of this config owes (folder -> digest): what the
+    report compares records with, so a cell left from an earlier config is never shown as this one's."""
+    from . import completion
+    from .stepinputs import train_inputs
+
+    out = {}
+    for n in cfg.sizes:
+        cell = cell_dir(cfg.experiment_dir, n, cfg.train.seed)
+        out[cell] = completion.digest(train_inputs(cfg, n, pool))
+        variants = cfg.eval.prompt_variants + (cfg.eval.baseline_variants if n == 0 else [])
+        answerer = hf_answerer(cfg, cell / "adapter" if n > 0 else None)
+        out |= {job.out_dir: completion.digest(job.inputs)
+                for job in eval_jobs(cfg, cell, task, pool, examples, variants, answerer, probes)}
+    return out
+
+
+def expected_for_dir(exp_dir: Path) -> dict[Path, str]:
+    """`expected_inputs` of the config an experiment directory was last run with (its experiment.yaml);
+    empty when there is none, or it no longer loads (then the records alone decide)."""
+    path = Path(exp_dir) / "experiment.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        cfg = ExperimentConfig.model_validate(yaml.safe_load(path.read_text()))
+        cfg = cfg.model_copy(update={"output_dir": Path(exp_dir).parent})
+        task = task_for(cfg)
+    except (ValidationError, yaml.YAMLError, FtscaleError):
+        return {}
+    pool = read_jsonl(cfg.data.train, "train")
+    return expected_inputs(cfg, task, pool, read_jsonl(cfg.data.eval, "eval")[: cfg.eval.limit], load_probes(cfg))

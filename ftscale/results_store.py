@@ -1,9 +1,13 @@
-"""The sweep's results store: one SQLite row per cell, keyed by the hash of its resolved config.
+"""The sweep's cell states: files in each cell's folder are the truth; results.db is an index of them.
 
-SQLite's transactions make every status change atomic, so a sweep killed at any moment leaves a
-store that opens, and a resumed sweep finds each cell done, failed, or still to do. The run
-directory is UNIQUE: two cells can never write to the same folder. Scheduler jobs (submitit)
-meet here too, so the file must live on a filesystem with working locks.
+Each cell's folder holds `cell.json` (running / failed, with host, pid, attempts and the error) and,
+once every step is done, `cell.done.json`: a completion record (ftscale/completion.py) naming the
+cell's key, its training record and each evaluation record. A cell is done only while that record
+still matches them. Jobs on several nodes write only their own cell's files (an atomic rename each),
+so nothing shared is written concurrently. `results.db` is rebuilt from those files by the process
+that reads them (the sweep loop, `--status`, the report) into a temporary file that is then renamed
+over the old one: SQLite never runs a journal or a lock on the shared filesystem, where its own
+documentation says WAL does not work.
 """
 
 from __future__ import annotations
@@ -12,95 +16,151 @@ import json
 import os
 import socket
 import sqlite3
+import tempfile
 import time
 from pathlib import Path
 
+from . import completion
+from .atomic import write_json
+
+STATE = "cell.json"
+DONE = "cell.done.json"
+STATUSES = ("done", "running", "failed", "pending")
+
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS cells (
-    key TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    system TEXT NOT NULL,
-    n INTEGER NOT NULL,
-    seed INTEGER NOT NULL,
-    epochs REAL NOT NULL,
-    run_dir TEXT NOT NULL UNIQUE,
-    config TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'running', 'done', 'failed')),
-    error TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    completions INTEGER NOT NULL DEFAULT 0,
-    started REAL,
-    finished REAL,
-    duration_s REAL,
-    host TEXT,
-    pid INTEGER
+CREATE TABLE cells (
+    key TEXT PRIMARY KEY, kind TEXT NOT NULL, system TEXT NOT NULL, n INTEGER NOT NULL, seed INTEGER NOT NULL,
+    epochs REAL NOT NULL, run_dir TEXT NOT NULL UNIQUE, config TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    error TEXT, attempts INTEGER NOT NULL, completions INTEGER NOT NULL,
+    started REAL, finished REAL, duration_s REAL, host TEXT, pid INTEGER
 )
 """
 
 
+# -- the files: written by whichever process runs the cell ----------------------------------------
+def _state(run_dir: Path) -> dict:
+    try:
+        return json.loads((Path(run_dir) / STATE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def mark_running(run_dir: Path, key: str) -> None:
+    prev = _state(run_dir)
+    completion.begin(run_dir, DONE)
+    write_json(Path(run_dir) / STATE, {"key": key, "status": "running", "attempts": prev.get("attempts", 0) + 1,
+                                       "completions": prev.get("completions", 0), "started": time.time(),
+                                       "host": socket.gethostname(), "pid": os.getpid(), "error": None})
+
+
+def mark_failed(run_dir: Path, error: str) -> None:
+    state = _state(run_dir)
+    write_json(Path(run_dir) / STATE, state | {"status": "failed", "error": error, "finished": time.time()})
+
+
+def mark_done(run_dir: Path, key: str, steps: list[Path]) -> None:
+    """The cell's completion record, last: its key, its training record and each evaluation record."""
+    run_dir = Path(run_dir)
+    state = _state(run_dir)
+    write_json(run_dir / STATE, state | {"status": "done", "error": None, "finished": time.time(),
+                                         "completions": state.get("completions", 0) + 1})
+    completion.finish(run_dir, "cell", {"key": key}, [], upstream=_step_records(run_dir, steps), name=DONE,
+                      steps=[str(p.relative_to(run_dir)) for p in steps])
+
+
+def _step_records(run_dir: Path, steps: list[Path]) -> str:
+    """One digest over the cell's training record and its evaluation records, as they are now."""
+    records = [completion.valid(run_dir)] + [completion.valid(p) for p in steps]
+    return completion.digest([r["record_sha256"] if r else None for r in records])
+
+
+def is_done(run_dir: Path, key: str) -> bool:
+    rec = completion.read(run_dir, DONE)
+    if rec is None or rec["inputs"].get("key") != key:
+        return False
+    steps = [Path(run_dir) / s for s in rec.get("steps", [])]
+    return rec["upstream"] == _step_records(Path(run_dir), steps)
+
+
+def cell_status(run_dir: Path, key: str) -> dict:
+    """The cell's state from its files. A `running` cell whose process is gone on this host was
+    interrupted: it counts as pending again."""
+    state = _state(run_dir)
+    if state.get("key") != key:
+        state = {}
+    status = "done" if is_done(run_dir, key) else state.get("status", "pending")
+    if status == "running" and state.get("host") == socket.gethostname() and not _alive(state.get("pid")):
+        status = "pending"
+    return {"status": status, "error": state.get("error") if status == "failed" else None,
+            "attempts": state.get("attempts", 0), "completions": state.get("completions", 0),
+            "started": state.get("started"), "finished": state.get("finished"),
+            "duration_s": (state["finished"] - state["started"]) if status == "done" and state.get("finished")
+            and state.get("started") else None,
+            "host": state.get("host"), "pid": state.get("pid")}
+
+
+def _alive(pid) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# -- the index ------------------------------------------------------------------------------------
 class ResultsStore:
+    """Read-only view of results.db; `rebuild` writes it anew from the cells' files."""
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)  # explicit transactions below
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")  # a finished cell survives a power cut, not only a kill
-        self.db.execute(SCHEMA)
-        self.db.row_factory = sqlite3.Row
+        self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True) if self.path.is_file() else None
+        if self.db is not None:
+            self.db.row_factory = sqlite3.Row
+
+    @classmethod
+    def rebuild(cls, path: str | Path, cells) -> "ResultsStore":
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            db = sqlite3.connect(tmp)
+            db.execute("PRAGMA journal_mode=OFF")  # a private temporary file: nothing to roll back
+            db.execute(SCHEMA)
+            for c in cells:
+                s = cell_status(c.run_dir, c.key)
+                db.execute("INSERT INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                           (c.key, c.kind, c.system, c.n, c.seed, c.epochs, str(c.run_dir), c.cfg.cell_yaml(c.n),
+                            s["status"], s["error"], s["attempts"], s["completions"], s["started"], s["finished"],
+                            s["duration_s"], s["host"], s["pid"]))
+            db.commit()
+            db.close()
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return cls(path)
 
     def close(self) -> None:
-        self.db.close()
-
-    def _tx(self, sql: str, args: tuple = ()) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            self.db.execute(sql, args)
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-
-    def register(self, cells) -> None:
-        """Add the cells not yet known; known ones keep their status (that is what resuming means)."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            for c in cells:
-                self.db.execute(
-                    "INSERT OR IGNORE INTO cells (key, kind, system, n, seed, epochs, run_dir, config) VALUES (?,?,?,?,?,?,?,?)",
-                    (c.key, c.kind, c.system, c.n, c.seed, c.epochs, str(c.run_dir), c.cfg.cell_yaml(c.n)))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-
-    def start(self, key: str) -> None:
-        self._tx("UPDATE cells SET status='running', attempts=attempts+1, started=?, error=NULL, host=?, pid=? "
-                 "WHERE key=?", (time.time(), socket.gethostname(), os.getpid(), key))
-
-    def done(self, key: str) -> None:
-        now = time.time()
-        self._tx("UPDATE cells SET status='done', completions=completions+1, finished=?, duration_s=?-started "
-                 "WHERE key=? AND status!='done'", (now, now, key))
-
-    def failed(self, key: str, error: str) -> None:
-        self._tx("UPDATE cells SET status='failed', error=?, finished=?, duration_s=?-started WHERE key=?",
-                 (error, time.time(), time.time(), key))
-
-    def get(self, key: str) -> dict | None:
-        row = self.db.execute("SELECT * FROM cells WHERE key=?", (key,)).fetchone()
-        return dict(row) if row else None
+        if self.db is not None:
+            self.db.close()
 
     def all(self) -> list[dict]:
-        return [dict(r) for r in self.db.execute("SELECT * FROM cells ORDER BY rowid")]
+        return [] if self.db is None else [dict(r) for r in self.db.execute("SELECT * FROM cells ORDER BY rowid")]
+
+    def get(self, key: str) -> dict | None:
+        return next((r for r in self.all() if r["key"] == key), None)
 
     def summary(self, keys: list[str] | None = None) -> dict:
         wanted = None if keys is None else set(keys)
         rows = [r for r in self.all() if wanted is None or r["key"] in wanted]
-        counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "running", "failed", "pending")}
-        return {"counts": counts, "rows": rows}
+        return {"counts": {s: sum(r["status"] == s for r in rows) for s in STATUSES}, "rows": rows}
 
     def integrity(self) -> str:
-        return self.db.execute("PRAGMA integrity_check").fetchone()[0]
-
-    def export(self) -> str:
-        return json.dumps(self.all(), indent=1)
+        return "ok" if self.db is None else self.db.execute("PRAGMA integrity_check").fetchone()[0]

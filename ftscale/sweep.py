@@ -5,25 +5,26 @@ temperature and prompt variant, and recorded in the results store (`<sweep dir>/
     ftscale sweep configs/sweeps/formatting-cpu.yaml --status   # done / running / failed / left, ETA
     ftscale sweep configs/sweeps/formatting-gpu.yaml --executor slurm --slurm-partition gpu   # one job per cell
 
-A killed sweep started again skips finished cells and redoes only the others (a cell's own steps
-resume too: a finished training or evaluation on disk is not repeated). A failed cell is recorded
-with its error and the sweep goes on, unless --fail-fast.
+A killed sweep started again skips finished cells and redoes only the others; inside a cell, a
+training or evaluation whose completion record matches its inputs is not repeated (the cell
+runner, ftscale/cellrunner.py, is the same as `ftscale run`'s). A failed cell is recorded with its
+error in its own folder and the sweep goes on (exit code 1 at the end), unless --fail-fast. The
+cells' files are the truth; results.db is an index rebuilt from them (ftscale/results_store.py).
 """
 
 from __future__ import annotations
 
 import statistics
-import subprocess
-import sys
 import traceback
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from .atomic import write_text
+from .cellrunner import Answerer, endpoint_answerer, ensure_openai, ensure_trained, eval_jobs, hf_answerer, run_evals
 from .chatdata import read_jsonl
-from .errors import FtscaleError
-from .results_store import ResultsStore
+from .errors import FtscaleError, StepsFailed
+from .results_store import ResultsStore, is_done, mark_done, mark_failed, mark_running
 from .sweepconfig import Cell, expand, load_sweep
 
 STORE = "results.db"
@@ -40,66 +41,44 @@ class Runner:
         self.pool = read_jsonl(self.base.data.train, "train")
         self.examples = read_jsonl(self.base.data.eval, "eval")[: self.base.eval.limit]
         self.probes = load_probes(self.base)
-        self.store = ResultsStore(self.sweep.sweep_dir / STORE)
-        self.store.register(self.cells)
         self.log = log
+
+    def index(self) -> ResultsStore:
+        """results.db rebuilt from the cells' files (the files are the truth)."""
+        return ResultsStore.rebuild(self.sweep.sweep_dir / STORE, self.cells)
+
+    def todo(self) -> list[Cell]:
+        return [c for c in self.cells if not is_done(c.run_dir, c.key)]
 
     # -- one cell ---------------------------------------------------------------------------------
     def train(self, cell: Cell) -> str | None:
-        """Train (or launch) the cell; return the model to evaluate for an OpenAI cell."""
-        from .train import openai_ft
-        from .train.sft import train
-
+        """The cell's training step (reused when its record matches); the model to ask for an OpenAI cell."""
         if cell.backend == "openai":
-            if cell.kind == "train":
-                state = openai_ft.launch(cell.cfg, cell.n, cell.run_dir, yes=True, log=self.log)
-                return state["fine_tuned_model"]
-            write_text(cell.run_dir / "config.yaml", cell.cfg.cell_yaml(0))
-            return cell.cfg.openai.model
+            return ensure_openai(cell.cfg, cell.n, cell.run_dir, log=self.log)["model"]
         system = next((s for s in self.sweep.systems if s.name == cell.system), None)
-        if system is not None and system.accelerate_config and cell.n > 0:
-            self._train_under_accelerate(cell, system.accelerate_config)
-        else:
-            train(cell.cfg, cell.n, cell.run_dir)
+        ensure_trained(cell.cfg, cell.n, cell.run_dir, log=self.log,
+                       accelerate_config=system.accelerate_config if system is not None else None)
         return None
 
-    def _train_under_accelerate(self, cell: Cell, accelerate_config: Path) -> None:
-        from .rundir import trained
-
-        if trained(cell.run_dir):
-            return
-        cfg_file = write_text(cell.run_dir / "config.yaml", cell.cfg.cell_yaml(cell.n))
-        cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(accelerate_config),
-               str(Path(__file__).resolve().parents[1] / "train" / "sft.py"), "--config", str(cfg_file),
-               "--output_dir", str(cell.run_dir)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise FtscaleError(f"accelerate launch failed ({proc.returncode}): {proc.stderr[-2000:]}")
-
-    def evaluate(self, cell: Cell, make_backend, backend: str) -> None:
-        from .experiment import evaluate_cell
-
+    def evaluate(self, cell: Cell, answerer: Answerer) -> list[Path]:
+        """Every evaluation the cell owes; raises StepsFailed when one failed (the cell is then failed)."""
         cfg = cell.cfg.model_copy(update={"eval": cell.cfg.eval.model_copy(update={"temperatures": list(cell.temperatures)})})
-        evaluate_cell(cfg, cell.run_dir, make_backend, self.task, self.pool, self.examples, list(cell.variants),
-                      backend=backend, probes=self.probes, log=self.log)
+        jobs = eval_jobs(cfg, cell.run_dir, self.task, self.pool, self.examples, list(cell.variants), answerer, self.probes)
+        failures = run_evals(cell.run_dir, jobs, answerer, self.pool, cfg.eval.few_shot_k, log=self.log)
+        if failures:
+            raise StepsFailed("; ".join(f.line() for f in failures))
+        return [j.out_dir for j in jobs]
 
     def run_cell(self, cell: Cell, evaluate: bool = True) -> None:
-        from .eval.backends import make_backend
-        from .experiment import hf_backend_factory
-
-        self.store.start(cell.key)
+        mark_running(cell.run_dir, cell.key)
         ft_model = self.train(cell)
         if not evaluate:
             return
         if cell.backend == "openai":
-            cfg = cell.cfg
-            factory = lambda: make_backend("openai", model=ft_model, base_url=cfg.openai.base_url,  # noqa: E731
-                                           concurrency=cfg.serve.concurrency)
-            self.evaluate(cell, factory, "openai")
+            answerer = endpoint_answerer(ft_model, cell.cfg.openai.base_url, cell.cfg.serve.concurrency)
         else:
-            adapter = cell.run_dir / "adapter" if cell.n > 0 else None
-            self.evaluate(cell, hf_backend_factory(cell.cfg, adapter), "hf")
-        self.store.done(cell.key)
+            answerer = hf_answerer(cell.cfg, cell.run_dir / "adapter" if cell.n > 0 else None)
+        mark_done(cell.run_dir, cell.key, self.evaluate(cell, answerer))
 
     # -- the built-in loop --------------------------------------------------------------------------
     def _guarded(self, cell: Cell, fn, fail_fast: bool) -> bool:
@@ -110,16 +89,19 @@ class Runner:
             raise
         except Exception as e:  # one failed cell must not stop the others
             detail = f"{type(e).__name__}: {e}"
-            self.store.failed(cell.key, detail + "\n" + traceback.format_exc(limit=5))
+            mark_failed(cell.run_dir, detail + "\n" + traceback.format_exc(limit=5))
             self.log(f"{cell.run_dir}: failed: {detail}")
             if fail_fast:
                 raise FtscaleError(f"cell {cell.run_dir} failed (--fail-fast): {detail}") from e
             return False
 
     def run(self, fail_fast: bool = False) -> dict:
+        """Every cell not done; returns the counts by status. Failed cells raise nothing here: the
+        command turns them into exit code 1 after the report of the others."""
         write_text(self.sweep.sweep_dir / "sweep.yaml", self.sweep_path.read_text())
         write_text(self.sweep.sweep_dir / "command.txt", " ".join(["ftscale", "sweep", str(self.sweep_path)]) + "\n")
-        todo = [c for c in self.cells if (self.store.get(c.key) or {}).get("status") != "done"]
+        todo = self.todo()
+        self.index().close()
         self.log(f"{self.sweep.name}: {len(self.cells)} cells, {len(self.cells) - len(todo)} done, {len(todo)} to run")
         bar = tqdm(total=len(todo), desc=self.sweep.name, unit="cell")
         vllm_groups: dict[str, list[Cell]] = {}
@@ -133,7 +115,10 @@ class Runner:
         for cells in vllm_groups.values():
             self._evaluate_on_vllm(cells, fail_fast)
         self.judge_pairs()
-        return self.store.summary([c.key for c in self.cells])["counts"]
+        store = self.index()
+        counts = store.summary([c.key for c in self.cells])["counts"]
+        store.close()
+        return counts
 
     def judge_pairs(self) -> None:
         """The task's double-blind pairwise judgements between the finished evaluations: every
@@ -147,27 +132,28 @@ class Runner:
 
     def _evaluate_on_vllm(self, cells: list[Cell], fail_fast: bool) -> None:
         """One server per base model, every adapter of that base loaded as a LoRA module."""
-        from .eval.backends import make_backend
         from .serve.server import server_for
+        from .stepinputs import model_identity
 
+        cfg = cells[0].cfg
         adapters = {c.run_dir.name: c.run_dir for c in cells if c.n > 0}
-        log_path = self.sweep.sweep_dir / "vllm" / f"{cells[0].cfg.model.replace('/', '_')}.log"
-        with server_for(cells[0].cfg, adapters or None, log_path) as server:
+        log_path = self.sweep.sweep_dir / "vllm" / f"{cfg.model.replace('/', '_')}.log"
+        with server_for(cfg, adapters or None, log_path) as server:
             for cell in cells:
                 name = cell.run_dir.name if cell.n > 0 else server.served_name
-                factory = lambda n=name, c=cell: make_backend(  # noqa: E731
-                    "openai", name="vllm", model=n, base_url=server.base_url, concurrency=c.cfg.serve.concurrency)
-                if self._guarded(cell, lambda c=cell, f=factory: self.evaluate(c, f, "vllm"), fail_fast):
-                    self.store.done(cell.key)
+                served = {"model": model_identity(cell.cfg.model), "adapter": cell.n > 0,
+                          "precision": cell.cfg.eval.precision, "serve": cell.cfg.serve.model_dump(mode="json")}
+                answerer = endpoint_answerer(name, server.base_url, cell.cfg.serve.concurrency, label="vllm", served=served)
+                self._guarded(cell, lambda c=cell, a=answerer: mark_done(c.run_dir, c.key, self.evaluate(c, a)), fail_fast)
 
 
 def status(sweep_path: str | Path) -> str:
     """Done / running / failed / left, with an ETA from the measured durations of finished cells."""
     sweep, base = load_sweep(sweep_path)
     cells = expand(sweep, base)
-    store = ResultsStore(sweep.sweep_dir / STORE)
-    store.register(cells)
+    store = ResultsStore.rebuild(sweep.sweep_dir / STORE, cells)
     summary = store.summary([c.key for c in cells])
+    store.close()
     counts, mine = summary["counts"], summary["rows"]
     durations: dict[int, list[float]] = {}
     for r in mine:
@@ -186,15 +172,24 @@ def status(sweep_path: str | Path) -> str:
         if r["status"] in ("failed", "running"):
             what = (r["error"] or "").splitlines()[0] if r["status"] == "failed" else f"on {r['host']} pid {r['pid']}"
             lines.append(f"  {r['status']}: {r['system']} n={r['n']} seed={r['seed']} ({r['run_dir']}): {what}")
-    store.close()
     return "\n".join(lines)
 
 
+def status_counts(sweep_path: str | Path) -> dict:
+    sweep, base = load_sweep(sweep_path)
+    cells = expand(sweep, base)
+    store = ResultsStore.rebuild(sweep.sweep_dir / STORE, cells)
+    counts = store.summary([c.key for c in cells])["counts"]
+    store.close()
+    return counts
+
+
 def run_one(sweep_path: str, key: str) -> str:
-    """One cell, as a scheduler job runs it (submitit pickles this function and its arguments)."""
+    """One cell, as a scheduler job runs it (submitit pickles this function and its arguments). It
+    writes only its own cell's files, never the shared index."""
     runner = Runner(sweep_path)
     cell = next(c for c in runner.cells if c.key == key)
-    if (runner.store.get(key) or {}).get("status") == "done":
+    if is_done(cell.run_dir, cell.key):
         return "already done"
     if runner._guarded(cell, lambda: runner.run_cell(cell), fail_fast=True):
         return "done"
@@ -202,26 +197,37 @@ def run_one(sweep_path: str, key: str) -> str:
 
 
 def submit(sweep_path: str | Path, cluster: str, timeout_min: int, partition: str | None, gpus_per_node: int,
-           log=print) -> list:
-    """Hand every unfinished cell to a scheduler through submitit (one job per cell); the results
-    store is where the jobs meet. `cluster`: slurm, or local / debug to try it on this machine."""
+           log=print, max_parallel: int = 1) -> list:
+    """Hand every unfinished cell to a scheduler through submitit (one job per cell); the cells'
+    own files are where the jobs meet. `cluster`: slurm, or local / debug to try it on this machine:
+    local runs at most `max_parallel` jobs at once and waits for them; debug runs each job in this
+    process (submitit's debug jobs run only when their result is asked for)."""
     try:
         import submitit
     except ImportError:
         raise FtscaleError("--executor needs submitit: pip install submitit") from None
     runner = Runner(sweep_path, log=log)
-    todo = [c for c in runner.cells if (runner.store.get(c.key) or {}).get("status") != "done"]
+    todo = runner.todo()
     executor = submitit.AutoExecutor(folder=runner.sweep.sweep_dir / "submitit" / "%j", cluster=cluster)
     params = {"timeout_min": timeout_min, "name": f"ftscale-{runner.sweep.name}"}
     if cluster == "slurm":
         params |= {"slurm_partition": partition, "gpus_per_node": gpus_per_node} if partition else {"gpus_per_node": gpus_per_node}
     executor.update_parameters(**params)
-    with executor.batch():
-        jobs = [executor.submit(run_one, str(Path(sweep_path).resolve()), c.key) for c in todo]
-    log(f"submitted {len(jobs)} jobs to {cluster} (logs in {runner.sweep.sweep_dir / 'submitit'}); "
-        f"follow with `ftscale sweep {sweep_path} --status`")
+    target = str(Path(sweep_path).resolve())
+    if cluster == "slurm":
+        with executor.batch():
+            jobs = [executor.submit(run_one, target, c.key) for c in todo]
+        log(f"submitted {len(jobs)} jobs to slurm (logs in {runner.sweep.sweep_dir / 'submitit'}); "
+            f"follow with `ftscale sweep {sweep_path} --status`")
+        return jobs
+    jobs = []
+    for start in range(0, len(todo), max_parallel if cluster == "local" else 1):
+        wave = [executor.submit(run_one, target, c.key) for c in todo[start:start + max(1, max_parallel)]]
+        for job in wave:
+            log(f"job {job.job_id}: {job.result()}")  # waits; a debug job runs here
+        jobs += wave
+    runner.index().close()
     return jobs
-
 
 
 def _latency(generations: Path) -> dict | None:
@@ -257,7 +263,7 @@ def sweep_rows(sweep_dir: Path) -> tuple[list[dict], object, object]:
     sweep, base = load_sweep(sweep_dir / "sweep.yaml")
     cells = expand(sweep, base)
     task = task_for(base, sorted({v for c in cells for v in c.variants}))
-    store = ResultsStore(sweep_dir / STORE)
+    store = ResultsStore.rebuild(sweep_dir / STORE, cells)
     records = {r["key"]: r for r in store.all()}
     store.close()
     done, rows = [], []

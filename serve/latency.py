@@ -87,7 +87,8 @@ def _row(system: str, level: int, r: dict) -> str:
 
 def run_latency_benchmark(cfg, adapter: str | Path, levels: list[int], num_prompts: int, out_dir: Path | None = None) -> Path:
     from ftscale.eval.backends import Request
-    from ftscale.experiment import sampling_of, task_for
+    from ftscale.cellrunner import sampling_of
+    from ftscale.experiment import task_for
     from ftscale.serve.server import server_for
     from ftscale.train.merge import merged_beside
 

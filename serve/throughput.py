@@ -14,7 +14,8 @@ from ftscale.rundir import adapter_dir
 def run_throughput_benchmark(cfg, adapter: str | Path | None, num_prompts: int, concurrency: int,
                              out_dir: Path) -> dict:
     from ftscale.eval.backends import Request, make_backend
-    from ftscale.experiment import sampling_of, task_for
+    from ftscale.cellrunner import sampling_of
+    from ftscale.experiment import task_for
     from ftscale.serve.server import server_for
     from ftscale.train.merge import merged_beside
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -42,3 +44,32 @@ def trained_run(embedded_model, tmp_path_factory) -> Path:
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return run_dir
+
+
+def _snapshot(folder: Path) -> frozenset:
+    out = set()
+    for p in folder.rglob("*") if folder.exists() else ():
+        try:
+            out.add((str(p), p.stat().st_size))
+        except FileNotFoundError:  # renamed away while we looked
+            pass
+    return frozenset(out)
+
+
+def kill_at_change(args: list[str], folder: Path, changes: int) -> bool:
+    """Run `ftscale ARGS` and SIGKILL its whole process group at the `changes`-th change seen in
+    `folder`: an event of the work itself, so a faster machine is killed at the same points. True if
+    it was killed while still working, False if it finished first."""
+    proc = subprocess.Popen([str(BIN / "ftscale"), *map(str, args)], cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seen, last = 0, _snapshot(folder)
+    while proc.poll() is None:
+        time.sleep(0.05)
+        now = _snapshot(folder)
+        if now != last:
+            seen, last = seen + 1, now
+        if seen >= changes:
+            os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up: the worst case
+            proc.wait()
+            return True
+    return False

@@ -27,6 +27,7 @@ class StandIn:
         self.refuse_jobs = False
         self.steps_to_finish = 3  # retrieves before a job succeeds
         self.chat_faults: list[str] = []  # "429", "500", "drop", "slow" — taken one per chat request
+        self.chat_refusal: str | None = None  # "401" or "404": every chat request refused while set
         self.chat_requests: list[dict] = []
         self.auth_headers: set[str] = set()
         self.lock = threading.Lock()
@@ -154,7 +155,15 @@ class StandIn:
             def _chat(self, req: dict):
                 with standin.lock:
                     standin.chat_requests.append(req)
-                    fault = standin.chat_faults.pop(0) if standin.chat_faults else None
+                    fault = standin.chat_refusal or (standin.chat_faults.pop(0) if standin.chat_faults else None)
+                if fault == "401":  # OpenAI's answer to a wrong key: not retried
+                    return self._json(401, {"error": {"message": "Incorrect API key provided: sk-wrong. You can find "
+                                                      "your API key at https://platform.openai.com/account/api-keys.",
+                                                      "type": "invalid_request_error", "code": "invalid_api_key"}})
+                if fault == "404":  # a model the endpoint does not serve
+                    return self._json(404, {"error": {"message": f"The model `{req['model']}` does not exist or you "
+                                                      "do not have access to it.", "type": "invalid_request_error",
+                                                      "code": "model_not_found"}})
                 if fault == "429":
                     return self._json(429, {"error": {"message": "Rate limit reached", "type": "requests"}},
                                       {"Retry-After": "0.2"})

@@ -6,28 +6,29 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
-import time
 
 import pytest
 import yaml
 
 from ftscale.errors import ConfigError
-from ftscale.results_store import ResultsStore
+from ftscale import completion
+from ftscale.results_store import ResultsStore, is_done
+from ftscale.stepinputs import train_inputs
 from ftscale.sweepconfig import expand, load_sweep
 
-from conftest import BIN, MAIN_CONFIG, ROOT
+from conftest import BIN, MAIN_CONFIG, ROOT, kill_at_change
 
 LORA = {"name": "smollm2 LoRA", "backend": "local", "model": "smollm2-135m"}
 
 
-def _sweep(tmp_path, name="tiny", systems=(LORA,), sizes=(0, 4), seeds=(1, 2), **extra):
+def _sweep(tmp_path, name="tiny", systems=(LORA,), sizes=(0, 4), seeds=(1, 2), overrides=None, **extra):
     spec = {"name": name, "base": str(MAIN_CONFIG),
-            "overrides": {"eval.limit": 2, "eval.max_new_tokens": 8, "eval.batch_size": 2, "train.batch_size": 4},
+            "overrides": {"eval.limit": 2, "eval.max_new_tokens": 8, "eval.batch_size": 2, "train.batch_size": 4,
+                          **(overrides or {})},
             "systems": list(systems), "num_train_examples": list(sizes), "seeds": list(seeds), "epochs": [1],
             "prompt_variants": ["default"], "baseline_variants": [], "output_dir": str(tmp_path / "sweeps"), **extra}
-    path = tmp_path / f"{name}.yaml"
+    path = tmp_path / f"{name}-{len(list(tmp_path.glob(name + '*.yaml')))}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
@@ -41,30 +42,33 @@ def test_a_sweep_killed_at_random_moments_ends_with_every_cell_done_once(embedde
     sweep, base = load_sweep(path)
     cells = expand(sweep, base)
     assert [(c.kind, c.n, c.seed) for c in cells] == [("base", 0, 1), ("train", 4, 1), ("train", 4, 2)]
-    rng, interrupted = random.Random(7), 0
-    for trial in range(6):
-        proc = subprocess.Popen([str(BIN / "ftscale"), "sweep", str(path)], cwd=ROOT, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(2, 12))
-        interrupted += proc.poll() is None
-        os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up: the worst case
-        proc.wait()
-        store = ResultsStore(sweep.sweep_dir / "results.db")
-        assert store.integrity() == "ok", f"trial {trial}"
-        assert len(store.all()) == len(cells)
-        store.close()
-    assert interrupted >= 5  # killed while it was working, not after it had finished
+    # another config of the same sweep (a changed override) is a grid of other cells: killed in turn
+    other = _sweep(tmp_path, overrides={"train.learning_rate": 1e-4})
+    other_cells = expand(*load_sweep(other))
+    assert not {c.run_dir for c in cells} & {c.run_dir for c in other_cells}
+    rng, kills, trial = random.Random(7), 0, 0
+    while kills < 10:
+        assert trial < 30, f"only {kills} kills landed in {trial} restarts"
+        spec = path if (trial // 3) % 2 == 0 else other
+        kills += kill_at_change(["sweep", spec], sweep.sweep_dir, rng.randint(1, 12))
+        trial += 1
+        for cell in cells + other_cells:  # a cell's files never claim more than it finished
+            if is_done(cell.run_dir, cell.key):
+                assert completion.valid(cell.run_dir) is not None
+                assert (cell.run_dir / "eval-default" / "completion.json").is_file()
     final = _ftscale("sweep", path)
     assert final.returncode == 0, final.stderr[-3000:]
     store = ResultsStore(sweep.sweep_dir / "results.db")
-    rows = store.all()
+    assert store.integrity() == "ok"
+    rows = [r for r in store.all() if r["key"] in {c.key for c in cells}]
     assert sorted(r["key"] for r in rows) == sorted(c.key for c in cells)
     assert all(r["status"] == "done" and r["completions"] == 1 for r in rows), rows
-    assert len({r["run_dir"] for r in rows}) == len(cells)
+    store.close()
     for c in cells:
         assert (c.run_dir / "eval-default" / "scores.json").is_file()
         assert (c.run_dir / "adapter").is_dir() == (c.n > 0)
-    store.close()
+        # each record names its cell's config: nothing was carried over from the other grid
+        assert completion.valid(c.run_dir)["inputs"] == train_inputs(c.cfg, c.n)
 
     status = _ftscale("sweep", path, "--status")
     assert "3 cells: 3 done, 0 running, 0 failed, 0 left" in status.stdout
@@ -74,27 +78,31 @@ def test_a_sweep_killed_at_random_moments_ends_with_every_cell_done_once(embedde
     report = _ftscale("report", sweep.sweep_dir)
     assert report.returncode == 0, report.stderr[-3000:]
     assert (sweep.sweep_dir / "report.html").is_file() and (sweep.sweep_dir / "report.md").is_file()
-    # a run directory edited by hand so that its files disagree is refused, naming it
+    # a run directory edited by hand so that its files disagree with their record is refused, naming it
     gens = cells[1].run_dir / "eval-default" / "generations.jsonl"
     gens.write_text(gens.read_text().splitlines(keepends=True)[0])
     refused = _ftscale("report", sweep.sweep_dir)
     assert refused.returncode == 2
-    assert f"{gens.parent}: generations.jsonl holds 1 records but scores.json says n=2" in refused.stderr
+    assert f"{gens.parent}: its files are not the ones its completion record names" in refused.stderr
 
 
 def test_a_failed_cell_is_recorded_and_the_others_go_on(embedded_model, tmp_path):
-    qlora = {"name": "smollm2 QLoRA", "backend": "local", "model": "smollm2-135m", "quantization": "4bit"}
-    path = _sweep(tmp_path, systems=(qlora, LORA), sizes=(0,), seeds=(1,))
+    broken_dir = tmp_path / "broken-model"  # a model folder whose weights cannot load, on any machine
+    broken_dir.mkdir()
+    (broken_dir / "config.json").write_text("{not json")
+    broken = {"name": "broken", "backend": "local", "model": str(broken_dir)}
+    path = _sweep(tmp_path, systems=(broken, LORA), sizes=(0,), seeds=(1,))
     out = _ftscale("sweep", path)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "1 done" in out.stdout and "1 failed" in out.stdout
+    assert out.returncode == 1, out.stderr[-2000:]  # finished, but a cell failed
+    assert "1 done" in out.stdout and "1 failed" in out.stdout and "1 cell(s) failed" in out.stderr
     status = _ftscale("sweep", path, "--status").stdout
-    assert "failed: smollm2 QLoRA n=0 seed=1" in status and "4bit (QLoRA) needs a CUDA GPU" in status
+    assert "failed: broken n=0 seed=1" in status and str(broken_dir) in status
+    assert not list((tmp_path / "sweeps" / "tiny" / "broken").rglob("eval-*/completion.json"))  # none recorded as done
 
-    path = _sweep(tmp_path, name="fast", systems=(qlora, LORA), sizes=(0,), seeds=(1,))
+    path = _sweep(tmp_path, name="fast", systems=(broken, LORA), sizes=(0,), seeds=(1,))
     out = _ftscale("sweep", path, "--fail-fast")
     assert out.returncode == 2 and "failed (--fail-fast)" in out.stderr
-    store = ResultsStore(tmp_path / "sweeps" / "fast" / "results.db")
+    store = ResultsStore.rebuild(tmp_path / "sweeps" / "fast" / "results.db", expand(*load_sweep(path)))
     assert [r["status"] for r in store.all()] == ["failed", "pending"]  # stopped before the LoRA cell
 
 
@@ -121,7 +129,15 @@ def test_one_job_per_cell_through_submitit(embedded_model, tmp_path):
 
     jobs = submit(path, "local", timeout_min=10, partition=None, gpus_per_node=0, log=lambda *_: None)
     assert len(jobs) == 1
-    assert [job.result() for job in jobs] == ["done"]  # ran in its own process, met us in the store
+    assert [job.result() for job in jobs] == ["done"]  # ran in its own process, met us in the cell's files
     store = ResultsStore(tmp_path / "sweeps" / "jobs" / "results.db")
     (row,) = store.all()
     assert row["status"] == "done" and row["pid"] != os.getpid()
+    store.close()
+
+    # submitit's debug jobs run only when their result is asked for: submit asks, so the cell runs here
+    path = _sweep(tmp_path, name="debugjobs", sizes=(0,), seeds=(1,))
+    jobs = submit(path, "debug", timeout_min=10, partition=None, gpus_per_node=0, log=lambda *_: None)
+    store = ResultsStore(tmp_path / "sweeps" / "debugjobs" / "results.db")
+    (row,) = store.all()
+    assert row["status"] == "done" and row["pid"] == os.getpid()

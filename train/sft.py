@@ -20,6 +20,7 @@ if __package__ in (None, ""):
     # module such as train/openai_ft.py could shadow an installed package. Import from `ftscale` only.
     sys.path.pop(0)
 
+from ftscale import completion
 from ftscale.atomic import atomic_dir, atomic_path, write_json, write_jsonl, write_text
 from ftscale.chatdata import nested_subset, read_jsonl, sha256_file, sha256_records, to_prompt_completion
 from ftscale.config import ExperimentConfig, load_config, parse_overrides
@@ -28,6 +29,7 @@ from ftscale.errors import ConfigError, FtscaleError, run_command
 from ftscale.models import resolve
 from ftscale.provenance import git_commit, machine, versions
 from ftscale.rundir import TRAIN_METRICS, cell_dir
+from ftscale.stepinputs import train_inputs
 
 
 def _installed(module: str) -> bool:
@@ -211,20 +213,54 @@ def _plot_loss(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _fresh_checkpoints(folder: Path, inputs_sha256: str) -> None:
+    """Checkpoints resume only the training that wrote them: others are removed before training."""
+    import shutil
+
+    marker = folder / "inputs.sha256"
+    if folder.is_dir() and (not marker.is_file() or marker.read_text().strip() != inputs_sha256):
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text(marker, inputs_sha256 + "\n")
+
+
 def train(cfg: ExperimentConfig, n: int, run_dir: Path) -> dict:
-    """Train one cell; return its metrics. `n == 0` records the untrained base and trains nothing."""
+    """Train one cell; return its metrics. `n == 0` records the untrained base and trains nothing.
+
+    Its completion record (ftscale/completion.py) is written last, naming the hash of the training's
+    inputs and of the adapter it wrote; the old record is removed first, so an interrupted training
+    leaves none."""
+    from accelerate import PartialState
+
     pool = read_jsonl(cfg.data.train, "train")  # validate the whole file before any work
     subset = nested_subset(pool, n, cfg.data.seed)
     check_hardware(cfg)
     run_dir = Path(run_dir)
-    write_text(run_dir / "config.yaml", cfg.cell_yaml(n))
+    inputs = train_inputs(cfg, n, pool)
+    state = PartialState()
+    if state.is_main_process:
+        completion.begin(run_dir)
+        if n > 0:
+            _fresh_checkpoints(run_dir / "checkpoints", completion.digest(inputs))
+        write_text(run_dir / "config.yaml", cfg.cell_yaml(n))
+    state.wait_for_everyone()
     base = {"num_train_examples": n, "seed": cfg.train.seed, "data_seed": cfg.data.seed, "model": cfg.model,
             "data_file": str(cfg.data.train), "data_sha256": sha256_file(cfg.data.train),
             "subset_sha256": sha256_records(subset), "git_commit": git_commit(), "versions": versions()}
     if n == 0:
-        write_json(run_dir / TRAIN_METRICS, base | {"trained": False})
+        if state.is_main_process:
+            write_json(run_dir / TRAIN_METRICS, base | {"trained": False})
+            completion.finish(run_dir, "train", inputs, [TRAIN_METRICS])
         return base | {"trained": False}
+    metrics = _fit(cfg, run_dir, subset, base)
+    if state.is_main_process:
+        completion.finish(run_dir, "train", inputs,
+                          [TRAIN_METRICS, "loss.jsonl", *completion.files_under(run_dir, "adapter")])
+    return metrics
 
+
+def _fit(cfg: ExperimentConfig, run_dir: Path, subset: list[dict], base: dict) -> dict:
+    """TRL's SFTTrainer on the subset; the adapter, loss curve and metrics written into run_dir."""
     import torch
     from datasets import Dataset
     from transformers import AutoTokenizer
@@ -272,7 +308,7 @@ def train(cfg: ExperimentConfig, n: int, run_dir: Path) -> dict:
         history = trainer.state.log_history
         write_jsonl(run_dir / "loss.jsonl", [h for h in history if "loss" in h])
         _plot_loss(history, run_dir / "loss.png")
-        write_json(run_dir / TRAIN_METRICS, metrics)  # last: its presence marks a finished training
+        write_json(run_dir / TRAIN_METRICS, metrics)
     return metrics
 
 

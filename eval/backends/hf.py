@@ -42,9 +42,10 @@ class HFBackend:
     name = "hf"
 
     def __init__(self, model: str, adapter: str | None = None, batch_size: int = 16,
-                 device: str | None = None, dtype: str = "auto", progress: bool = True):
+                 device: str | None = None, dtype: str = "auto", progress: bool = True, name: str = "hf"):
         from peft import PeftModel  # imported here: peft is heavy and only adapters need it
 
+        self.name = name  # "hf-<model>" when it answers for another model than the experiment's
         self.device = device or pick_device()
         self.model = adapter or model
         self.batch_size = batch_size

@@ -1,0 +1,63 @@
+"""What decides each step's results: the inputs whose hash a completion record names.
+
+A training depends on the model, the training knobs, the data file and the subset drawn from it;
+an evaluation on the task, its eval items, the prompt variant, the sampling and the system that
+answered (backend, model, endpoint), and on the training it evaluates (the record's `upstream`).
+Anything else (the cost section, an evaluation knob for a training) does not invalidate a step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .chatdata import nested_subset, read_jsonl, sha256_file, sha256_records
+from .config import ExperimentConfig
+
+
+def model_identity(ref: str) -> dict:
+    """A model reference and, for a local checkpoint, the hash of what names its weights."""
+    from . import models
+    from .errors import FtscaleError
+
+    out = {"ref": ref}
+    try:
+        path = Path(models.resolve(ref))
+    except FtscaleError:  # an unprepared model: its reference alone names it
+        return out
+    for name in (models.MANIFEST, "config.json"):
+        if (path / name).is_file():
+            out[name] = sha256_file(path / name)
+            break
+    return out
+
+
+def train_inputs(cfg: ExperimentConfig, n: int, pool: list[dict] | None = None) -> dict:
+    """Exactly what a training of `n` examples is made from."""
+    inputs = {"model": model_identity(cfg.model), "num_train_examples": n}
+    if n == 0:  # the untrained base: nothing is learned from data
+        return inputs
+    pool = read_jsonl(cfg.data.train, "train") if pool is None else pool
+    return inputs | {
+        "train": cfg.train.model_dump(mode="json"), "data_seed": cfg.data.seed,
+        "data_sha256": sha256_file(cfg.data.train), "subset_sha256": sha256_records(nested_subset(pool, n, cfg.data.seed)),
+    }
+
+
+def openai_train_inputs(cfg: ExperimentConfig, n: int, pool: list[dict] | None = None) -> dict:
+    """An OpenAI fine-tuning job (or, n = 0, the prompted model): the model, its endpoint, the data."""
+    inputs = {"openai_model": cfg.openai.model, "base_url": cfg.openai.base_url, "num_train_examples": n}
+    if n == 0:
+        return inputs
+    pool = read_jsonl(cfg.data.train, "train") if pool is None else pool
+    return inputs | {"epochs": cfg.train.epochs, "seed": cfg.train.seed, "data_seed": cfg.data.seed,
+                     "subset_sha256": sha256_records(nested_subset(pool, n, cfg.data.seed))}
+
+
+def task_identity(task, ref: str) -> dict:
+    """A task by its name, its YAML's hash where it has one, its metrics and its judges."""
+    from .eval.tasks.yaml_task import find_task_file
+
+    path = find_task_file(ref)
+    return {"name": task.name, "file_sha256": sha256_file(path) if path else None,
+            "metrics": [m.name for m in task.metrics],
+            "judges": [[prefix, params.model_dump(mode="json")] for _, params, prefix in task.judges]}
