@@ -433,7 +433,8 @@ HOW_MUCH_RULE = (
     "sizes of that row. With one seed a side and 0/1 scores the p-value is McNemar's exact test. A failed request "
     "counts as 0, as in the means; items one side could not score are left out of both. A size beats the "
     f"reference when its Holm-adjusted p is below {ALPHA:g} and its interval lies wholly on the better side of 0 "
-    "(above when higher is better, below when lower is better). Each curve is compared with each reference at "
+    "(above when higher is better, below when lower is better). The bootstrap draws 2,000 replicates, so its p is "
+    "never below 2/2,001 before the adjustment. Each curve is compared with each reference at "
     "its own temperature, or at the reference's temperatures when the reference was not evaluated at it.")
 
 
