@@ -145,7 +145,7 @@ def paired_difference(a_by_seed: list[list[float]], b_by_seed: list[list[float]]
     # Items with the same scores everywhere are interchangeable: drawing n items among the distinct score
     # columns (weighted by how often each occurs) is the same bootstrap, and far cheaper for 0/1 scores.
     cols, freq = np.unique(np.vstack([a, b]), axis=1, return_counts=True)
-    if 4 * len(freq) <= n:
+    if 2 * len(freq) <= n:
         items = rng.multinomial(n, freq / n, size=n_boot).astype(float)
         a_cols, b_cols = cols[:a.shape[0]], cols[a.shape[0]:]
     else:
