@@ -15,7 +15,7 @@ from ftscale.rundir import TRAIN_METRICS, read_json
 
 from .cost import add_costs
 from .evaluate import TIMING
-from .stats import ALPHA, align, holm, mean_interval, p_text, paired_difference, per_example
+from .stats import ALPHA, align, holm, item_scores, mean_interval, p_text, paired_difference
 from .tasks import Task
 
 
@@ -244,17 +244,9 @@ def pairwise_lines(found: list[dict], stale: list[str]) -> list[str]:
     return lines
 
 
-def _item_scores(row: dict, metric: str, cache: dict) -> dict[str, float]:
-    """One evaluation's per-example scores of `metric` by id (empty: no generations, or not per example)."""
-    path = row.get("generations")
-    if (path, metric) not in cache:
-        cache[(path, metric)] = per_example(path, metric) if path and Path(path).is_file() else {}
-    return cache[(path, metric)]
-
-
 def _with_interval(row: dict, metric: str, cache: dict) -> str | None:
     """`mean [low, high]` of one evaluation's score; the mean alone when it has no per-example values."""
-    values = list(_item_scores(row, metric, cache).values())
+    values = list(item_scores(row, metric, cache).values())
     if row.get(metric) is None or not values:
         return _fmt(row.get(metric))
     _, low, high = mean_interval(values)
@@ -284,12 +276,13 @@ def against_base(rows: list[dict], task: Task, cache: dict) -> list[str]:
     metrics = [m for m in task.metrics if m.name in (task.headline or (task.metrics[0].name,))]
     found = []
     for m in metrics:
-        for r in (r for r in rows if r["num_train_examples"] > 0 and r.get(m.name) is not None):
-            a = _item_scores(r, m.name, cache)
-            for name, base in _baselines(r, rows, m.name, m.higher_is_better):
-                maps = [_item_scores(b, m.name, cache) for b in base]
+        for r in rows:
+            trained = r["num_train_examples"] > 0 and r.get(m.name) is not None
+            a = item_scores(r, m.name, cache) if trained else {}
+            for name, base in _baselines(r, rows, m.name, m.higher_is_better) if a else []:
+                maps = [item_scores(b, m.name, cache) for b in base]
                 x, y, ids, dropped = align([a], [mp for mp in maps if mp])
-                if a and ids:
+                if ids:
                     found.append(((m.name, r["backend"], r["prompt_variant"], r["temperature"], name), r,
                                   paired_difference(x, y), dropped, m.higher_is_better))
     if not found:
@@ -328,8 +321,8 @@ def markdown(rows: list[dict], task: Task, title: str, exp_dir: Path, cost_ctx: 
             + names + probes
             + ["failed", "median latency (s)", "mean output tokens", "train time (s)", "train tokens/s"])
     lower = [m.name for m in task.metrics if not m.higher_is_better]
-    lines = [f"# {title}", "", f"Task `{task.name}`; each score is the mean over the eval examples, the task's own metrics with "
-             "their 95% interval (Wilson for a 0/1 score, a bootstrap over the examples otherwise) "
+    lines = [f"# {title}", "", f"Task `{task.name}`; each score is the mean over the eval examples, the task's "
+             "own metrics with their 95% interval (Wilson for a 0/1 score, a bootstrap over the examples otherwise) "
              f"(higher is better{'; lower is better for ' + ', '.join(lower) if lower else ''}). "
              "`train examples = 0` is the untrained base model."
              + (f" Prices checked {cost_ctx['prices_checked']}." if cost_ctx else ""), "",

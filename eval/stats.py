@@ -220,6 +220,15 @@ def per_example(generations: str | Path, metric: str) -> dict[str, float]:
     return out if seen_metric else {}
 
 
+def item_scores(row: dict, metric: str, cache: dict) -> dict[str, float]:
+    """`per_example` of a report row's evaluation (its `generations` path), read once per `cache`; empty when
+    the row has no generations file on disk."""
+    path = row.get("generations")
+    if (path, metric) not in cache:
+        cache[(path, metric)] = per_example(path, metric) if path and Path(path).is_file() else {}
+    return cache[(path, metric)]
+
+
 def align(a_seeds: list[dict[str, float]], b_seeds: list[dict[str, float]]) -> tuple[list, list, list[str], int]:
     """Per-seed value maps of two systems on the ids every one of them has: (a_by_seed, b_by_seed, ids,
     dropped), ids in the first map's order, `dropped` the ids some map has and another lacks."""

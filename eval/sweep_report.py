@@ -3,8 +3,8 @@
 A sweep is a grid of cells (systems x training sizes x seeds), each evaluated with one or more prompt
 variants at one or more temperatures; one row per (cell, prompt variant, temperature). The report
 shows scaling curves with seed confidence intervals, how much data a fine-tune needs to beat each
-reference (a paired comparison on the same eval items, with its interval), latency, cost, seed spread and convergence, the effect of
-temperature, and which run directories every figure and table was made from.
+reference (a paired comparison on the same eval items, with its interval), latency, cost, seed spread
+and convergence, the effect of temperature, and which run directories every figure and table was made from.
 
 Rows that did not finish (failed, missing, running) are listed and marked in every table; a mean is
 over the seeds that finished, with n shown, never over a silently shortened list.
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ftscale.atomic import atomic_path, write_text
 from ftscale.eval.report import probe_metrics, usd
-from ftscale.eval.stats import (ALPHA, CONFIDENCE, align, beats, holm, p_text, paired_difference, per_example,
+from ftscale.eval.stats import (ALPHA, CONFIDENCE, align, beats, holm, item_scores, p_text, paired_difference,
                                 t_interval)
 from ftscale.eval.tasks import Task
 
@@ -438,21 +438,9 @@ HOW_MUCH_RULE = (
     "its own temperature, or at the reference's temperatures when the reference was not evaluated at it.")
 
 
-def _item_scores(rows: list[dict], metric: str, cache: dict) -> tuple[list[dict], int]:
-    """The per-example scores of the finished rows (one map per seed), and how many finished rows have none
-    (no generations file, or a metric that is not per example)."""
-    maps, lacking = [], 0
-    for r in rows:
-        if not _done(r):
-            continue
-        path = r.get("generations")
-        if (path, metric) not in cache:
-            cache[(path, metric)] = per_example(path, metric) if path and Path(path).is_file() else {}
-        if cache[(path, metric)]:
-            maps.append(cache[(path, metric)])
-        else:
-            lacking += 1
-    return maps, lacking
+def _item_scores(rows: list[dict], metric: str, cache: dict) -> list[dict]:
+    """The per-example scores of the finished rows that have them, one map per seed."""
+    return [m for m in (item_scores(r, metric, cache) for r in rows if _done(r)) if m]
 
 
 def _how_much(by_size: dict, ref_rows: list[dict], metric: str, higher: bool, sizes: list,
@@ -460,13 +448,13 @@ def _how_much(by_size: dict, ref_rows: list[dict], metric: str, higher: bool, si
     """The cells of one (curve, metric, reference) row of the how-much-data table: reference mean, the
     smallest size that beats it, and one paired comparison per size, Holm-adjusted across the sizes."""
     ref_vals = _values(ref_rows, metric)
-    ref_maps, _ = _item_scores(ref_rows, metric, cache)
+    ref_maps = _item_scores(ref_rows, metric, cache)
     if not ref_vals or not ref_maps:
         why = "no value" if not ref_vals else "no per-example scores"
         return [Cell(why, "missing"), "–", *(Cell("–") for _ in sizes)]
     tested = {}
     for size, grp in by_size.items():
-        maps, _ = _item_scores(grp, metric, cache)
+        maps = _item_scores(grp, metric, cache)
         a, b, ids, dropped = align(maps, ref_maps)
         if ids:
             tested[size] = (paired_difference(a, b), dropped)

@@ -159,7 +159,8 @@ def _write_generations(path, values: list, metrics=("format_ok",), errors: dict 
     with open(path, "w") as f:
         for i, v in enumerate(values):
             err = errors.get(i)
-            f.write(json.dumps({"id": f"ex{i}", "error": err, "scores": None if err else {m: v for m in metrics}}) + "\n")
+            scores = None if err else {m: v for m in metrics}
+            f.write(json.dumps({"id": f"ex{i}", "error": err, "scores": scores}) + "\n")
     return path
 
 

@@ -120,7 +120,8 @@ def _row(base, system, size, seed, t, *, variant="default", status="done", error
         "format_ok": None, "answer_correct": None, "both": None,
     }
     if status == "done":  # rates of whole items out of 200, as an evaluation gives them
-        row.update(format_ok=round(quality * N_ITEMS) / N_ITEMS, answer_correct=round(quality * 0.9 * N_ITEMS) / N_ITEMS,
+        row.update(format_ok=round(quality * N_ITEMS) / N_ITEMS,
+                   answer_correct=round(quality * 0.9 * N_ITEMS) / N_ITEMS,
                    both=round(quality * 0.85 * N_ITEMS) / N_ITEMS, words=40.0 - 0.2 * size + seed)
         _write_generations(Path(row["generations"]), row)
     return row
