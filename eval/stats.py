@@ -118,14 +118,33 @@ def _counts(draws: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(flat.ravel(), minlength=rows * n).reshape(rows, n).astype(float)
 
 
-def _boot_means(m: np.ndarray, items: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One mean per bootstrap replicate: the items resampled by the shared count matrix `items` (B x n),
-    the seeds of this side resampled on their own (the second level)."""
-    per_seed = m @ items.T / items[0].sum()  # seeds x B: each seed's mean over the resampled items
+def _item_level(a: np.ndarray, b: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Each seed's mean over the items of each bootstrap replicate (seeds x n_boot, for a and for b): the items
+    drawn with replacement, the same draw for both systems."""
+    n = a.shape[1]
+    # Items with the same scores everywhere are interchangeable: drawing n items among the distinct score
+    # columns, weighted by how often each occurs, is the same bootstrap, and far cheaper for 0/1 scores.
+    cols, freq = np.unique(np.vstack([a, b]), axis=1, return_counts=True)
+    compact = 2 * len(freq) <= n
+    if compact:
+        a, b = cols[:a.shape[0]], cols[a.shape[0]:]
+    step = max(1, 2_000_000 // n)  # replicates per chunk: memory stays bounded on a large eval set
+    per_a, per_b = [], []
+    for start in range(0, n_boot, step):
+        size = min(step, n_boot - start)
+        items = (rng.multinomial(n, freq / n, size=size).astype(float) if compact
+                 else _counts(rng.integers(0, n, size=(size, n)), n))
+        per_a.append(a @ items.T / n)
+        per_b.append(b @ items.T / n)
+    return np.hstack(per_a), np.hstack(per_b)
+
+
+def _seed_level(per_seed: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One mean per replicate, this side's seeds drawn with replacement (the second level)."""
     n_seeds, n_boot = per_seed.shape
     if n_seeds == 1:
         return per_seed[0]
-    picks = _counts(rng.integers(0, n_seeds, size=(n_boot, n_seeds)), n_seeds)  # B x seeds
+    picks = _counts(rng.integers(0, n_seeds, size=(n_boot, n_seeds)), n_seeds)  # n_boot x seeds
     return np.einsum("bs,sb->b", picks, per_seed) / n_seeds
 
 
@@ -140,17 +159,13 @@ def paired_difference(a_by_seed: list[list[float]], b_by_seed: list[list[float]]
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"paired_difference: {a.shape[1]} items against {b.shape[1]}: align them first")
     n = a.shape[1]
-    binary = (is_binary(a) and is_binary(b)) if binary is None else binary
+    if binary is None:
+        binary = is_binary(a) and is_binary(b)
+    elif binary and not (is_binary(a) and is_binary(b)):
+        raise ValueError("paired_difference: binary=True but a score is not 0 or 1")
     rng = np.random.default_rng(seed)
-    # Items with the same scores everywhere are interchangeable: drawing n items among the distinct score
-    # columns (weighted by how often each occurs) is the same bootstrap, and far cheaper for 0/1 scores.
-    cols, freq = np.unique(np.vstack([a, b]), axis=1, return_counts=True)
-    if 2 * len(freq) <= n:
-        items = rng.multinomial(n, freq / n, size=n_boot).astype(float)
-        a_cols, b_cols = cols[:a.shape[0]], cols[a.shape[0]:]
-    else:
-        items, a_cols, b_cols = _counts(rng.integers(0, n, size=(n_boot, n)), n), a, b
-    boot = _boot_means(a_cols, items, rng) - _boot_means(b_cols, items, rng)
+    per_a, per_b = _item_level(a, b, n_boot, rng)
+    boot = _seed_level(per_a, rng) - _seed_level(per_b, rng)
     low, high = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
     diff = float(a.mean() - b.mean())
     if binary and a.shape[0] == 1 and b.shape[0] == 1:

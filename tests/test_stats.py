@@ -92,6 +92,10 @@ def test_noninferiority_and_bad_input():
         stats.paired_difference([a, a[:-1]], [b])
     with pytest.raises(ValueError, match="no scores"):
         stats.paired_difference([], [b])
+    with pytest.raises(ValueError, match="not 0 or 1"):
+        stats.paired_difference([[0.5] * len(b)], [b], binary=True)
+    graded = stats.paired_difference([a], [b], binary=False)  # 0/1 scores, compared as graded on request
+    assert graded.method == "paired bootstrap (items)" and graded.diff == 0.0
 
 
 def test_percentile_and_t_interval():
@@ -209,3 +213,33 @@ def test_summary_shows_intervals_and_paired_differences(tmp_path):
     # per-example scores in these files, so it is not compared
     assert section.count("| better |") == 6 and section.count("| indistinguishable |") == 2
     assert "| both |" not in section and "| 0.0000 |" not in section and "e-" in section
+
+
+def test_summary_of_a_graded_lower_is_better_metric_with_failures(tmp_path):
+    """Words (fewer is better), graded: a bootstrap interval beside the mean, failed requests counted as 0 as
+    the mean counts them, and 'better' meaning fewer words."""
+    from ftscale.eval.tasks import Metric, Task
+
+    fmt = get_task("formatting")
+    task = Task(name="lengthy", metrics=(Metric("words", "output length", higher_is_better=False),),
+                prompt_variants=("default",), build_messages=fmt.build_messages, score=fmt.score)
+    rng = np.random.default_rng(3)
+    base_words = rng.normal(40.0, 6.0, 120).round()
+    rows = []
+    for n, words, errors in ((0, base_words, {}), (25, base_words - 1.0, {}), (50, base_words - 8.0, {5: "timeout"})):
+        gen = _write_generations(tmp_path / f"n{n}" / "generations.jsonl", list(words), ("words",), errors)
+        values = list(stats.per_example(gen, "words").values())
+        row = _row(tmp_path, n, "default", 0) | {"n_eval": 120, "words": sum(values) / 120, "generations": str(gen),
+                                                 "failed": len(errors)}
+        rows.append(row)
+    md = markdown(rows, task, "t", tmp_path)
+    mean, lo, hi = stats.mean_interval(values)
+    assert lo < mean < hi and hi - lo > 1.0  # a real spread, from scipy.stats.bootstrap
+    assert f"| 50 | 42 | hf | default | 120 | {mean:.3f} [{lo:.3f}, {hi:.3f}] |" in md
+    section = md.split("## Fine-tunes against the untrained base (paired)")[1]
+    d25 = stats.paired_difference([list(base_words - 1.0)], [list(base_words)])
+    assert (d25.low, d25.high) == (pytest.approx(-1.0), pytest.approx(-1.0))  # an exact shift, one seed a side
+    assert "| 25 | 42 | hf | default | 0 | words | base, default prompt | -1.000 [-1.000, -1.000] |" in section
+    line50 = next(line for line in section.splitlines() if line.startswith("| 50 |"))
+    assert line50.endswith("| 120 | better |") and "| -" in line50  # fewer words; the failure's 0 included
+    assert section.count("| better |") == 2

@@ -304,3 +304,24 @@ def test_report_in_headless_chromium(report, tmp_path):
     data = shot.read_bytes()
     w, h = _png_size(data)
     assert len(data) > 10_000 and w == 1280 and h > 900
+
+
+def test_a_one_item_difference_against_an_exact_zero_is_not_reached(tmp_path):
+    """The old report's case: three seeds at 0.010 (the same 1 of 100 items right) against one base evaluation
+    at 0.000 was 'beaten' with p = 0.0000 (zero spread counted as exact). Paired on the items, with the base's
+    own evaluation as its sample, it is not."""
+    def rows_at(system, size, seed, k, reference):
+        row = _row(tmp_path / "rows", system, size, seed, 0.0, variant="default", reference=reference)
+        path = tmp_path / f"{system}-{seed}.jsonl"
+        path.write_text("".join(json.dumps({"id": f"e{i}", "error": None, "scores": {m: float(i < k) for m in METRICS}})
+                                + "\n" for i in range(100)))
+        return row | {m: k / 100 for m in METRICS} | {"generations": str(path)}
+
+    rows = [rows_at(LORA.replace("LoRA", "base"), 0, 1, 0, True)] + [rows_at(LORA, 25, s, 1, False) for s in SEEDS]
+    _, md_path = sr.write_sweep_report(tmp_path / "out", rows, get_task("formatting"), None, SOURCES)
+    row = next(line for line in md_path.read_text().splitlines()
+               if line.startswith("| smollm2-135m LoRA, prompt default | answer_correct |"))
+    d = stats.paired_difference([[float(i < 1) for i in range(100)]] * 3, [[0.0] * 100])
+    assert row.endswith(f"| 0.000 (n=1) | not reached | {d.text()}, p={stats.p_text(d.p_value)} "
+                        "(3 vs 1 seeds, 100 items) |"), row
+    assert d.diff == pytest.approx(0.01) and d.low <= 0.0 and d.p_value > 0.5
