@@ -245,8 +245,12 @@ def pairwise_lines(found: list[dict], stale: list[str]) -> list[str]:
 
 
 def _with_interval(row: dict, metric: str, cache: dict) -> str | None:
-    """`mean [low, high]` of one evaluation's score; the mean alone when it has no per-example values."""
-    values = list(item_scores(row, metric, cache).values())
+    """`mean [low, high]` of one evaluation's score; the mean alone when it has no per-example values. A
+    probe column (`probes.<metric>`) reads the row's `probes_generations` when the row names that file."""
+    source, name = row, metric
+    if metric.startswith("probes."):
+        source, name = {"generations": row.get("probes_generations")}, metric.removeprefix("probes.")
+    values = list(item_scores(source, name, cache).values())
     if row.get(metric) is None or not values:
         return _fmt(row.get(metric))
     _, low, high = mean_interval(values)
@@ -321,8 +325,9 @@ def markdown(rows: list[dict], task: Task, title: str, exp_dir: Path, cost_ctx: 
             + names + probes
             + ["failed", "median latency (s)", "mean output tokens", "train time (s)", "train tokens/s"])
     lower = [m.name for m in task.metrics if not m.higher_is_better]
-    lines = [f"# {title}", "", f"Task `{task.name}`; each score is the mean over the eval examples, the task's "
-             "own metrics with their 95% interval (Wilson for a 0/1 score, a bootstrap over the examples otherwise) "
+    lines = [f"# {title}", "", f"Task `{task.name}`; each score is the mean over the eval examples with its "
+             "95% interval where the per-example scores are at hand (Wilson for a 0/1 score, a bootstrap over the "
+             "examples otherwise) "
              f"(higher is better{'; lower is better for ' + ', '.join(lower) if lower else ''}). "
              "`train examples = 0` is the untrained base model."
              + (f" Prices checked {cost_ctx['prices_checked']}." if cost_ctx else ""), "",
@@ -333,7 +338,7 @@ def markdown(rows: list[dict], task: Task, title: str, exp_dir: Path, cost_ctx: 
         cells = [r["num_train_examples"], r["seed"], r["backend"], r["prompt_variant"],
                  *([f"{r['temperature']:g}"] if several_t else []), r["n_eval"],
                  *(_with_interval(r, n, scores) for n in names),
-                 *(r.get(p) for p in probes), r["failed"],
+                 *(_with_interval(r, p, scores) for p in probes), r["failed"],
                  r["median_latency_s"], r["mean_output_tokens"], r["train_wall_time_s"], r["train_tokens_per_s"]]
         lines.append("| " + " | ".join(_fmt(c, 1 if i >= len(cells) - 2 else 3) for i, c in enumerate(cells)) + " |")
     unscorable = [r for r in rows if r["not_scorable"]]

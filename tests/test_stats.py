@@ -197,9 +197,13 @@ def _row(tmp_path, n, variant, k, seed=42):
 def test_summary_shows_intervals_and_paired_differences(tmp_path):
     rows = [_row(tmp_path, 0, "default", 90), _row(tmp_path, 0, "few_shot", 136), _row(tmp_path, 50, "default", 139),
             _row(tmp_path, 100, "default", 170)]
+    probes = _write_generations(tmp_path / "probes" / "generations.jsonl", [1.0] * 7 + [0.0] * 3, ("correct",))
+    rows[2] |= {"probes.correct": 0.7, "probes_generations": str(probes)}  # probes asked beside the evaluation
     md = markdown(rows, get_task("formatting"), "t", tmp_path)
     lo, hi = stats.wilson(139, 200)
     assert f"| 50 | 42 | hf | default | 200 | 0.695 [{lo:.3f}, {hi:.3f}] |" in md
+    lo, hi = stats.wilson(7, 10)
+    assert f"| 0.695 | 0.700 [{lo:.3f}, {hi:.3f}] | 0 |" in md and "| 0.450 | – | 0 |" in md
     section = md.split("## Fine-tunes against the untrained base (paired)")[1]
     # 0.695 (50 examples) against 0.680 (the few-shot base): 3 discordant pairs, indistinguishable
     d = stats.paired_difference([[1.0] * 139 + [0.0] * 61], [[1.0] * 136 + [0.0] * 64])
