@@ -15,6 +15,7 @@ from ftscale.rundir import TRAIN_METRICS, read_json
 
 from .cost import add_costs
 from .evaluate import TIMING
+from .stats import ALPHA, align, holm, item_scores, mean_interval, p_text, paired_difference
 from .tasks import Task
 
 
@@ -266,6 +267,78 @@ def pairwise_lines(found: list[dict], stale: list[str]) -> list[str]:
     return lines
 
 
+def _with_interval(row: dict, metric: str, cache: dict) -> str | None:
+    """`mean [low, high]` of one evaluation's score; the mean alone when it has no per-example values. A
+    probe column (`probes.<metric>`) reads the row's `probes_generations` when the row names that file."""
+    source, name = row, metric
+    if metric.startswith("probes."):
+        source, name = {"generations": row.get("probes_generations")}, metric.removeprefix("probes.")
+    values = list(item_scores(source, name, cache).values())
+    if row.get(metric) is None or not values:
+        return _fmt(row.get(metric))
+    _, low, high = mean_interval(values)
+    return f"{row[metric]:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _baselines(r: dict, rows: list[dict], metric: str, higher: bool) -> list[tuple[str, list[dict]]]:
+    """What a fine-tune row is compared with: the untrained base with the same prompt, and the best-scoring
+    other prompt of the base (same backend and temperature), each with all its seeds."""
+    base = [b for b in rows if b["num_train_examples"] == 0 and b["backend"] == r["backend"]
+            and b["temperature"] == r["temperature"] and b.get(metric) is not None]
+    by_variant: dict[str, list[dict]] = {}
+    for b in base:
+        by_variant.setdefault(b["prompt_variant"], []).append(b)
+    out = [(f"base, {r['prompt_variant']} prompt", by_variant.pop(r["prompt_variant"]))] \
+        if r["prompt_variant"] in by_variant else []
+    if by_variant:
+        sign = 1 if higher else -1
+        best = max(by_variant, key=lambda v: sign * sum(b[metric] for b in by_variant[v]) / len(by_variant[v]))
+        out.append((f"best prompted base, {best} prompt", by_variant[best]))
+    return out
+
+
+def against_base(rows: list[dict], task: Task, cache: dict) -> list[str]:
+    """Each fine-tune against the untrained base, item by item (eval.stats.paired_difference), Holm-adjusted
+    across the training sizes of one backend, prompt, temperature, metric and baseline."""
+    metrics = [m for m in task.metrics if m.name in (task.headline or (task.metrics[0].name,))]
+    found = []
+    for m in metrics:
+        for r in rows:
+            trained = r["num_train_examples"] > 0 and r.get(m.name) is not None
+            a = item_scores(r, m.name, cache) if trained else {}
+            for name, base in _baselines(r, rows, m.name, m.higher_is_better) if a else []:
+                maps = [item_scores(b, m.name, cache) for b in base]
+                x, y, ids, dropped = align([a], [mp for mp in maps if mp])
+                if ids:
+                    found.append(((m.name, r["backend"], r["prompt_variant"], r["temperature"], name), r,
+                                  paired_difference(x, y), dropped, m.higher_is_better))
+    if not found:
+        return []
+    families: dict[tuple, list[int]] = {}
+    for i, f in enumerate(found):
+        families.setdefault(f[0], []).append(i)
+    adjusted = {}
+    for idx in families.values():
+        adjusted |= dict(zip(idx, holm([found[i][2].p_value for i in idx])))
+    head = ["train examples", "seed", "backend", "prompt", "temperature", "metric", "against", "difference [95% CI]",
+            "Holm p", "items", "verdict"]
+    lines = ["", "## Fine-tunes against the untrained base (paired)", "",
+             "Each fine-tune minus the untrained base on the same eval examples: the difference of the means, its "
+             "95% paired bootstrap interval (examples resampled; the base's seeds as a second level when it has "
+             "several), and the two-sided p-value (McNemar's exact test for a 0/1 score with one seed a side), "
+             "Holm-adjusted across the training sizes. Indistinguishable: the interval contains 0 or p >= 0.05. "
+             "A failed request counts as 0; examples one side could not score are left out of both.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, ((metric, backend, variant, t, name), r, d, dropped, higher) in enumerate(found):
+        p = adjusted[i]
+        verdict = ("indistinguishable" if d.contains_zero() or p >= ALPHA
+                   else "better" if (d.diff > 0) == higher else "worse")
+        lines.append(f"| {r['num_train_examples']} | {r['seed']} | {backend} | {variant} | {t:g} | {metric} | {name} | "
+                     f"{d.text()} | {p_text(p)} | {d.n_items}" + (f" ({dropped} unshared left out)" if dropped else "")
+                     + f" | {verdict} |")
+    return lines
+
+
 def markdown(rows: list[dict], task: Task, title: str, exp_dir: Path, cost_ctx: dict | None = None,
              has_cost_plot: bool = False, pairwise: tuple[list[dict], list[str]] = ([], [])) -> str:
     names = [m.name for m in task.metrics]
@@ -275,16 +348,20 @@ def markdown(rows: list[dict], task: Task, title: str, exp_dir: Path, cost_ctx: 
             + names + probes
             + ["failed", "median latency (s)", "mean output tokens", "train time (s)", "train tokens/s"])
     lower = [m.name for m in task.metrics if not m.higher_is_better]
-    lines = [f"# {title}", "", f"Task `{task.name}`; each score is the mean over the eval examples "
+    lines = [f"# {title}", "", f"Task `{task.name}`; each score is the mean over the eval examples with its "
+             "95% interval where the per-example scores are at hand (Wilson for a 0/1 score, a bootstrap over the "
+             "examples otherwise) "
              f"(higher is better{'; lower is better for ' + ', '.join(lower) if lower else ''}). "
              "`train examples = 0` is the untrained base model."
              + (f" Prices checked {cost_ctx['prices_checked']}." if cost_ctx else ""), "",
              "![scaling](scaling.png)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    scores: dict = {}
     for r in rows:
         cells = [r["num_train_examples"], r["seed"], r["backend"], r["prompt_variant"],
-                 *([f"{r['temperature']:g}"] if several_t else []), r["n_eval"], *(r[n] for n in names),
-                 *(r.get(p) for p in probes), r["failed"],
+                 *([f"{r['temperature']:g}"] if several_t else []), r["n_eval"],
+                 *(_with_interval(r, n, scores) for n in names),
+                 *(_with_interval(r, p, scores) for p in probes), r["failed"],
                  r["median_latency_s"], r["mean_output_tokens"], r["train_wall_time_s"], r["train_tokens_per_s"]]
         lines.append("| " + " | ".join(_fmt(c, 1 if i >= len(cells) - 2 else 3) for i, c in enumerate(cells)) + " |")
     unscorable = [r for r in rows if r["not_scorable"]]
@@ -294,6 +371,7 @@ def markdown(rows: list[dict], task: Task, title: str, exp_dir: Path, cost_ctx: 
                       f"n={r['num_train_examples']} {r['backend']} {r['prompt_variant']}"
                       + (f" t={r['temperature']:g}" if several_t else "") + ": "
                       + ", ".join(f"{k} {v}" for k, v in r["not_scorable"].items()) for r in unscorable) + "."]
+    lines += against_base(rows, task, scores)
     if probes or several_t:
         lines += side_by_side(rows, task)
     lines += pairwise_lines(*pairwise)

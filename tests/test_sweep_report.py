@@ -1,10 +1,12 @@
-"""The sweep report: its statistics checked against closed forms and textbook values, and the HTML page
+"""The sweep report: its convergence rule and its paired how-much-data comparisons (recomputed from the
+per-example scores the rows point at), and the HTML page
 opened in a real headless Chromium (Debian's package, driven by Playwright): no console errors, every
 image loaded, the sections present, the failed cell marked, a screenshot taken."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import re
 import shutil
@@ -25,89 +27,13 @@ except ImportError:  # an editable install of another checkout: load this checko
     sys.modules[_spec.name] = sr
     _spec.loader.exec_module(sr)
 
-try:
-    from scipy import stats as scipy_stats
-except ImportError:
-    scipy_stats = None
+from ftscale.eval import stats
 
 SECTIONS = ["Summary", "Scaling curves", "How much data", "Latency", "Cost", "Seeds and convergence",
             "Temperature", "Sources"]
 
 
 # ------------------------------------------------------------------------------------------------ statistics
-
-def test_t_distribution_closed_forms():
-    for t in (-7.0, -1.3, 0.0, 0.4, 2.0, 12.7):
-        assert sr.t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-12)  # Cauchy
-        assert sr.t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-12)
-    for p in (0.6, 0.9, 0.95, 0.975, 0.995):
-        assert sr.t_ppf(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-9)
-        assert sr.t_ppf(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-9)
-    assert sr.t_ppf(0.025, 2) == pytest.approx(-sr.t_ppf(0.975, 2))
-
-
-def test_t_quantiles_match_the_textbook_table():
-    # two-sided 95% (0.975 quantile) and one-sided 95% critical values, as printed in t tables
-    table = {(0.975, 2): 4.303, (0.975, 4): 2.776, (0.975, 10): 2.228, (0.975, 30): 2.042, (0.95, 4): 2.132,
-             (0.95, 2): 2.920, (0.99, 5): 3.365}
-    for (p, df), v in table.items():
-        assert sr.t_ppf(p, df) == pytest.approx(v, abs=5e-4)
-    assert sr.t_ppf(0.975, 1e7) == pytest.approx(1.959964, abs=1e-5)  # the normal limit
-    if scipy_stats is not None:
-        for p, df in [(0.975, 3), (0.95, 3.7166), (0.9, 17.3)]:
-            assert sr.t_ppf(p, df) == pytest.approx(scipy_stats.t.ppf(p, df), rel=1e-9)
-        for t, df in [(2.5, 3.7), (-1.2, 7.3), (0.3, 1.5)]:
-            assert sr.t_sf(t, df) == pytest.approx(scipy_stats.t.sf(t, df), rel=1e-9)
-
-
-def test_t_interval():
-    mean, lo, hi = sr.t_interval([0.8, 0.9, 1.0])
-    half = (2 * 0.975 - 1) / math.sqrt(2 * 0.975 * 0.025) * 0.1 / math.sqrt(3)  # t(0.975, 2) x s / sqrt(n)
-    assert mean == pytest.approx(0.9)
-    assert (lo, hi) == (pytest.approx(0.9 - half), pytest.approx(0.9 + half))
-    assert half == pytest.approx(0.248414, abs=1e-6)
-    assert sr.t_interval([0.7]) == (0.7, None, None)  # one seed: no interval
-    assert sr.t_interval([0.5, 0.5, 0.5]) == (0.5, 0.5, 0.5)
-
-
-def test_welch_one_sided():
-    # equal variances 0.01, n=3 each: t = 0.3 / sqrt(0.02/3) = 3.6742, df = 4 exactly
-    res = sr.welch_one_sided([0.8, 0.9, 1.0], [0.5, 0.6, 0.7])
-    assert res.test == "Welch"
-    assert res.t == pytest.approx(3.6742346, rel=1e-7) and res.df == pytest.approx(4.0)
-    # closed-form survival function of t with 4 degrees of freedom
-    u = res.t / math.sqrt(4 + res.t ** 2)
-    assert res.p == pytest.approx(0.5 - 0.5 * u * (1.5 - 0.5 * u * u), rel=1e-9)
-    assert res.p == pytest.approx(0.0106558, rel=1e-5) and res.beats()
-    # unequal variances and sizes: Welch-Satterthwaite df 3.7166 (scipy: 0.361158, p 0.368783)
-    res = sr.welch_one_sided([1, 2, 3, 4], [2, 2.5])
-    assert (res.t, res.df, res.p) == (pytest.approx(0.3611576, rel=1e-6), pytest.approx(3.7166276, rel=1e-6),
-                                      pytest.approx(0.3687827, rel=1e-6))
-    assert not res.beats()
-    # lower is better: the same data tested in the other direction
-    assert sr.welch_one_sided([1, 2, 3, 4], [2, 2.5], higher_is_better=False).p == pytest.approx(0.6312173, rel=1e-6)
-    assert sr.welch_one_sided([0.5, 0.6, 0.7], [0.8, 0.9, 1.0], higher_is_better=False).beats()
-    # no spread on either side: exact, significant only in the better direction
-    assert sr.welch_one_sided([1.0, 1.0], [0.5, 0.5]).p == 0.0
-    assert sr.welch_one_sided([0.5, 0.5], [0.5, 0.5]).p == 1.0
-    with pytest.raises(ValueError):
-        sr.welch_one_sided([1.0], [0.5, 0.6])
-    if scipy_stats is not None:
-        x, y = [0.61, 0.72, 0.68, 0.7], [0.55, 0.58, 0.66]
-        ref = scipy_stats.ttest_ind(x, y, equal_var=False, alternative="greater")
-        assert sr.welch_one_sided(x, y).p == pytest.approx(ref.pvalue, rel=1e-9)
-
-
-def test_one_sample_against_a_single_reference_value():
-    # t = (0.9 - 0.7) / (0.1 / sqrt 3) = 3.4641, df = 2: p = 1/2 - t / (2 sqrt(2 + t^2)) = 0.03709
-    res = sr.better_than_reference([0.8, 0.9, 1.0], [0.7])
-    assert res.test == "one-sample" and res.df == 2
-    assert res.t == pytest.approx(2 * math.sqrt(3))
-    assert res.p == pytest.approx(0.5 - res.t / (2 * math.sqrt(2 + res.t ** 2)), rel=1e-9)
-    assert res.p == pytest.approx(0.0370900, rel=1e-5) and res.beats()
-    assert sr.better_than_reference([0.8, 0.9, 1.0], [0.7], higher_is_better=False).p == pytest.approx(0.96291, rel=1e-5)
-    assert sr.better_than_reference([0.8, 0.9, 1.0], [0.5, 0.6, 0.7]).test == "Welch"
-
 
 def test_convergence_rule():
     # (a) the loss must fall below 0.9 x its first value (final = mean of the last 3)
@@ -145,7 +71,31 @@ def _loss(system, size, seed):
     return [2.5 - (2.5 - end) * (1 - math.exp(-i / 2)) for i in range(12)]
 
 
-def _row(system, size, seed, t, *, variant="default", status="done", error=None, reference=False):
+N_ITEMS = 200
+METRICS = ("format_ok", "answer_correct", "both")
+
+
+def _items(rate: float) -> list[float]:
+    """200 per-example 0/1 scores, the first round(rate x 200) correct: the same items are the easy ones for
+    every system (nested), as when items differ in difficulty."""
+    k = round(rate * N_ITEMS)
+    return [1.0] * k + [0.0] * (N_ITEMS - k)
+
+
+def _words(mean: float) -> list[float]:
+    return [mean + (1.0 if i % 2 else -1.0) for i in range(N_ITEMS)]  # graded, mean exactly `mean`
+
+
+def _write_generations(path: Path, row: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    per_metric = {m: _items(row[m]) for m in METRICS} | {"words": _words(row["words"])}
+    with open(path, "w") as f:
+        for i in range(N_ITEMS):
+            f.write(json.dumps({"id": f"ex{i}", "error": None,
+                                "scores": {m: v[i] for m, v in per_metric.items()}}) + "\n")
+
+
+def _row(base, system, size, seed, t, *, variant="default", status="done", error=None, reference=False):
     quality = {0: 0.0, 25: 0.55, 50: 0.82, 100: 0.93}[size] if not reference else (0.97 if system == GPT else 0.7)
     quality -= 0.04 * (system == QLORA) + (0.05 * size / 100 if t >= 1.0 else 0.0)  # forgetting at T=1
     quality = min(1.0, max(0.0, quality + 0.02 * (seed - 2)))
@@ -160,7 +110,7 @@ def _row(system, size, seed, t, *, variant="default", status="done", error=None,
         "mean_input_tokens": 65.6, "train_wall_time_s": None if size == 0 else 30.0 * size / 25,
         "train_tokens_per_s": None, "train_machine": None, "trained_tokens": None, "estimated_billed_tokens": None,
         "eval_wall_time_s": 70.0, "eval_requests": 200, "eval_machine": None,
-        "generations": f"{run_dir}/eval-{variant}/generations.jsonl" if run_dir else None,
+        "generations": f"{base}/{run_dir}/eval-{variant}-t{t:g}/generations.jsonl" if run_dir else None,
         "training_cost_usd": 0.0 if size == 0 else 0.01 * size / 25,
         "cost_basis": "gpt-4.1-2025-04-14 token prices" if system == GPT else "cpu at $0.10/h",
         "cost_per_1k_requests_usd": 0.9 if system == GPT else 0.0097, "break_even_requests": None if system == GPT else 12,
@@ -169,27 +119,31 @@ def _row(system, size, seed, t, *, variant="default", status="done", error=None,
         "latency": latency if status == "done" else None, "reference": reference,
         "format_ok": None, "answer_correct": None, "both": None,
     }
-    if status == "done":
-        row.update(format_ok=quality, answer_correct=quality * 0.9, both=quality * 0.85)
+    if status == "done":  # rates of whole items out of 200, as an evaluation gives them
+        row.update(format_ok=round(quality * N_ITEMS) / N_ITEMS,
+                   answer_correct=round(quality * 0.9 * N_ITEMS) / N_ITEMS,
+                   both=round(quality * 0.85 * N_ITEMS) / N_ITEMS, words=40.0 - 0.2 * size + seed)
+        _write_generations(Path(row["generations"]), row)
     return row
 
 
-def sweep_rows() -> list[dict]:
+def sweep_rows(base: Path) -> list[dict]:
+    """The demo sweep's rows; the finished ones with their generations files written under `base`."""
     rows = []
     for system in (LORA, QLORA):
         for size in SIZES:
             for seed in SEEDS:
                 for t in TEMPS:
                     if (system, size, seed) == (QLORA, 50, 2):
-                        rows.append(_row(system, size, seed, t, status="failed", error=FAILED_ERROR))
+                        rows.append(_row(base, system, size, seed, t, status="failed", error=FAILED_ERROR))
                     elif (system, size, seed, t) == (LORA, 100, 3, 1.0):
-                        rows.append(_row(system, size, seed, t, status="missing"))
+                        rows.append(_row(base, system, size, seed, t, status="missing"))
                     else:
-                        rows.append(_row(system, size, seed, t))
+                        rows.append(_row(base, system, size, seed, t))
     for t in TEMPS:  # references: the untrained base with few-shot prompts (3 seeds) and a prompted bigger model
         for seed in SEEDS:
-            rows.append(_row(LORA.replace("LoRA", "base"), 0, seed, t, variant="few_shot", reference=True))
-        rows.append(_row(GPT, 0, 1, t, variant="few_shot", reference=True))
+            rows.append(_row(base, LORA.replace("LoRA", "base"), 0, seed, t, variant="few_shot", reference=True))
+        rows.append(_row(base, GPT, 0, 1, t, variant="few_shot", reference=True))
     return rows
 
 
@@ -204,7 +158,7 @@ SOURCES = {"command": "ftscale sweep configs/sweeps/formatting-demo.yaml", "swee
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep-report")
-    html_path, md_path = sr.write_sweep_report(out, sweep_rows(), get_task("formatting"), COST_CTX, SOURCES)
+    html_path, md_path = sr.write_sweep_report(out, sweep_rows(out), get_task("formatting"), COST_CTX, SOURCES)
     return out, html_path, md_path
 
 
@@ -225,13 +179,29 @@ def test_report_files_and_content(report):
     assert page.count('src="data:image/png;base64,') == 3
     # every failed or missing row is listed with its error
     assert md.count("loss is NaN") == 2 and "| missing |" in md
-    # section 3: Welch against the base's 3 seeds (beaten from 50 examples), one-sample against the prompted
-    # model's single value (never beaten: 0.97)
+    # section 3: each size against each reference, paired on the items, the seeds pooled; Holm across sizes
     how = md.split("## How much data")[1].split("## Latency")[0]
-    assert "| smollm2-135m LoRA, prompt default, T=0 | format_ok | smollm2-135m base, prompt few_shot, T=0 | " \
-           "0.700 (n=3) | 50 | 0.820 (n=3) | Welch |" in how
-    assert how.count("| not reached | – | one-sample | smallest ") == 12  # 4 curves x 3 metrics vs GPT
-    assert how.count("| Welch |") == 12
+    lines = [line for line in how.splitlines() if line.startswith("| smollm2")]
+    assert len(lines) == 24  # 4 curves x 3 metrics x 2 references
+    row = next(line for line in lines if line.startswith(
+        "| smollm2-135m LoRA, prompt default, T=0 | format_ok | smollm2-135m base, prompt few_shot, T=0 | "))
+    # recomputed from the per-example scores: the LoRA's 3 seeds against the base's 3 seeds at each size
+    ref = [_items(q) for q in (0.68, 0.70, 0.72)]
+    tested = [stats.paired_difference([_items(q) for q in qs], ref)
+              for qs in ((0.0, 0.0, 0.02), (0.53, 0.55, 0.57), (0.80, 0.82, 0.84), (0.91, 0.93, 0.95))]
+    adjusted = stats.holm([d.p_value for d in tested])
+    cells = [f"{d.text()}, p={stats.p_text(p)}" + (" (beats)" if i >= 2 else "") + " (3 vs 3 seeds, 200 items)"
+             for i, (d, p) in enumerate(zip(tested, adjusted))]
+    assert row.endswith("| 0.700 (n=3) | 50 | " + " | ".join(cells) + " |"), row
+    assert tested[2].low > 0 and adjusted[2] < 0.05 and tested[1].high < 0  # 25 is worse, 50 beats it
+    # the prompted model (one seed, 0.95) is never beaten; at 100 examples (0.93 mean) the interval reaches 0
+    gpt = [line for line in lines if "| openai gpt-4.1-2025-04-14, prompt few_shot" in line]
+    assert len(gpt) == 12 and all("| 0.950 (n=1) | not reached |" in line or "| 0.855 (n=1) | not reached |" in line
+                                  or "| 0.810 (n=1) | not reached |" in line for line in gpt)
+    assert how.count("| not reached |") == 12 and how.count("| 50 |") == 12
+    # a failed or missing seed: the size is compared on the seeds that finished, and says what did not
+    assert "(2 vs 3 seeds, 200 items; 1 failed) |" in how and "(2 vs 1 seeds, 200 items; 1 missing) |" in how
+    assert "p=0.0000" not in how
     # section 6: both non-converged cells flagged, each by its rule
     conv = md.split("## Seeds and convergence")[1]
     assert "2 of 18 trained cells" in conv
@@ -243,12 +213,19 @@ def test_report_files_and_content(report):
 
 
 def test_report_without_costs_and_one_seed(tmp_path):
-    rows = [r for r in sweep_rows() if r["seed"] == 1 and r["temperature"] == 0.0]
+    rows = [r for r in sweep_rows(tmp_path) if r["seed"] == 1 and r["temperature"] == 0.0]
     _, md_path = sr.write_sweep_report(tmp_path, rows, get_task("formatting"), None, SOURCES)
     md = md_path.read_text()
     assert "Costs were not computed" in md
     assert "Only one seed per point: no confidence band" in md
-    assert "needs >= 2 seeds" in md
+    # one seed a side: McNemar's exact test on the items (discordant pairs all one way: 24 at 50 examples)
+    how = md.split("## How much data")[1].split("## Latency")[0]
+    tested = [stats.paired_difference([_items(q)], [_items(0.68)]) for q in (0.0, 0.53, 0.80, 0.91)]
+    d, p = tested[2], stats.holm([t.p_value for t in tested])[2]
+    assert d.method.startswith("McNemar") and d.p_value == pytest.approx(2 * 0.5 ** 24)
+    assert f"| {d.text()}, p={stats.p_text(p)} (beats) (1 vs 1 seeds, 200 items) |" in how
+    assert p == d.p_value and stats.p_text(p) == "1.2e-07"  # Holm: the largest of the 4 p-values, times 1
+    assert "needs >= 2 seeds" not in md
     assert "One temperature in this sweep" in md
 
 
@@ -257,11 +234,10 @@ def test_degenerate_sweeps_still_render(tmp_path):
     task = get_task("formatting")
     lower = Task(name="lengthy", metrics=(Metric("words", "output length", higher_is_better=False),),
                     prompt_variants=("default",), build_messages=task.build_messages, score=task.score)
-    rows = sweep_rows()
+    rows = sweep_rows(tmp_path)
     failed = [{**r, "status": "failed", "error": "boom", "format_ok": None, "answer_correct": None, "both": None}
               for r in rows if not r["reference"]]
-    words = [{**r, "words": None if r["status"] != "done" else 40.0 - 0.2 * r["num_train_examples"] + r["seed"]}
-             for r in rows]
+    words = [{**r, "words": None} if r["status"] != "done" else r for r in rows]
     cases = {"all-failed": (failed, task), "no-references": ([r for r in rows if not r["reference"]], task),
              "only-references": ([r for r in rows if r["reference"]], task), "empty": ([], task),
              "lower-is-better": (words, lower)}
@@ -275,9 +251,13 @@ def test_degenerate_sweeps_still_render(tmp_path):
     md = (tmp_path / "lower-is-better" / "report.md").read_text()
     assert "### words (lower is better)" in md
     # fewer words is better: LoRA at T=0 (mean 42 words untrained, 37 at 25 examples) beats the base few-shot
-    # reference (42) from 25 examples; equal means at 0 are not better
-    assert "| smollm2-135m LoRA, prompt default, T=0 | words | smollm2-135m base, prompt few_shot, T=0 | " \
-           "42.000 (n=3) | 25 | 37.000 (n=3) | Welch |" in md
+    # reference (42) from 25 examples, by -5 words; equal means at 0 are not better
+    row = next(line for line in md.splitlines() if line.startswith(
+        "| smollm2-135m LoRA, prompt default, T=0 | words | smollm2-135m base, prompt few_shot, T=0 | "))
+    cells = row.split(" | ")
+    assert cells[3:5] == ["42.000 (n=3)", "25"]
+    assert cells[5].startswith("+0.000 [-") and "(beats)" not in cells[5]
+    assert cells[6].startswith("-5.000 [") and "(beats)" in cells[6]
     assert "All 0 rows" not in (tmp_path / "empty" / "report.md").read_text()
     assert "No rows" in (tmp_path / "empty" / "report.md").read_text()
 
@@ -324,3 +304,24 @@ def test_report_in_headless_chromium(report, tmp_path):
     data = shot.read_bytes()
     w, h = _png_size(data)
     assert len(data) > 10_000 and w == 1280 and h > 900
+
+
+def test_a_one_item_difference_against_an_exact_zero_is_not_reached(tmp_path):
+    """The old report's case: three seeds at 0.010 (the same 1 of 100 items right) against one base evaluation
+    at 0.000 was 'beaten' with p = 0.0000 (zero spread counted as exact). Paired on the items, with the base's
+    own evaluation as its sample, it is not."""
+    def rows_at(system, size, seed, k, reference):
+        row = _row(tmp_path / "rows", system, size, seed, 0.0, variant="default", reference=reference)
+        path = tmp_path / f"{system}-{seed}.jsonl"
+        path.write_text("".join(json.dumps({"id": f"e{i}", "error": None, "scores": {m: float(i < k) for m in METRICS}})
+                                + "\n" for i in range(100)))
+        return row | {m: k / 100 for m in METRICS} | {"generations": str(path)}
+
+    rows = [rows_at(LORA.replace("LoRA", "base"), 0, 1, 0, True)] + [rows_at(LORA, 25, s, 1, False) for s in SEEDS]
+    _, md_path = sr.write_sweep_report(tmp_path / "out", rows, get_task("formatting"), None, SOURCES)
+    row = next(line for line in md_path.read_text().splitlines()
+               if line.startswith("| smollm2-135m LoRA, prompt default | answer_correct |"))
+    d = stats.paired_difference([[float(i < 1) for i in range(100)]] * 3, [[0.0] * 100])
+    assert row.endswith(f"| 0.000 (n=1) | not reached | {d.text()}, p={stats.p_text(d.p_value)} "
+                        "(3 vs 1 seeds, 100 items) |"), row
+    assert d.diff == pytest.approx(0.01) and d.low <= 0.0 and d.p_value > 0.5
