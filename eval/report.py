@@ -34,7 +34,8 @@ def probe_scores(folders: list[Path], cfg: dict) -> dict[tuple[str, float], dict
     for folder in folders:
         scores = _scores(folder)
         out[(scores["backend"], _temperature(scores, cfg))] = (
-            {f"probes.{k}": v for k, v in scores["metrics"].items()} | {"probes.n": scores["n"]})
+            {f"probes.{k}": v for k, v in scores["metrics"].items()} | {"probes.n": scores["n"]}
+            | {"probes_generations": str(folder / "generations.jsonl")})
     return out
 
 
