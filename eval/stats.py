@@ -25,17 +25,13 @@ ALPHA = 0.05
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of k successes in n trials (95% for z=1.96); (0, 1) when n is 0:
-    centre = (p + z²/2n) / (1 + z²/n), half-width = z / (1 + z²/n) · sqrt(p(1-p)/n + z²/4n²)."""
+    """The Wilson score interval of k successes in n trials (95% for z=1.96), scipy's; (0, 1) when n is 0."""
     if n <= 0:
         return (0.0, 1.0)
     if not 0 <= k <= n:
         raise ValueError(f"wilson: k={k} is not within 0..n={n}")
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    ci = _st.binomtest(k, n).proportion_ci(confidence_level=2 * _st.norm.cdf(z) - 1, method="wilson")
+    return (float(ci.low), float(ci.high))
 
 
 def percentile(values, q) -> float:
