@@ -26,9 +26,9 @@ class StandIn:
         self.events: dict[str, list[dict]] = {}
         self.refuse_jobs = False
         self.steps_to_finish = 3  # retrieves before a job succeeds
-        self.chat_faults: list[str] = []  # "429", "500", "drop", "slow" — taken one per chat request
+        self.chat_faults: list[str] = []  # "429", "500", "401", "drop", "slow" — taken one per chat request
         self.chat_requests: list[dict] = []
-        self.auth_headers: set[str] = set()
+        self.auth_headers: set[str] = set()  # every Authorization header received
         self.lock = threading.Lock()
         self.server = _QuietServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -158,6 +158,10 @@ class StandIn:
                 if fault == "429":
                     return self._json(429, {"error": {"message": "Rate limit reached", "type": "requests"}},
                                       {"Retry-After": "0.2"})
+                if fault == "401":  # a provider that quotes the rejected key back, in full
+                    auth = self.headers.get("Authorization", "")
+                    return self._json(401, {"error": {"message": f"Incorrect API key provided: {auth}",
+                                                      "type": "invalid_request_error", "code": "invalid_api_key"}})
                 if fault == "500":
                     return self._json(500, {"error": {"message": "The server had an error", "type": "server_error"}})
                 if fault == "slow":
