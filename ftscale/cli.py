@@ -136,6 +136,8 @@ def _serve(args) -> None:
 
     from ftscale.serve.server import VLLMServer
 
+    from .apikey import is_loopback
+
     bad = [a for a in args.adapter if "=" not in a]
     if bad:
         raise FtscaleError(f"--adapter {bad[0]}: expected NAME=RUN_DIR")
@@ -150,8 +152,6 @@ def _serve(args) -> None:
         model, adapters = str(merged_beside(path, base=args.model)), {}
     signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's SIGTERM stops the server like Ctrl-C
     log = Path(args.log or Path("runs") / "serve" / f"vllm-{int(time.time())}.log")
-    from .apikey import is_loopback
-
     if not is_loopback(args.host) and not args.api_key_env:
         print(f"warning: serving on {args.host} without an API key: anyone who can reach it can use the model; "
               "set one with --api-key-env NAME", file=sys.stderr, flush=True)
