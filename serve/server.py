@@ -156,8 +156,10 @@ class VLLMServer:
         log.flush()
         # A new session makes the server the leader of its own process group, so stop() reaches
         # the engine and worker processes it forks, and a Ctrl-C in our terminal is ours to handle.
-        env = os.environ | {"PYTHONUNBUFFERED": "1"}
-        if self.api_key_env:  # vLLM's --api-key, given through its environment: no command line or log shows it
+        # vLLM's --api-key, given through its environment so that no command line or log shows it; a
+        # VLLM_API_KEY the caller happens to have set is not passed on: only the key named here counts
+        env = {k: v for k, v in os.environ.items() if k != "VLLM_API_KEY"} | {"PYTHONUNBUFFERED": "1"}
+        if self.api_key_env:
             env["VLLM_API_KEY"] = os.environ[self.api_key_env]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True, env=env)

@@ -2,8 +2,10 @@
 
 A 3-system x 3-query study (9 pairs) is rated by two raters through the browser; the test
 checks that no rating page ever names a system, that the votes stored are the clicks, that a
-rater resumes where they left off, that bad and duplicate votes are refused without touching the
-database, and that the unblinded report (and `unblind()`) gives the totals computed here.
+rater resumes where they left off, that bad, duplicate and forged votes (a pair not served, no
+ticket, another rater's ticket, a replay) are refused without touching the database, that a
+request addressed to another host name (DNS rebinding) is refused, that the report needs the
+owner key, and that the unblinded report (and `unblind()`) gives the totals computed here.
 """
 
 from __future__ import annotations
