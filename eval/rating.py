@@ -16,7 +16,13 @@ A study lives in one directory (`runs/studies/<name>/`):
 The rating server (stdlib `http.server`, plain HTML forms, no JavaScript) never sends a system
 name to a rater: the rating pages name only "Reply A" and "Reply B", the form carries an opaque
 study key rather than the study's name (a name such as "ft-vs-gpt4" would give the game away),
-and `study.json` is not served. Only `/report` unblinds, and it shows aggregates only.
+and `study.json` is not served. Only `/report` unblinds, it shows aggregates only, and it needs
+the owner key: a random one printed once to the owner's terminal when the server starts (or
+the value of FTSCALE_RATING_OWNER_KEY), kept in memory only, never in the study folder; a rater
+cannot read results while voting. The server remembers which pair it served to each rater, with
+a random ticket in the form, and accepts one vote for exactly that pair: a forged, replayed or
+out-of-turn vote is refused. Requests whose Host header is not the address the server is bound
+to are refused, so a web page that rebinds its DNS name to 127.0.0.1 cannot vote or read.
 
 Statistics (see `unblind`): per pair of systems, win / tie / loss rates over all votes and the
 win rate over decided (non-tie) votes, each with a 95% Wilson score interval; agreement between
@@ -28,13 +34,18 @@ human vote of each pair.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
+import hmac
 import html
+import ipaddress
 import itertools
 import json
 import math
 import random
+import os
 import re
+import secrets
 import sqlite3
 import sys
 import threading
@@ -43,6 +54,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
+from ftscale.apikey import is_loopback
 from ftscale.atomic import write_json
 from ftscale.chatdata import json_lines
 from ftscale.errors import FtscaleError
@@ -56,6 +68,7 @@ JUDGE_RECORDS = "llm_judge_records.jsonl"
 CHOICES = ("A", "B", "tie")
 MAX_RATER_LEN = 100
 MAX_BODY = 64 * 1024
+OWNER_KEY_ENV = "FTSCALE_RATING_OWNER_KEY"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS votes (
@@ -299,9 +312,13 @@ def judge_study(study_dir: str | Path, judge: str, persona: str = "rude", seed: 
     from ftscale.atomic import write_jsonl
     from ftscale.data.personas import load_persona
 
-    from .backends import make_judge_backend
+    from .backends import make_judge_backend, parse_spec
     from .judges import load_judge_prompt, pairwise_judge
 
+    try:
+        parse_spec(judge)
+    except ValueError as e:
+        raise FtscaleError(f"--judge {e}") from None
     study_dir = Path(study_dir)
     study = load_study(study_dir)
     rubric = load_persona(persona).judge_rubric  # bad input refused before the judge is loaded
@@ -514,22 +531,25 @@ class RatingServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, study_dir: Path, study: dict, address: tuple[str, int]):
+    def __init__(self, study_dir: Path, study: dict, address: tuple[str, int], owner_key: str):
         self.study_dir = study_dir
         self.study = study
         self.key = study_key(study)
+        self.owner_key = owner_key
         self.pair_ids = [p["id"] for p in study["pairs"]]
         self.pairs = {p["id"]: p for p in study["pairs"]}
         self.db_path = study_dir / VOTES_DB
         self.log_requests = False
         self._thread: threading.Thread | None = None
+        self._served: dict[str, tuple[str, str]] = {}  # rater -> (pair id, ticket) of the pair on their page
+        self._served_lock = threading.Lock()
+        super().__init__(address, _Handler)  # bound before anything is written: a busy port changes nothing
         conn = sqlite3.connect(self.db_path, timeout=30)
         try:
             conn.execute(SCHEMA)
             conn.commit()
         finally:
             conn.close()
-        super().__init__(address, _Handler)
 
     @property
     def url(self) -> str:
@@ -538,6 +558,57 @@ class RatingServer(ThreadingHTTPServer):
 
     def connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.db_path, timeout=30)
+
+    def voted(self, rater: str) -> set[str]:
+        """The ids of the pairs `rater` has voted on."""
+        conn = self.connect()
+        try:
+            rows = conn.execute("SELECT pair_id FROM votes WHERE study = ? AND rater = ?",
+                                (self.study["name"], rater)).fetchall()
+        finally:
+            conn.close()
+        return {r[0] for r in rows}
+
+    def serve_pair(self, rater: str, pair_id: str) -> str:
+        """The ticket for the pair now on `rater`'s page (the same on a reload, so two tabs agree)."""
+        with self._served_lock:
+            pid, ticket = self._served.get(rater, (None, None))
+            if pid != pair_id:
+                ticket = secrets.token_urlsafe(16)
+                self._served[rater] = (pair_id, ticket)
+            return ticket
+
+    def take_ticket(self, rater: str, pair_id: str, ticket: str) -> bool:
+        """Whether this is the pair served to `rater` with this ticket; a ticket is good for one vote."""
+        with self._served_lock:
+            pid, expected = self._served.get(rater, (None, None))
+            if pid != pair_id or expected is None or not hmac.compare_digest(expected, ticket):
+                return False
+            del self._served[rater]
+            return True
+
+    def host_allowed(self, host_header: str | None) -> bool:
+        """The Host header names this server: its port, and its bound address (loopback names too when
+        bound to loopback; any IP address when bound to all interfaces). A DNS name that merely resolves
+        here (DNS rebinding) does not."""
+        bound, port = self.server_address[:2]
+        host, sep, got_port = (host_header or "").strip().lower().rpartition(":")
+        if not sep or got_port != str(port) or not host:
+            return False
+        host = host.strip("[]")
+        if host == bound.lower():
+            return True
+        wildcard = bound in ("0.0.0.0", "::")
+        if is_loopback(bound) or wildcard:
+            if host == "localhost" or is_loopback(host):
+                return True
+        if wildcard:
+            try:
+                ipaddress.ip_address(host)
+                return True
+            except ValueError:
+                return False
+        return False
 
     def shutdown(self) -> None:
         super().shutdown()
@@ -552,8 +623,9 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
 
     def log_message(self, format, *args):  # noqa: A002 (the base class's name)
-        if self.server.log_requests:
-            super().log_message(format, *args)
+        if self.server.log_requests:  # the owner key in a /report URL stays out of the log
+            super().log_message(format, *(re.sub(r"key=[^&\s]*", "key=***", a) if isinstance(a, str) else a
+                                          for a in args))
 
     # ---- responses
 
@@ -563,6 +635,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")  # a report URL carries the owner key
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
@@ -579,7 +652,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ---- routes
 
+    def _wrong_host(self) -> bool:
+        if self.server.host_allowed(self.headers.get("Host")):
+            return False
+        self._error(421, "this server answers only to the address it was started on (Host header refused)")
+        return True
+
     def do_GET(self):
+        if self._wrong_host():
+            return
         url = urlsplit(self.path)
         query = parse_qs(url.query, keep_blank_values=True)
         if url.path == "/":
@@ -592,12 +673,14 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._error(400, f"the rater name is longer than {MAX_RATER_LEN} characters")
             return self._rate(rater)
         if url.path == "/report":
-            return self._report()
+            return self._report((query.get("key") or [""])[0])
         return self._error(404, f"no page {url.path}")
 
     do_HEAD = do_GET
 
     def do_POST(self):
+        if self._wrong_host():
+            return
         url = urlsplit(self.path)
         if url.path != "/vote":
             return self._error(404, f"no form posts to {url.path}")
@@ -613,26 +696,17 @@ class _Handler(BaseHTTPRequestHandler):
                 "<button id=\"start\" type=\"submit\">Start</button></form>")
         self._send(200, _page("Rating", body))
 
-    def _voted(self, rater: str) -> set[str]:
-        conn = self.server.connect()
-        try:
-            rows = conn.execute("SELECT pair_id FROM votes WHERE study = ? AND rater = ?",
-                                (self.server.study["name"], rater)).fetchall()
-        finally:
-            conn.close()
-        return {r[0] for r in rows}
-
     def _rate(self, rater: str):
-        voted = self._voted(rater)
+        voted = self.server.voted(rater)
         ids = self.server.pair_ids
         todo = [pid for pid in ids if pid not in voted]
         n = len(ids)
         if not todo:
             body = (f"<div id=\"done\"><h1>Done — thank you, {_e(rater)}!</h1>"
-                    f"<p>You have rated all {n} pairs.</p>"
-                    f"<p><a id=\"report-link\" href=\"/report\">See the report</a></p></div>")
+                    f"<p>You have rated all {n} pairs. The study's owner will share the results.</p></div>")
             return self._send(200, _page("Done", body))
         pair = self.server.pairs[todo[0]]
+        ticket = self.server.serve_pair(rater, pair["id"])
         k = n - len(todo) + 1
         body = (f"<p id=\"progress\">Pair {k} of {n} · rater {_e(rater)}</p>"
                 f"<h2>Query</h2><div class=\"query\" id=\"query\">{_e(pair['query'])}</div>"
@@ -643,6 +717,7 @@ class _Handler(BaseHTTPRequestHandler):
                 f"<form method=\"post\" action=\"/vote\" class=\"votes\" id=\"vote-form\">"
                 f"<input type=\"hidden\" name=\"study\" value=\"{_e(self.server.key)}\">"
                 f"<input type=\"hidden\" name=\"pair_id\" value=\"{_e(pair['id'])}\">"
+                f"<input type=\"hidden\" name=\"ticket\" value=\"{_e(ticket)}\">"
                 f"<input type=\"hidden\" name=\"rater\" value=\"{_e(rater)}\">"
                 f"<p>Which reply is better?</p>"
                 f"<button id=\"vote-A\" type=\"submit\" name=\"choice\" value=\"A\">Reply A</button>"
@@ -687,6 +762,9 @@ class _Handler(BaseHTTPRequestHandler):
         choice = fields["choice"]
         if choice not in CHOICES:
             return self._error(400, f"choice {choice!r} is not one of A, B, tie; nothing was recorded", rater)
+        tickets = form.get("ticket", [])
+        if not self._served_vote(rater, pid, tickets[0] if len(tickets) == 1 else None):
+            return
         conn = self.server.connect()
         try:
             with conn:
@@ -698,7 +776,23 @@ class _Handler(BaseHTTPRequestHandler):
             conn.close()
         self._redirect(f"/rate?rater={quote(rater)}")
 
-    def _report(self):
+    def _served_vote(self, rater: str, pid: str, ticket: str | None) -> bool:
+        """The vote is for the pair this server put on the rater's page, with its ticket, voted once."""
+        if pid in self.server.voted(rater):
+            self._error(409, f"{rater} has already voted on pair {pid}; the first vote is kept", rater)
+            return False
+        if ticket is None or not self.server.take_ticket(rater, pid, ticket):
+            self._error(409, f"pair {pid} is not the pair on {rater}'s rating page: a vote counts only for the "
+                             "pair shown; nothing was recorded", rater)
+            return False
+        return True
+
+    def _report(self, key: str):
+        auth = self.headers.get("Authorization") or ""
+        given = key or auth.removeprefix("Bearer ").strip()
+        if not given or not hmac.compare_digest(given.encode(), self.server.owner_key.encode()):
+            return self._error(403, "the report is for the study's owner: open the report address printed when "
+                                    "the server started (…/report?key=…)")
         try:
             result = unblind(self.server.study_dir)
         except FtscaleError as e:
@@ -706,30 +800,41 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, render_report(result))
 
 
-def _make_server(study_dir: str | Path, host: str, port: int) -> RatingServer:
+def _make_server(study_dir: str | Path, host: str, port: int, owner_key: str | None) -> RatingServer:
     study_dir = Path(study_dir)
     study = load_study(study_dir)
-    return RatingServer(study_dir, study, (host, port))
+    try:
+        return RatingServer(study_dir, study, (host, port), owner_key or secrets.token_urlsafe(24))
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise FtscaleError(f"port {port} on {host} is already in use: choose another with --port") from None
+        raise FtscaleError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
 
 
-def serve_study(study_dir: str | Path, host: str = "127.0.0.1", port: int = 0) -> RatingServer:
+def serve_study(study_dir: str | Path, host: str = "127.0.0.1", port: int = 0,
+                owner_key: str | None = None) -> RatingServer:
     """Start serving the study in a background thread and return the server: `server_address`
-    gives the port (0 picks a free one), `url` the address, `shutdown()` stops it."""
-    server = _make_server(study_dir, host, port)
+    gives the port (0 picks a free one), `url` the address, `owner_key` the key `/report` needs
+    (random unless given), `shutdown()` stops it."""
+    server = _make_server(study_dir, host, port, owner_key)
     server._thread = threading.Thread(target=server.serve_forever, name="ftscale-rating", daemon=True)
     server._thread.start()
     return server
 
 
 def run_rating_server(study_dir: str | Path, host: str = "127.0.0.1", port: int = 8765) -> None:
-    """Serve the study until Ctrl-C (the command-line entry)."""
-    server = _make_server(study_dir, host, port)
+    """Serve the study until Ctrl-C (the command-line entry). The owner key is FTSCALE_RATING_OWNER_KEY's
+    value, else a random one shown here once; either way it lives in this process only."""
+    from_env = os.environ.get(OWNER_KEY_ENV)
+    server = _make_server(study_dir, host, port, from_env)
     server.log_requests = True
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: serving on {host}: anyone who can reach it can vote and read the unblinded report",
+    if not is_loopback(host):
+        print(f"warning: serving on {host}: anyone who can reach it can vote (the report still needs the owner key)",
               file=sys.stderr)
-    print(f"rating study {server.study['name']} ({len(server.pair_ids)} pairs): {server.url}  "
-          f"(report: {server.url}report; Ctrl-C stops)", file=sys.stderr)
+    shown = f"${OWNER_KEY_ENV}" if from_env else server.owner_key
+    print(f"rating study {server.study['name']} ({len(server.pair_ids)} pairs) for raters: {server.url}\n"
+          f"for you only (the unblinded report): {server.url}report?key={shown}\n"
+          f"(`ftscale rate <study> --report` prints the same numbers on this machine; Ctrl-C stops)", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

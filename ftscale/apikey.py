@@ -1,14 +1,34 @@
-"""Where the OpenAI API key comes from: the environment, or a file the user names. Nowhere else,
-and it is never written: run directories, logs and reports hold no key."""
+"""Which API key goes to which endpoint, and keeping keys out of error text.
+
+The key rule, the one place every OpenAI client is built through (`openai_client`):
+
+- OpenAI's own API (https://api.openai.com/...) gets OPENAI_API_KEY, or the first line of the
+  file OPENAI_API_KEY_FILE names.
+- Any other endpoint gets a key only when the user pairs one with it: the name of an environment
+  variable holding it (`openai.api_key_env` beside `openai.base_url`, `--api-key-env` beside
+  `--base-url`, `openai:MODEL@URL#ENV_NAME`). Unpaired, it gets a placeholder that is no secret
+  (a vLLM server started without --api-key ignores it).
+- No key travels over plain http to a host other than this machine.
+
+Keys come from the environment only and are written nowhere; `mask` removes them (and anything
+that looks like one) from provider error text before it is stored or printed.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .errors import FtscaleError
 
 MISSING = "set OPENAI_API_KEY, or OPENAI_API_KEY_FILE to a file holding the key"
+OPENAI_API = "https://api.openai.com/v1"
+PLACEHOLDER = "EMPTY"  # sent where no key is due: the openai client insists on some token
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_handed_out: set[str] = set()  # every key given to a client, so that `mask` knows their values
 
 
 def openai_api_key() -> str | None:
@@ -26,3 +46,79 @@ def openai_api_key() -> str | None:
     if not key:
         raise FtscaleError(f"OPENAI_API_KEY_FILE={name}: the file's first line is empty")
     return key
+
+
+def endpoint_url(base_url: str | None) -> str:
+    """The URL requests really go to: the one given, else OPENAI_BASE_URL, else OpenAI's API. Resolved
+    here, not by the openai client, so that the key rule judges the actual destination."""
+    return base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_API
+
+
+def is_openai_api(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme == "https" and parts.hostname == "api.openai.com"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def valid_env_name(name: str) -> bool:
+    return bool(_ENV_NAME.match(name))
+
+
+def key_for(base_url: str | None, api_key_env: str | None = None) -> str | None:
+    """The key to send to `base_url` (see the module's rule), or None when none is due. Refuses an
+    unset paired variable, OpenAI's API without a key, and a key over plain http to another host."""
+    url = endpoint_url(base_url)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise FtscaleError(f"{url}: the endpoint must be an http:// or https:// URL")
+    if api_key_env:
+        if not valid_env_name(api_key_env):
+            raise FtscaleError(f"api key env {api_key_env!r}: give the name of an environment variable, not a key")
+        # naming OPENAI_API_KEY pairs the user's OpenAI key, wherever it is kept (its variable or file)
+        key = openai_api_key() if api_key_env == "OPENAI_API_KEY" else os.environ.get(api_key_env)
+        if not key:
+            raise FtscaleError(f"{api_key_env} is not set: it should hold the API key for {url}")
+    elif is_openai_api(url):
+        key = openai_api_key()
+        if key is None:
+            raise FtscaleError(f"{url} needs a key: {MISSING}")
+    else:
+        return None
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise FtscaleError(f"{url}: refusing to send an API key over plain http to another machine; use https")
+    _handed_out.add(key)
+    return key
+
+
+def openai_client(base_url: str | None, api_key_env: str | None = None, *, asynchronous: bool = False, **kwargs):
+    """An `openai.OpenAI` (or `AsyncOpenAI`) client for the endpoint, carrying only the key due to it.
+    The URL and key are always passed explicitly so that the client's own fallbacks to
+    OPENAI_BASE_URL / OPENAI_API_KEY cannot send the key somewhere else."""
+    import openai
+
+    key = key_for(base_url, api_key_env)
+    cls = openai.AsyncOpenAI if asynchronous else openai.OpenAI
+    return cls(base_url=endpoint_url(base_url), api_key=key or PLACEHOLDER, **kwargs)
+
+
+_LOOKS_LIKE_KEY = re.compile(r"\b(sk-)[A-Za-z0-9_*.\-]{6,}|\b(Bearer)\s+[A-Za-z0-9._~+/=*\-]+", re.IGNORECASE)
+
+
+def mask(text: str) -> str:
+    """`text` with every known key value, anything shaped like an OpenAI key (sk-...) and any
+    `Bearer <token>` replaced by `***`."""
+    if not text:
+        return text
+    known = _handed_out | {os.environ.get("OPENAI_API_KEY") or ""}
+    for key in sorted(known, key=len, reverse=True):
+        if len(key) >= 6:  # a tiny "key" would mangle ordinary words
+            text = text.replace(key, "***")
+    return _LOOKS_LIKE_KEY.sub(lambda m: f"{m.group(1) or m.group(2) + ' '}***", text)

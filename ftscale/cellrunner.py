@@ -66,14 +66,15 @@ def hf_answerer(cfg: ExperimentConfig, adapter: Path | None, model: str | None =
 
 
 def endpoint_answerer(model: str, base_url: str | None, concurrency: int, label: str = "openai",
-                      served: dict | None = None) -> Answerer:
-    """An OpenAI-compatible endpoint. `served`: for a server ftscale started itself, what it serves
-    (its URL has a fresh port each time, so the URL does not identify it)."""
+                      served: dict | None = None, api_key_env: str | None = None) -> Answerer:
+    """An OpenAI-compatible endpoint, with the key paired to it (ftscale/apikey.py). `served`: for a
+    server ftscale started itself, what it serves (its URL has a fresh port each time, so the URL
+    does not identify it)."""
     from .eval.backends import make_backend
 
     identity = {"backend": label, "model": model} | (served if served is not None else {"base_url": base_url})
     return Answerer(label, identity, lambda: make_backend("openai", name=label, model=model, base_url=base_url,
-                                                          concurrency=concurrency))
+                                                          api_key_env=api_key_env, concurrency=concurrency))
 
 
 @dataclass(frozen=True)

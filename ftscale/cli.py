@@ -117,7 +117,10 @@ def _eval(args) -> None:
         label = f"hf-{_slug(args.model)}" if args.model and args.model != cfg.model else "hf"
         evaluate(hf_answerer(cfg, adapter, model=args.model, label=label))
     elif args.backend == "openai":
-        evaluate(endpoint_answerer(args.model or cfg.model, args.base_url, concurrency))
+        from .apikey import key_for
+
+        key_for(args.base_url, args.api_key_env)  # a missing or misdirected key is refused before any work
+        evaluate(endpoint_answerer(args.model or cfg.model, args.base_url, concurrency, api_key_env=args.api_key_env))
     else:
         _eval_on_vllm(cfg, adapter, out, args.merged, concurrency, evaluate)
     print(f"results in {out}")
@@ -162,6 +165,8 @@ def _serve(args) -> None:
 
     from ftscale.serve.server import VLLMServer
 
+    from .apikey import is_loopback
+
     bad = [a for a in args.adapter if "=" not in a]
     if bad:
         raise FtscaleError(f"--adapter {bad[0]}: expected NAME=RUN_DIR")
@@ -176,10 +181,14 @@ def _serve(args) -> None:
         model, adapters = str(merged_beside(path, base=args.model)), {}
     signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's SIGTERM stops the server like Ctrl-C
     log = Path(args.log or Path("runs") / "serve" / f"vllm-{int(time.time())}.log")
+    if not is_loopback(args.host) and not args.api_key_env:
+        print(f"warning: serving on {args.host} without an API key: anyone who can reach it can use the model; "
+              "set one with --api-key-env NAME", file=sys.stderr, flush=True)
     print(f"starting vLLM for {model} (log: {log}) ...", flush=True)
     with VLLMServer(model, adapters, log_path=log, host=args.host, port=args.port, served_name=served,
-                    max_model_len=args.max_model_len, kv_cache_gb=args.kv_cache_gb) as server:
-        print(f"serving {', '.join(server.model_names)} at {server.base_url} (Ctrl-C to stop)", flush=True)
+                    max_model_len=args.max_model_len, kv_cache_gb=args.kv_cache_gb, api_key_env=args.api_key_env) as server:
+        needs = f"; clients send the key in ${args.api_key_env}" if args.api_key_env else ""
+        print(f"serving {', '.join(server.model_names)} at {server.base_url}{needs} (Ctrl-C to stop)", flush=True)
         while server.alive():
             time.sleep(1)
         raise FtscaleError(f"the vLLM server died; the end of its log:\n{server.log_tail()}")
@@ -363,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--adapter", help="a run (or its adapter/ directory); default: the base model")
     s.add_argument("--model", help="openai backend: the model name the endpoint knows (default: config's)")
     s.add_argument("--base-url", help="openai backend: endpoint URL (default: OpenAI's)")
+    s.add_argument("--api-key-env", metavar="NAME", help="openai backend: the environment variable holding the key for "
+                   "--base-url (only OpenAI's own API gets OPENAI_API_KEY)")
     s.add_argument("--concurrency", type=int, help="openai/vllm: requests in flight (default: serve.concurrency)")
     s.add_argument("--merged", action="store_true",
                    help="vllm: serve the adapter merged into its base (vLLM's LoRA path is slow on a CPU)")
@@ -375,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--merged", action="store_true", help="serve the one adapter merged into its base instead")
     v.add_argument("--host", default="127.0.0.1")
     v.add_argument("--port", type=int, help="default: a free port")
+    v.add_argument("--api-key-env", metavar="NAME", help="the environment variable holding the key clients must send "
+                   "(vLLM's --api-key, passed without putting the key on any command line); advised off loopback")
     v.add_argument("--max-model-len", type=int, default=2048)
     v.add_argument("--kv-cache-gb", type=float, default=1.0, help="KV cache on a CPU")
     v.add_argument("--log", help="server log file (default: runs/serve/vllm-<time>.log)")
@@ -437,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     ra.add_argument("--build", nargs="+", metavar="SYSTEM=GENERATIONS", help="build the study from evaluations' generations.jsonl")
     ra.add_argument("--pairs", type=int, help="with --build: queries per pair of systems (default: all they share)")
     ra.add_argument("--seed", type=int, default=0, help="with --build: the A/B order and sample; with --judge: which order is asked first")
-    ra.add_argument("--report", action="store_true", help="print the unblinded results (also at /report on the page)")
+    ra.add_argument("--report", action="store_true",
+                    help="print the unblinded results (while the page is served: /report?key=<owner key>)")
     ra.add_argument("--judge", metavar="BACKEND:MODEL",
                     help="have an LLM judge the study's pairs (both orders; hf:, openai:, openai:M@URL): llm_judge.json")
     ra.add_argument("--persona", default="rude", help="with --judge: the persona whose tone is judged")

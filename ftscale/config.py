@@ -123,6 +123,9 @@ class OpenAISpec(Strict):
 
     model: str = Field("gpt-4.1-mini-2025-04-14", description="the model to fine-tune")
     base_url: str | None = Field(None, description="another OpenAI-compatible provider; default: OpenAI")
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                    description="the environment variable holding the key for base_url (only "
+                                                "OpenAI's own API gets OPENAI_API_KEY); the name, never the key")
     epochs: int | Literal["auto"] = "auto"
     batch_size: int | Literal["auto"] = "auto"
     learning_rate_multiplier: float | Literal["auto"] = "auto"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .apikey import mask
 from .atomic import write_text
 from .cellrunner import Answerer, endpoint_answerer, ensure_openai, ensure_trained, eval_jobs, hf_answerer, run_evals
 from .chatdata import read_jsonl
@@ -75,7 +76,8 @@ class Runner:
         if not evaluate:
             return
         if cell.backend == "openai":
-            answerer = endpoint_answerer(ft_model, cell.cfg.openai.base_url, cell.cfg.serve.concurrency)
+            answerer = endpoint_answerer(ft_model, cell.cfg.openai.base_url, cell.cfg.serve.concurrency,
+                                         api_key_env=cell.cfg.openai.api_key_env)
         else:
             answerer = hf_answerer(cell.cfg, cell.run_dir / "adapter" if cell.n > 0 else None)
         mark_done(cell.run_dir, cell.key, self.evaluate(cell, answerer))
@@ -88,8 +90,8 @@ class Runner:
         except KeyboardInterrupt:
             raise
         except Exception as e:  # one failed cell must not stop the others
-            detail = f"{type(e).__name__}: {e}"
-            mark_failed(cell.run_dir, detail + "\n" + traceback.format_exc(limit=5))
+            detail = mask(f"{type(e).__name__}: {e}")  # a provider's error may quote the key
+            mark_failed(cell.run_dir, detail + "\n" + mask(traceback.format_exc(limit=5)))
             self.log(f"{cell.run_dir}: failed: {detail}")
             if fail_fast:
                 raise FtscaleError(f"cell {cell.run_dir} failed (--fail-fast): {detail}") from e

@@ -82,7 +82,7 @@ class VLLMServer:
                  host: str = "127.0.0.1", port: int | None = None, served_name: str | None = None,
                  max_model_len: int = 2048, dtype: str = "bfloat16", max_lora_rank: int | None = None,
                  kv_cache_gb: float = 1.0, max_num_seqs: int | None = None, seed: int = 0,
-                 startup_timeout: float = 600.0, extra_args: list[str] | None = None):
+                 startup_timeout: float = 600.0, extra_args: list[str] | None = None, api_key_env: str | None = None):
         self.model_ref = model
         self.model_path = resolve(model)
         self.served_name = served_name or (model if not Path(model).is_dir() else Path(model).name)
@@ -90,6 +90,10 @@ class VLLMServer:
         self.port = port
         self.log_path = Path(log_path)
         self.startup_timeout = startup_timeout
+        self.api_key_env = api_key_env
+        if api_key_env and not os.environ.get(api_key_env):
+            raise FtscaleError(f"--api-key-env {api_key_env}: that environment variable is not set (it should hold "
+                               "the key clients must send)")
         self.proc: subprocess.Popen | None = None
         self.adapters = {name: adapter_dir(path) for name, path in (adapters or {}).items()}
         self.args = self._args(max_model_len, dtype, max_lora_rank, kv_cache_gb, max_num_seqs, seed, extra_args or [])
@@ -152,8 +156,13 @@ class VLLMServer:
         log.flush()
         # A new session makes the server the leader of its own process group, so stop() reaches
         # the engine and worker processes it forks, and a Ctrl-C in our terminal is ours to handle.
+        # vLLM's --api-key, given through its environment so that no command line or log shows it; a
+        # VLLM_API_KEY the caller happens to have set is not passed on: only the key named here counts
+        env = {k: v for k, v in os.environ.items() if k != "VLLM_API_KEY"} | {"PYTHONUNBUFFERED": "1"}
+        if self.api_key_env:
+            env["VLLM_API_KEY"] = os.environ[self.api_key_env]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+                                     start_new_session=True, env=env)
         log.close()
         try:
             self._wait_healthy()

@@ -26,10 +26,10 @@ class StandIn:
         self.events: dict[str, list[dict]] = {}
         self.refuse_jobs = False
         self.steps_to_finish = 3  # retrieves before a job succeeds
-        self.chat_faults: list[str] = []  # "429", "500", "drop", "slow" — taken one per chat request
+        self.chat_faults: list[str] = []  # "429", "500", "401", "404", "drop", "slow" — taken one per chat request
         self.chat_refusal: str | None = None  # "401" or "404": every chat request refused while set
         self.chat_requests: list[dict] = []
-        self.auth_headers: set[str] = set()
+        self.auth_headers: set[str] = set()  # every Authorization header received
         self.lock = threading.Lock()
         self.server = _QuietServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -156,10 +156,6 @@ class StandIn:
                 with standin.lock:
                     standin.chat_requests.append(req)
                     fault = standin.chat_refusal or (standin.chat_faults.pop(0) if standin.chat_faults else None)
-                if fault == "401":  # OpenAI's answer to a wrong key: not retried
-                    return self._json(401, {"error": {"message": "Incorrect API key provided: sk-wrong. You can find "
-                                                      "your API key at https://platform.openai.com/account/api-keys.",
-                                                      "type": "invalid_request_error", "code": "invalid_api_key"}})
                 if fault == "404":  # a model the endpoint does not serve
                     return self._json(404, {"error": {"message": f"The model `{req['model']}` does not exist or you "
                                                       "do not have access to it.", "type": "invalid_request_error",
@@ -167,6 +163,10 @@ class StandIn:
                 if fault == "429":
                     return self._json(429, {"error": {"message": "Rate limit reached", "type": "requests"}},
                                       {"Retry-After": "0.2"})
+                if fault == "401":  # a wrong key, not retried; this provider quotes the rejected key back, in full
+                    auth = self.headers.get("Authorization", "")
+                    return self._json(401, {"error": {"message": f"Incorrect API key provided: {auth}",
+                                                      "type": "invalid_request_error", "code": "invalid_api_key"}})
                 if fault == "500":
                     return self._json(500, {"error": {"message": "The server had an error", "type": "server_error"}})
                 if fault == "slow":

@@ -31,6 +31,7 @@ def standin(monkeypatch):
 
 def _cfg(standin, tmp_path, n=20):
     return load_config(MAIN_CONFIG, {"num_train_examples": str(n), "openai.base_url": standin.base_url,
+                                     "openai.api_key_env": "OPENAI_API_KEY",  # the stand-in plays OpenAI: pair the key
                                      "openai.poll_interval_s": "0.01", "openai.epochs": "2",
                                      "output_dir": str(tmp_path)})
 
@@ -90,7 +91,8 @@ def test_the_key_can_come_from_a_file_the_user_names(standin, tmp_path, monkeypa
     key_file.write_text(KEY + "\n")
     monkeypatch.setenv("OPENAI_API_KEY_FILE", str(key_file))
     state = openai_ft.launch(_cfg(standin, tmp_path, n=10), 10, tmp_path / "job", yes=True, log=lambda *_: None)
-    backend = make_backend("openai", model=state["fine_tuned_model"], base_url=standin.base_url, progress=False)
+    backend = make_backend("openai", model=state["fine_tuned_model"], base_url=standin.base_url,
+                           api_key_env="OPENAI_API_KEY", progress=False)
     (gen,) = backend.generate([Request("a", [{"role": "user", "content": "hi"}])], Sampling())
     assert gen.error is None and standin.auth_headers and set(standin.auth_headers) == {f"Bearer {KEY}"}
     monkeypatch.setenv("OPENAI_API_KEY_FILE", str(tmp_path / "missing.key"))
@@ -120,7 +122,8 @@ def test_exhausted_retries_are_recorded_as_failures(standin):
 def test_the_key_is_written_nowhere_and_the_report_shows_openai_beside_local(standin, tmp_path):
     cfg_path = tmp_path / "exp.yaml"
     cfg_path.write_text(MAIN_CONFIG.read_text().replace("output_dir: runs", f"output_dir: {tmp_path / 'runs'}"))
-    common = ["--config", str(cfg_path), "--openai.base_url", standin.base_url, "--openai.poll_interval_s", "0.01"]
+    common = ["--config", str(cfg_path), "--openai.base_url", standin.base_url, "--openai.api_key_env", "OPENAI_API_KEY",
+              "--openai.poll_interval_s", "0.01"]
 
     def ftscale(*args):
         proc = subprocess.run([str(BIN / "ftscale"), *args], cwd=ROOT, capture_output=True, text=True)
@@ -134,7 +137,7 @@ def test_the_key_is_written_nowhere_and_the_report_shows_openai_beside_local(sta
     standin.chat_faults = ["500"]  # an error path too: exceptions must not carry the key
     for model, variant in ((ft_model, "default"), ("gpt-4.1-mini-2025-04-14", "few_shot")):
         outputs.append(ftscale("eval", "--backend", "openai", *common, "--base-url", standin.base_url,
-                               "--model", model, "--variant", variant, "--eval.limit", "4"))
+                               "--api-key-env", "OPENAI_API_KEY", "--model", model, "--variant", variant, "--eval.limit", "4"))
     outputs.append(ftscale("report", str(exp)))
     # the fine-tune is scored in its job's directory, the prompted model in a cell of its own
     assert (job_dir / "eval-openai-default" / "scores.json").is_file()

@@ -2,12 +2,15 @@
 
 A 3-system x 3-query study (9 pairs) is rated by two raters through the browser; the test
 checks that no rating page ever names a system, that the votes stored are the clicks, that a
-rater resumes where they left off, that bad and duplicate votes are refused without touching the
-database, and that the unblinded report (and `unblind()`) gives the totals computed here.
+rater resumes where they left off, that bad, duplicate and forged votes (a pair not served, no
+ticket, another rater's ticket, a replay) are refused without touching the database, that a
+request addressed to another host name (DNS rebinding) is refused, that the report needs the
+owner key, and that the unblinded report (and `unblind()`) gives the totals computed here.
 """
 
 from __future__ import annotations
 
+import http.client
 import itertools
 import json
 import math
@@ -93,6 +96,32 @@ def _post(url: str, fields: dict) -> tuple[int, str]:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
+
+
+def _served(base: str, rater: str) -> tuple[str, str]:
+    """(pair id, ticket) of the rating page the server gives `rater` now."""
+    page = urllib.request.urlopen(base + "rate?" + urllib.parse.urlencode({"rater": rater}), timeout=10).read().decode()
+    return (re.search(r'name="pair_id" value="([^"]+)"', page).group(1),
+            re.search(r'name="ticket" value="([^"]+)"', page).group(1))
+
+
+def _raw(port: int, method: str, path: str, host: str, fields: dict | None = None,
+         headers: dict | None = None) -> tuple[int, str]:
+    """A request with the Host header given (a browser on a rebound DNS name sends that name)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        body = urllib.parse.urlencode(fields).encode() if fields is not None else None
+        conn.putrequest(method, path, skip_host=True)
+        if host:
+            conn.putheader("Host", host)
+        for k, v in ({"Content-Type": "application/x-www-form-urlencoded"} if body else {}).items() | (headers or {}).items():
+            conn.putheader(k, v)
+        conn.putheader("Content-Length", str(len(body or b"")))
+        conn.endheaders(body)
+        r = conn.getresponse()
+        return r.status, r.read().decode()
+    finally:
+        conn.close()
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -259,7 +288,7 @@ def test_rating_study_in_chromium(tmp_path):
                 _vote_through(page, study, RATER_1, PATTERN_1, 0, n, clicks)
                 _assert_blind(page.content(), "done page")
                 assert page.is_visible("#done")
-                assert page.get_attribute("#report-link", "href") == "/report"
+                assert page.query_selector("a[href*=report]") is None  # a rater is not led to the results
                 page.context.close()
 
                 # rater 2 stops after four pairs, comes back in a fresh browser context, resumes at the fifth
@@ -308,13 +337,45 @@ def test_rating_study_in_chromium(tmp_path):
                     assert status == 400 and needle in body, (fields, status, body)
                     _assert_blind(body, f"400 page for {fields}")
                 assert _db_rows(db) == before
-                # a third rater votes on the first five pairs by direct posts (303 back to the rating page)
+                # a third rater votes on the first five pairs by direct HTTP, as a browser would: fetch the
+                # page, post its form (303 back to the rating page). Votes for any other pair, without the
+                # page's ticket, with another rater's ticket, or a replay are refused and change nothing.
                 for i, choice in enumerate(PATTERN_3):
                     pid = study["pairs"][i]["id"]
-                    status, _ = _post(base + "vote", {"study": key, "pair_id": pid, "rater": RATER_3, "choice": choice})
-                    assert status == 303
+                    served, ticket = _served(base, RATER_3)
+                    assert served == pid  # the server serves the pairs in turn
+                    later = study["pairs"][i + 1]["id"]
+                    _, other_ticket = _served(base, "someone else")
+                    before = _db_rows(db)
+                    for fields in [{"pair_id": later, "ticket": ticket}, {"pair_id": pid},
+                                   {"pair_id": pid, "ticket": other_ticket}, {"pair_id": pid, "ticket": "forged"}]:
+                        status, body = _post(base + "vote", {"study": key, "rater": RATER_3, "choice": choice} | fields)
+                        assert status == 409 and "nothing was recorded" in body, (fields, status, body)
+                    assert _db_rows(db) == before
+                    vote = {"study": key, "pair_id": pid, "rater": RATER_3, "choice": choice, "ticket": ticket}
+                    assert _post(base + "vote", vote)[0] == 303
+                    assert _post(base + "vote", vote)[0] == 409  # the ticket is good for one vote
                     clicks[(RATER_3, pid)] = choice
                 assert len(_db_rows(db)) == 2 * n + len(PATTERN_3)
+
+                # a page served under another name (DNS rebinding to 127.0.0.1) can neither read nor vote
+                served, ticket = _served(base, RATER_3)
+                vote = {"study": key, "pair_id": served, "rater": RATER_3, "choice": "A", "ticket": ticket}
+                for host in (f"rebind.example:{port}", f"127.0.0.1.nip.example:{port}", "127.0.0.1:1", ""):
+                    assert _raw(port, "GET", "/", host)[0] == 421
+                    assert _raw(port, "GET", f"/report?key={server.owner_key}", host)[0] == 421
+                    assert _raw(port, "POST", "/vote", host, vote)[0] == 421
+                assert len(_db_rows(db)) == 2 * n + len(PATTERN_3)
+                assert _raw(port, "GET", "/", f"localhost:{port}")[0] == 200
+
+                # the report is the owner's: refused without the owner key or with a wrong one
+                for path, headers in [("/report", {}), ("/report?key=guess", {}),
+                                      ("/report", {"Authorization": "Bearer guess"})]:
+                    status, body = _raw(port, "GET", path, f"127.0.0.1:{port}", headers=headers)
+                    assert status == 403 and "owner" in body
+                    _assert_blind(body, "refused report")
+                assert _raw(port, "GET", "/report", f"127.0.0.1:{port}",
+                            headers={"Authorization": f"Bearer {server.owner_key}"})[0] == 200
 
                 # expected results, computed here from the clicks
                 judge = {pid: JUDGE[i] for i, pid in enumerate(pairs)}
@@ -353,7 +414,7 @@ def test_rating_study_in_chromium(tmp_path):
 
                 # the report in the browser
                 page = browser.new_page()
-                page.goto(base + "report")
+                page.goto(base + f"report?key={server.owner_key}")
                 assert "zephyr-ft" in page.content()  # unblinded
                 rows_html = page.query_selector_all("tr.comparison")
                 assert len(rows_html) == 3
@@ -462,3 +523,62 @@ def test_llm_judge_of_a_study_from_the_command_line(tmp_path):
     assert sum(r["outcome"] == "unparsable" for r in records) == 3
     report = rating.unblind(study_dir)["llm_judge"]
     assert report["judged"] == 6 and report["n"] == 0  # no human has voted yet
+
+
+# ---------------------------------------------------------------------------------------------
+# `ftscale rate <study>` as the owner runs it: the owner key shown once and stored nowhere, a
+# busy port and a judge without a backend refused with one line, nothing written.
+
+def _ftscale_rate(tmp_path, *args, **kwargs):
+    import subprocess
+
+    from conftest import BIN, ROOT
+
+    return subprocess.run([str(BIN / "ftscale"), "rate", "cli-study", "--studies-dir", str(tmp_path), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def test_rate_command_owner_key_busy_port_and_bad_judge(tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+
+    from conftest import BIN, ROOT
+
+    study_dir = rating.build_study("cli-study", _replies(), tmp_path, seed=3)
+    env = {k: v for k, v in os.environ.items() if k != rating.OWNER_KEY_ENV}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = _ftscale_rate(tmp_path, "--port", str(port), env=env)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"port {port}" in proc.stderr and "--port" in proc.stderr
+    assert not (study_dir / "votes.db").exists()
+
+    proc = _ftscale_rate(tmp_path, "--judge", "gpt-4.1", env=env)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "openai:<model>" in proc.stderr and "hf:<model>" in proc.stderr
+    assert not (study_dir / "llm_judge.json").exists()
+
+    server = subprocess.Popen([str(BIN / "ftscale"), "rate", "cli-study", "--studies-dir", str(tmp_path), "--port", "0"],
+                              cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        shown = ""
+        while "key=" not in shown:
+            line = server.stderr.readline()
+            assert line, "the server stopped before printing its addresses"
+            shown += line
+        url, key = re.search(r"(http://127\.0\.0\.1:\d+/)report\?key=(\S+)", shown).groups()
+        with urllib.request.urlopen(f"{url}report?key={key}", timeout=10) as r:
+            assert r.status == 200 and "zephyr-ft" in r.read().decode()
+        status, _ = _post(url + "vote", {"study": "x", "pair_id": "p0001", "rater": "r", "choice": "A"})
+        assert status == 400
+    finally:
+        server.send_signal(signal.SIGINT)
+        rest = server.communicate(timeout=30)[1]
+    assert len(key) >= 20 and key not in rest  # shown once; the request log masks it
+    for path in study_dir.rglob("*"):
+        assert key.encode() not in path.read_bytes(), path
+    assert _ftscale_rate(tmp_path, "--report", env=env).returncode == 0  # the owner's CLI reads the files, no key

@@ -5,7 +5,7 @@
 
 The job's state lives in the run directory (`openai_job.json`, written atomically after every
 step), so a launcher that is interrupted and started again follows the same job instead of
-starting a second one. The API key comes from the environment (ftscale/apikey.py) and is written nowhere.
+starting a second one. Which key goes to the endpoint is ftscale/apikey.py's rule; it is written nowhere.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ if __package__ in (None, ""):
 
 import openai
 
-from ftscale.apikey import MISSING, openai_api_key
+from ftscale.apikey import mask, openai_client
 from ftscale.atomic import write_json, write_jsonl, write_text
 from ftscale.chatdata import nested_subset, read_jsonl, sha256_file
 from ftscale.config import ExperimentConfig, load_config, parse_overrides
@@ -57,10 +57,7 @@ def eval_dir_for(cfg: ExperimentConfig, model: str) -> Path:
 
 
 def _client(cfg: ExperimentConfig):
-    key = openai_api_key()
-    if key is None:
-        raise FtscaleError(f"no OpenAI API key: {MISSING}")
-    return openai.OpenAI(base_url=cfg.openai.base_url, api_key=key, max_retries=5)
+    return openai_client(cfg.openai.base_url, cfg.openai.api_key_env, max_retries=5)
 
 
 def _hyperparameters(cfg: ExperimentConfig) -> dict:
@@ -119,7 +116,7 @@ def launch(cfg: ExperimentConfig, n: int, run_dir: Path, yes: bool = False, log=
                 suffix=cfg.openai.suffix or f"ftscale-n{n}",
                 method={"type": "supervised", "supervised": {"hyperparameters": _hyperparameters(cfg)}})
         except (openai.PermissionDeniedError, openai.BadRequestError, openai.NotFoundError) as e:
-            raise FtscaleError(WIND_DOWN.format(detail=getattr(e, "message", str(e)))) from None
+            raise FtscaleError(WIND_DOWN.format(detail=mask(getattr(e, "message", str(e))))) from None
         state["job_id"] = job.id
         write_json(run_dir / STATE, state)
         log(f"created job {job.id} ({job.status}); state in {run_dir / STATE}")
@@ -140,7 +137,7 @@ def follow(client, cfg: ExperimentConfig, run_dir: Path, state: dict, log=print)
                                     "message": event.message})
             log(f"[{job.status}] {event.message}")
         state.update(status=job.status, fine_tuned_model=job.fine_tuned_model, trained_tokens=job.trained_tokens,
-                     error=job.error.message if job.error and job.error.message else None)
+                     error=mask(job.error.message) if job.error and job.error.message else None)
         write_json(run_dir / STATE, state)
         if job.status in DONE:
             break

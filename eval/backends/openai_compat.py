@@ -4,7 +4,8 @@ Requests are streamed so that time to first token and inter-token latencies are 
 way vLLM's serving benchmark measures them; `stream_options.include_usage` gives the token
 counts. Retries (429, 5xx, timeouts, dropped connections) back off exponentially, are bounded,
 and are logged; a request that still fails is returned with its error, never dropped.
-The API key comes from the environment (OPENAI_API_KEY or OPENAI_API_KEY_FILE) and is never written anywhere.
+Which key goes to which endpoint is ftscale/apikey.py's rule; keys are never written anywhere,
+and provider error text is masked before it is logged or recorded.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ import httpx
 import openai
 from tqdm.auto import tqdm
 
-from ftscale.apikey import MISSING, openai_api_key
-from ftscale.errors import FtscaleError
+from ftscale.apikey import key_for, mask, openai_client
 
 from .base import Generation, Request, Sampling
 
@@ -39,16 +39,14 @@ def _retryable(e: Exception) -> bool:
 
 
 class OpenAIBackend:
-    def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None, concurrency: int = 8,
+    def __init__(self, model: str, base_url: str | None = None, api_key_env: str | None = None, concurrency: int = 8,
                  max_retries: int = 4, backoff_s: float = 1.0, timeout_s: float = 300.0, progress: bool = True,
                  name: str = "openai"):
         self.name = name  # "vllm" when the endpoint is a server that ftscale started
         self.model = model
         self.base_url = base_url
-        # A local server needs no key, but the client insists on one.
-        self._api_key = api_key or openai_api_key() or ("EMPTY" if base_url else None)
-        if self._api_key is None:
-            raise FtscaleError(f"the openai backend needs a key: {MISSING} (or --base-url for a local server)")
+        self.api_key_env = api_key_env
+        key_for(base_url, api_key_env)  # a missing or misdirected key is refused before any work
         self.concurrency = concurrency
         self.max_retries = max_retries
         self.backoff_s = backoff_s
@@ -59,7 +57,7 @@ class OpenAIBackend:
         return asyncio.run(self._generate(requests, sampling))
 
     async def _generate(self, requests: list[Request], sampling: Sampling) -> list[Generation]:
-        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=0, timeout=self.timeout_s)
+        client = openai_client(self.base_url, self.api_key_env, asynchronous=True, max_retries=0, timeout=self.timeout_s)
         gate = asyncio.Semaphore(self.concurrency)
         bar = tqdm(total=len(requests), desc=f"generating ({self.model})", unit="req", disable=not self.progress)
 
@@ -84,7 +82,7 @@ class OpenAIBackend:
             except Exception as e:  # noqa: BLE001 - every failure is either retried or recorded
                 if not _retryable(e) or attempt == self.max_retries:
                     return Generation(text="", input_tokens=0, output_tokens=0, ttft_s=None, latency_s=0.0,
-                                      finish_reason="error", error=f"{type(e).__name__}: {e}",
+                                      finish_reason="error", error=mask(f"{type(e).__name__}: {e}"),
                                       extra={"attempts": attempt + 1})
                 delay = self.backoff_s * 2**attempt * (0.5 + random.random())
                 response = getattr(e, "response", None)
@@ -92,7 +90,7 @@ class OpenAIBackend:
                     delay = max(delay, float(response.headers.get("retry-after", 0))) if response is not None else delay
                 except ValueError:
                     pass
-                log.warning("request %s failed (%s: %s); retry %d/%d in %.1f s", req.id, type(e).__name__, e,
+                log.warning("request %s failed (%s: %s); retry %d/%d in %.1f s", req.id, type(e).__name__, mask(str(e)),
                             attempt + 1, self.max_retries, delay)
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
