@@ -224,7 +224,7 @@ Made for a Python that already has: {target}
 Copy this whole folder to the machine, then, with the Python that has torch:
 
     python3 install.py --target ~/ftscale-offline
-    ~/ftscale-offline/ftscale doctor --gpu
+    ~/ftscale-offline/bin/ftscale doctor --gpu
 
 install.py checks every part's sha256, installs the wheels this Python lacks (pip --no-index
 --no-deps --target), and puts the configs, data and the embedded model beside them. The parts

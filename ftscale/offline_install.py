@@ -1,7 +1,7 @@
 """Install ftscale from an offline bundle (`make offline-bundle`) on a machine without the package index.
 
     python3 install.py --target ~/ftscale-offline       # in the bundle's folder, with the Python that has torch
-    ~/ftscale-offline/ftscale doctor --gpu
+    ~/ftscale-offline/bin/ftscale doctor --gpu
 
 Copied into the bundle as install.py; it uses the standard library only (the target may lack
 everything else). It checks every part's sha256, streams the parts as one tar (the same bytes as
@@ -133,7 +133,8 @@ def install(bundle: Path, target: Path, log=print) -> int:
     for folder in ("configs", "data", "models"):  # ftscale finds them beside its package (ftscale/paths.py)
         if (staging / "root" / folder).is_dir():
             shutil.copytree(staging / "root" / folder, target / folder, dirs_exist_ok=True)
-    launcher = target / "ftscale"
+    launcher = target / "bin" / "ftscale"  # beside what pip put in bin/, replacing its ftscale script
+    launcher.parent.mkdir(exist_ok=True)
     launcher.write_text("#!/bin/sh\n# ftscale from the offline bundle: its packages first, the hub never asked\n"
                         f'HF_HUB_OFFLINE=1 PYTHONPATH="{target}${{PYTHONPATH:+:$PYTHONPATH}}" exec "{sys.executable}" -m ftscale "$@"\n')
     launcher.chmod(0o755)

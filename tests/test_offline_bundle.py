@@ -78,10 +78,10 @@ def test_install_from_the_parts_into_a_fresh_folder(bundle):
     have = subprocess.run([sys.executable, "-c", "import mdurl"]).returncode == 0
     assert ("skip mdurl 0.1.2" in proc.stdout) == have and (target / "mdurl").is_dir() != have
     # the installed ftscale runs from the folder, finding its configs and the model there
-    listed = subprocess.run([str(target / "ftscale"), "models", "list"], capture_output=True, text=True, cwd=tmp)
+    listed = subprocess.run([str(target / "bin" / "ftscale"), "models", "list"], capture_output=True, text=True, cwd=tmp)
     assert listed.returncode == 0, listed.stderr[-2000:]
     assert any(line.startswith("smollm2-135m") and " prepared " in line for line in listed.stdout.splitlines())
-    helped = subprocess.run([str(target / "ftscale"), "--help"], capture_output=True, text=True)
+    helped = subprocess.run([str(target / "bin" / "ftscale"), "--help"], capture_output=True, text=True)
     assert "doctor" in helped.stdout
 
 
