@@ -109,28 +109,38 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def left_out(report: dict, present: list[str], python_version: str) -> set[str]:
-    """Names of what the present packages need (they bring it on the target): their dependency
-    closure in pip's resolution. A present package's own wheel stays if it is pure Python, so the
-    installer can replace a version outside the pins."""
+def closure(report: dict, roots: list[str], python_version: str) -> set[str]:
+    """Names of `roots` and everything they need in pip's resolution, extras followed
+    (torch needs cuda-toolkit[cublas,...], whose extras name the CUDA libraries)."""
     from packaging.requirements import Requirement
 
     env = {"python_version": python_version, "python_full_version": f"{python_version}.0", "sys_platform": "linux",
-           "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix", "extra": "",
+           "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
            "implementation_name": "cpython", "platform_python_implementation": "CPython"}
-    graph = {}
-    for item in report["install"]:
-        deps = [Requirement(r) for r in item["metadata"].get("requires_dist") or []]
-        graph[_norm(item["metadata"]["name"])] = [_norm(d.name) for d in deps if d.marker is None or d.marker.evaluate(env)]
-    roots = [_norm(Requirement(p).name) for p in present]
-    seen, todo = set(), list(roots)
+    requires = {_norm(i["metadata"]["name"]): [Requirement(r) for r in i["metadata"].get("requires_dist") or []]
+                for i in report["install"]}
+    seen, todo = set(), [(_norm(r), frozenset()) for r in roots]
     while todo:
-        name = todo.pop()
-        if name not in seen and name in graph:
-            seen.add(name)
-            todo += graph[name]
+        name, extras = todo.pop()
+        if (name, extras) in seen or name not in requires:
+            continue
+        seen.add((name, extras))
+        for req in requires[name]:
+            if req.marker is None or any(req.marker.evaluate(env | {"extra": e}) for e in {"", *extras}):
+                todo.append((_norm(req.name), frozenset(req.extras)))
+    return {name for name, _ in seen}
+
+
+def left_out(report: dict, present: list[str], python_version: str) -> set[str]:
+    """What the target's present packages bring, where they ship compiled code (torch: triton and
+    the CUDA libraries, gigabytes): their dependency closure. A pure-Python present package
+    (transformers, peft, accelerate) and what it needs are carried all the same, so the installer
+    can replace a version outside the pins; it skips what the target already has."""
+    from packaging.requirements import Requirement
+
     pure = {_norm(i["metadata"]["name"]) for i in report["install"] if i["download_info"]["url"].endswith("-none-any.whl")}
-    return seen - (set(roots) & pure)
+    compiled = [_norm(Requirement(p).name) for p in present if _norm(Requirement(p).name) not in pure]
+    return closure(report, compiled, python_version)
 
 
 def resolve(packages: list[str], present: list[str], target: list[str], pip_args: list[str],

@@ -106,3 +106,26 @@ def test_platform_tags_cover_every_older_manylinux():
     assert tags[0] == "manylinux_2_28_x86_64" and "manylinux_2_24_x86_64" in tags  # bitsandbytes' tag
     assert {"manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"} <= set(tags)
     assert platforms("macosx_14_0_arm64") == ["macosx_14_0_arm64"]
+
+
+def _item(name, requires=(), pure=True):
+    tag = "py3-none-any" if pure else "cp312-cp312-manylinux_2_28_x86_64"
+    return {"metadata": {"name": name, "version": "1", "requires_dist": list(requires)},
+            "download_info": {"url": f"https://files/{name}-1-{tag}.whl"}}
+
+
+def test_what_a_compiled_present_package_brings_is_left_out_extras_followed():
+    from ftscale.offline_bundle import left_out
+
+    report = {"install": [
+        _item("torch", ["cuda-toolkit[cudart]==13; platform_system == 'Linux'", "sympy", "pywin; sys_platform == 'win32'"], pure=False),
+        _item("cuda-toolkit", ['nvidia-cuda-runtime; extra == "cudart"', 'nvidia-cufft; extra == "cufft"']),
+        _item("nvidia-cuda-runtime", pure=False), _item("nvidia-cufft", pure=False), _item("sympy"), _item("pywin"),
+        _item("transformers", ["tokenizers", "numpy"]), _item("tokenizers", pure=False), _item("numpy", pure=False),
+        _item("trl", ["transformers", "datasets"]), _item("datasets", ["numpy"]),
+    ]}
+    out = left_out(report, ["torch==2.11.0", "transformers==5.17.0"], "3.12")
+    # torch's closure, through cuda-toolkit's `cudart` extra only; a marker for another platform is not followed
+    assert out == {"torch", "cuda-toolkit", "nvidia-cuda-runtime", "sympy"}
+    # the pure-Python transformers and what it needs are carried: the installer skips what the target has
+    assert not out & {"transformers", "tokenizers", "numpy", "trl", "datasets"}
