@@ -81,3 +81,22 @@ def test_an_accelerate_config_this_machine_cannot_run_is_refused(env, message, m
 def test_an_unknown_attention_implementation_is_a_config_error():
     with pytest.raises(ConfigError, match="train.attn_implementation: Input should be"):
         load_config(MAIN_CONFIG, {"train.attn_implementation": "flash"})
+
+
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_qlora_loads_one_copy_per_process_and_under_fsdp_as_peft_guide_does(fsdp, monkeypatch):
+    """DDP / one GPU: the 4-bit model on this process's GPU. FSDP: no device_map (FSDP places and
+    shards it), and the rest of the model in the 4-bit storage dtype, so FSDP sees one float dtype."""
+    import torch
+
+    from ftscale.train.sft import load_kwargs
+
+    if fsdp:
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    else:
+        monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    kwargs = load_kwargs(load_config(MAIN_CONFIG, {"train.quantization": "4bit"}))
+    quant = kwargs["quantization_config"]
+    assert quant.load_in_4bit and quant.bnb_4bit_quant_type == "nf4" and quant.bnb_4bit_use_double_quant
+    assert quant.bnb_4bit_quant_storage == quant.bnb_4bit_compute_dtype == kwargs["dtype"] == torch.bfloat16
+    assert kwargs.get("device_map") == (None if fsdp else {"": 0})

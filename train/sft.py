@@ -142,9 +142,9 @@ def _under_fsdp() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"  # set by accelerate launch
 
 
-def _load_model(cfg: ExperimentConfig, path: str, random_init: bool = False):
+def load_kwargs(cfg: ExperimentConfig) -> dict:
+    """from_pretrained's arguments for the training model."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     # Weights load in fp32 on a CPU and bf16 mixed precision (autocast) computes there; on CUDA
     # they load in bf16 directly.
@@ -159,6 +159,15 @@ def _load_model(cfg: ExperimentConfig, path: str, random_init: bool = False):
             from accelerate import PartialState
 
             kwargs["device_map"] = {"": PartialState().local_process_index}
+    return kwargs
+
+
+def _load_model(cfg: ExperimentConfig, path: str, random_init: bool = False):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs = load_kwargs(cfg)
+    dtype = kwargs["dtype"]
     if random_init:
         # the architecture with random weights: measure speed for any model without its weights
         from ftscale.models import architecture
