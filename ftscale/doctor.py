@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
+import importlib.util
 import platform
 import shutil
 import subprocess
@@ -130,10 +131,9 @@ def check_torch() -> list[Check]:
 
 def check_sdpa_flash() -> Check:
     """PyTorch's own flash kernel behind scaled_dot_product_attention: run it, nothing else allowed."""
-    import torch
-
-    if not torch.cuda.is_available():
+    if not _cuda():
         return Check("sdpa_flash", SKIPPED, {"reason": NO_CUDA}, required=False)
+    import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     q = torch.randn(1, 4, 128, 64, device="cuda", dtype=torch.bfloat16)
@@ -198,10 +198,14 @@ def _short(v) -> str:
 
 def write_report(checks: list[Check], path: Path) -> Path:
     """Every figure of every check, and the machine, in one JSON file."""
-    from .provenance import machine
-
     failed = [c.name for c in checks if c.failed]
-    return write_json(path, {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(),
+    try:
+        from .provenance import machine
+
+        where = machine()
+    except ImportError:  # no torch: the report still says what is missing
+        where = {"platform": platform.platform(), "processor": platform.processor() or platform.machine()}
+    return write_json(path, {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": where,
                              "verdict": "fail" if failed else "ok", "failed": failed,
                              "checks": [asdict(c) for c in checks]})
 
@@ -240,19 +244,25 @@ def run(gpu: bool, out: Path | None = None, model: str = "llama-3.1-8b", seq_len
     return 1 if failed else 0
 
 
-def _cuda() -> bool:
-    import torch
+def has_module(name: str) -> bool:
+    """Installed, without importing it (torch may be missing, and imports cost seconds)."""
+    return importlib.util.find_spec(name) is not None
 
+
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
     return torch.cuda.is_available()
 
 
 def _gpu_checks(work: Path, model, seq_len, steps, warmup, n, limit, margin, log) -> list[Check]:
     from ftscale.train import doctor_gpu as g
-    from ftscale.train.sft import _installed
 
     if not _cuda():
-        return g.skipped(NO_CUDA, [g.speed_name(*p) for p in g.speed_plan(_installed("liger_kernel"))])
-    missing = [m for m in ("bitsandbytes", "trl", "datasets") if not _installed(m)]
+        return g.skipped(NO_CUDA, [g.speed_name(*p) for p in g.speed_plan(has_module("liger_kernel"))])
+    missing = [m for m in ("bitsandbytes", "trl", "datasets") if not has_module(m)]
     if missing:
         return [Check("gpu_checks", BROKEN, {"missing": missing},
                       f"install {', '.join(missing)} (pip install -e '.[cuda]', or the offline bundle)", group="correctness")]

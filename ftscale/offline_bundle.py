@@ -132,15 +132,15 @@ def closure(report: dict, roots: list[str], python_version: str) -> set[str]:
 
 
 def left_out(report: dict, present: list[str], python_version: str) -> set[str]:
-    """What the target's present packages bring, where they ship compiled code (torch: triton and
-    the CUDA libraries, gigabytes): their dependency closure. A pure-Python present package
-    (transformers, peft, accelerate) and what it needs are carried all the same, so the installer
-    can replace a version outside the pins; it skips what the target already has."""
+    """The compiled wheels that the target's compiled present packages bring (torch: triton and
+    the CUDA libraries, gigabytes). Pure-Python wheels are carried all the same (a present
+    transformers outside the pins can be replaced; nothing a carried package imports is missing);
+    the installer skips what the target already has."""
     from packaging.requirements import Requirement
 
     pure = {_norm(i["metadata"]["name"]) for i in report["install"] if i["download_info"]["url"].endswith("-none-any.whl")}
     compiled = [_norm(Requirement(p).name) for p in present if _norm(Requirement(p).name) not in pure]
-    return closure(report, compiled, python_version)
+    return closure(report, compiled, python_version) - pure
 
 
 def resolve(packages: list[str], present: list[str], target: list[str], pip_args: list[str],

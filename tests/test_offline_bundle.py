@@ -114,7 +114,7 @@ def _item(name, requires=(), pure=True):
             "download_info": {"url": f"https://files/{name}-1-{tag}.whl"}}
 
 
-def test_what_a_compiled_present_package_brings_is_left_out_extras_followed():
+def test_the_compiled_wheels_a_compiled_present_package_brings_are_left_out_extras_followed():
     from ftscale.offline_bundle import left_out
 
     report = {"install": [
@@ -125,7 +125,8 @@ def test_what_a_compiled_present_package_brings_is_left_out_extras_followed():
         _item("trl", ["transformers", "datasets"]), _item("datasets", ["numpy"]),
     ]}
     out = left_out(report, ["torch==2.11.0", "transformers==5.17.0"], "3.12")
-    # torch's closure, through cuda-toolkit's `cudart` extra only; a marker for another platform is not followed
-    assert out == {"torch", "cuda-toolkit", "nvidia-cuda-runtime", "sympy"}
+    # torch's compiled closure, through cuda-toolkit's `cudart` extra only; a marker for another
+    # platform is not followed; pure-Python wheels (cuda-toolkit, sympy) are carried
+    assert out == {"torch", "nvidia-cuda-runtime"}
     # the pure-Python transformers and what it needs are carried: the installer skips what the target has
     assert not out & {"transformers", "tokenizers", "numpy", "trl", "datasets"}

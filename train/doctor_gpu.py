@@ -11,7 +11,7 @@ import gc
 from pathlib import Path
 
 from ftscale import paths
-from ftscale.doctor import BROKEN, NO_CUDA, OK, SKIPPED, Check
+from ftscale.doctor import BROKEN, NO_CUDA, OK, SKIPPED, Check, has_module
 from ftscale.errors import FtscaleError
 
 # QLoRA's adapter served on the bf16 base (what vLLM does) may lose at most this much format_ok
@@ -164,9 +164,7 @@ def _bench(model: str, quant: str, checkpointing: bool, liger: bool, seq_len: in
 
 
 def speed_checks(model: str, seq_len: int, steps: int, warmup: int, out: Path, log=print) -> list[Check]:
-    from .sft import _installed
-
-    liger = _installed("liger_kernel")
+    liger = has_module("liger_kernel")
     checks = []
     for quant, checkpointing, use_liger in speed_plan(liger):
         check = _bench(model, quant, checkpointing, use_liger, seq_len, steps, warmup, out)
