@@ -22,8 +22,9 @@ from .atomic import write_json
 OK, MISSING, BROKEN, SKIPPED = "ok", "missing", "broken", "skipped"
 NO_CUDA = "no CUDA device (torch.cuda.is_available() is False)"
 
-# Packages that only the CUDA path uses: missing on a CPU machine is reported, not a failure.
-GPU_ONLY = {"bitsandbytes", "vllm", "flash_attn", "flash_attn_interface", "liger_kernel"}
+# Pinned packages that only the CUDA path uses: missing on a CPU machine is reported, not a failure
+# (vLLM, FlashAttention and Liger are optional everywhere and checked on their own).
+GPU_ONLY = {"bitsandbytes"}
 
 
 @dataclass

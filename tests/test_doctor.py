@@ -159,3 +159,19 @@ def test_the_stated_gpu_versions_lie_within_the_pins():
     for name, version in {"torch": "2.11.0", "transformers": "5.17.0"}.items():  # the offline GPU machine's
         assert pins[name].contains(version), (name, version, pins[name])
     assert re.search(r"^TORCH_CUDA_VERSION \?= 2\.14\.0$", (ROOT / "Makefile").read_text(), re.M)
+
+
+def test_without_torch_the_report_says_so_instead_of_crashing(tmp_path):
+    import subprocess
+
+    from conftest import BIN, ROOT
+
+    out = tmp_path / "no-torch.json"
+    code = ("import sys; sys.modules['torch'] = None; from ftscale.cli import main; "
+            f"sys.exit(main(['doctor', '--output', {str(out)!r}]))")
+    proc = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    checks = {c["name"]: c for c in json.loads(out.read_text())["checks"]}
+    assert checks["torch"]["status"] == MISSING and "make setup" in checks["torch"]["fix"]
+    assert checks["peft"]["status"] == BROKEN and "torch" in checks["peft"]["measured"]["import_error"]  # cannot import
+    assert "torch" in json.loads(out.read_text())["failed"]
