@@ -267,5 +267,18 @@ def _gpu_checks(work: Path, model, seq_len, steps, warmup, n, limit, margin, log
     if missing:
         return [Check("gpu_checks", BROKEN, {"missing": missing},
                       f"install {', '.join(missing)} (pip install -e '.[cuda]', or the offline bundle)", group="correctness")]
-    checks = g.correctness_checks(work, n, limit, g.SERVE_MARGIN if margin is None else margin, log)
+    checks = guarded("correctness", "correctness", lambda: g.correctness_checks(
+        work, n, limit, g.SERVE_MARGIN if margin is None else margin, log))
     return checks + g.speed_checks(model, seq_len, steps, warmup, work / "bench", log)
+
+
+def guarded(name: str, group: str, fn) -> list[Check]:
+    """Run a group of checks; a crash becomes a broken check with its traceback in the JSON, so
+    the figures measured before it, and the checks after it, are kept."""
+    import traceback
+
+    try:
+        return fn()
+    except Exception as e:
+        return [Check(name, BROKEN, {"error": f"{type(e).__name__}: {e}"[:500], "traceback": traceback.format_exc()},
+                      "a crash, not a measurement: its traceback is in the JSON", group=group)]

@@ -175,3 +175,15 @@ def test_without_torch_the_report_says_so_instead_of_crashing(tmp_path):
     assert checks["torch"]["status"] == MISSING and "make setup" in checks["torch"]["fix"]
     assert checks["peft"]["status"] == BROKEN and "torch" in checks["peft"]["measured"]["import_error"]  # cannot import
     assert "torch" in json.loads(out.read_text())["failed"]
+
+
+def test_a_crashing_check_is_recorded_broken_with_its_traceback_and_the_rest_kept():
+    def crash():
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    (check,) = doctor.guarded("qlora-gc", "speed", crash)
+    assert check.status == BROKEN and check.failed and check.group == "speed"
+    assert check.measured["error"] == "RuntimeError: CUDA error: an illegal memory access was encountered"
+    assert "in crash" in check.measured["traceback"]
+    fine = [Check("lora-gc", OK, {}, group="speed")]
+    assert doctor.guarded("lora-gc", "speed", lambda: fine) == fine

@@ -11,7 +11,7 @@ import gc
 from pathlib import Path
 
 from ftscale import paths
-from ftscale.doctor import BROKEN, NO_CUDA, OK, SKIPPED, Check, has_module
+from ftscale.doctor import BROKEN, NO_CUDA, OK, SKIPPED, Check, guarded, has_module
 from ftscale.errors import FtscaleError
 
 # QLoRA's adapter served on the bf16 base (what vLLM does) may lose at most this much format_ok
@@ -167,7 +167,8 @@ def speed_checks(model: str, seq_len: int, steps: int, warmup: int, out: Path, l
     liger = has_module("liger_kernel")
     checks = []
     for quant, checkpointing, use_liger in speed_plan(liger):
-        check = _bench(model, quant, checkpointing, use_liger, seq_len, steps, warmup, out)
+        name = speed_name(quant, checkpointing, use_liger)
+        (check,) = guarded(name, "speed", lambda: [_bench(model, quant, checkpointing, use_liger, seq_len, steps, warmup, out)])
         log(f"{check.name}: {check.status} {check.measured.get('train_tokens_per_s') or ''}")
         checks.append(check)
     if not liger:
