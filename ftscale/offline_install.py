@@ -18,7 +18,6 @@ import hashlib
 import importlib.metadata as md
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys

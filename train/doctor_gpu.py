@@ -11,7 +11,7 @@ import gc
 from pathlib import Path
 
 from ftscale import paths
-from ftscale.doctor import BROKEN, NO_CUDA, OK, SKIPPED, Check, guarded, has_module
+from ftscale.doctor import BROKEN, OK, SKIPPED, Check, guarded, has_module
 from ftscale.errors import FtscaleError
 
 # QLoRA's adapter served on the bf16 base (what vLLM does) may lose at most this much format_ok
