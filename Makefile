@@ -9,7 +9,7 @@ TORCH_CUDA_VERSION ?= 2.14.0
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-serve setup-browser test main-job
+.PHONY: setup setup-serve setup-browser test main-job offline-bundle
 
 setup:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,13 @@ setup-browser:
 
 test:
 	$(BIN)/pytest -q
+
+# Everything `ftscale doctor --gpu` needs on a machine without the package index, in parts of at
+# most PART_MIB MiB under offline-bundle/ (README: "A GPU machine without the package index").
+PART_MIB ?= 60
+BUNDLE_ARGS ?=
+offline-bundle:
+	$(BIN)/python -m ftscale.offline_bundle --part-size-mib $(PART_MIB) $(BUNDLE_ARGS)
 
 main-job:
 	$(BIN)/ftscale run configs/experiments/formatting-smollm2-cpu.yaml

@@ -52,17 +52,18 @@ class Answerer:
     make: Callable
 
 
-def hf_answerer(cfg: ExperimentConfig, adapter: Path | None, model: str | None = None, label: str = "hf") -> Answerer:
-    """In-process transformers: the config's model (or `model`), with the adapter if any."""
+def hf_answerer(cfg: ExperimentConfig, adapter: Path | None, model: str | None = None, label: str = "hf",
+                quantization: str = "none") -> Answerer:
+    """In-process transformers: the config's model (or `model`, or its 4-bit load), with the adapter if any."""
     from .eval.backends import make_backend
 
     ref = model or cfg.model
     identity = {"backend": label, "model": model_identity(ref), "precision": cfg.eval.precision,
                 # the adapter's own identity is the training record every evaluation names as upstream
-                "batch_size": cfg.eval.batch_size, "adapter": adapter is not None}
+                "batch_size": cfg.eval.batch_size, "adapter": adapter is not None, "quantization": quantization}
     return Answerer(label, identity, lambda: make_backend("hf", model=ref, adapter=str(adapter) if adapter else None,
                                                           batch_size=cfg.eval.batch_size, dtype=cfg.eval.precision,
-                                                          name=label))
+                                                          quantization=quantization, name=label))
 
 
 def endpoint_answerer(model: str, base_url: str | None, concurrency: int, label: str = "openai",

@@ -13,6 +13,8 @@ import signal
 import socket
 import subprocess
 import threading
+import time
+import urllib.request
 
 import psutil
 import pytest
@@ -26,6 +28,13 @@ from ftscale.eval.tasks import get_task
 from ftscale.serve.server import VLLMServer, server_for
 
 from conftest import BIN, MAIN_CONFIG, ROOT
+
+
+def requests_running(base_url: str) -> float:
+    """vLLM's own gauge of the requests its engine is generating for (the Prometheus /metrics)."""
+    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("vllm:num_requests_running"))
 
 
 def vllm_processes() -> list[psutil.Process]:
@@ -161,8 +170,19 @@ def test_zz_server_crash_mid_run_is_recorded_and_leaves_no_process(server, cfg):
     backend = make_backend("openai", name="vllm", model="ft", base_url=server.base_url, concurrency=4,
                            max_retries=1, backoff_s=0.2, progress=False)
     reqs = [Request(str(i), [{"role": "user", "content": f"Count to {i}."}]) for i in range(8)]
-    threading.Timer(1.5, lambda: [p.send_signal(signal.SIGKILL) for p in engine if p.is_running()]).start()
-    gens = backend.generate(reqs, Sampling(max_new_tokens=200, ignore_eos=True))
+    done = {}
+    worker = threading.Thread(target=lambda: done.setdefault("gens", backend.generate(
+        reqs, Sampling(max_new_tokens=200, ignore_eos=True))))
+    worker.start()
+    deadline = time.monotonic() + 120
+    while requests_running(server.base_url) < 1:  # killed only once the engine is generating for them
+        assert worker.is_alive() and time.monotonic() < deadline, "no request reached the engine"
+        time.sleep(0.05)
+    for p in engine:
+        if p.is_running():
+            p.send_signal(signal.SIGKILL)
+    worker.join(timeout=600)
+    gens = done["gens"]
     failed = [g for g in gens if g.error]
     assert failed and all(g.finish_reason == "error" for g in failed)
     server.stop()

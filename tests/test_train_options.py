@@ -34,15 +34,29 @@ def test_data_parallel_on_two_cpu_processes(embedded_model, tmp_path):
     assert not list(run_dir.glob(".adapter*")) and proc.stdout.count("adapter saved to") == 1
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"train.attn_implementation": "flash_attention_2"}, "flash_attention_2 needs a CUDA GPU"),
-    ({"train.use_liger_kernel": "true"}, "Liger's kernels are Triton kernels for CUDA GPUs"),
-    ({"train.optim": "paged_adamw_8bit"}, "paged_adamw_8bit needs a CUDA GPU and bitsandbytes"),
-    ({"train.quantization": "4bit"}, "4bit (QLoRA) needs a CUDA GPU"),
+@pytest.mark.parametrize("override, module, without_cuda, without_module", [
+    ({"train.attn_implementation": "flash_attention_2"}, "flash_attn", "flash_attention_2 needs a CUDA GPU",
+     "flash_attention_2 needs the flash_attn package"),
+    ({"train.use_liger_kernel": "true"}, "liger_kernel", "Liger's kernels are Triton kernels for CUDA GPUs",
+     "needs liger-kernel: pip install liger-kernel"),
+    ({"train.optim": "paged_adamw_8bit"}, "bitsandbytes", "paged_adamw_8bit needs a CUDA GPU and bitsandbytes",
+     "paged_adamw_8bit needs a CUDA GPU and bitsandbytes"),
+    ({"train.quantization": "4bit"}, "bitsandbytes", "4bit (QLoRA) needs a CUDA GPU", "4bit needs bitsandbytes"),
 ])
-def test_what_this_machine_cannot_run_is_refused_before_loading(override, message):
+def test_what_this_machine_cannot_run_is_refused_before_loading(override, module, without_cuda, without_module):
+    """Without CUDA refused; on CUDA refused only without the package, else accepted (training
+    with each option on a GPU is `ftscale doctor --gpu`'s job: minutes, not a test's seconds)."""
+    import importlib.util
+
+    import torch
+
+    cfg = load_config(MAIN_CONFIG, override)
+    if torch.cuda.is_available() and importlib.util.find_spec(module) is not None:
+        check_hardware(cfg)  # accepted: no error
+        return
+    message = without_module if torch.cuda.is_available() else without_cuda
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        check_hardware(load_config(MAIN_CONFIG, override))
+        check_hardware(cfg)
 
 
 @pytest.mark.parametrize("env, message", [
@@ -50,7 +64,16 @@ def test_what_this_machine_cannot_run_is_refused_before_loading(override, messag
     ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed, which is not installed: pip install deepspeed"),
 ])
 def test_an_accelerate_config_this_machine_cannot_run_is_refused(env, message, monkeypatch):
+    """Refused where the machine lacks what it needs (CUDA for FSDP, the package for DeepSpeed), accepted where it has it."""
+    import importlib.util
+
+    import torch
+
     monkeypatch.setenv(env, "true")
+    able = torch.cuda.is_available() if env == "ACCELERATE_USE_FSDP" else importlib.util.find_spec("deepspeed") is not None
+    if able:
+        check_hardware(load_config(MAIN_CONFIG))  # accepted: no error
+        return
     with pytest.raises(ConfigError, match=message):
         check_hardware(load_config(MAIN_CONFIG))
 
@@ -58,3 +81,22 @@ def test_an_accelerate_config_this_machine_cannot_run_is_refused(env, message, m
 def test_an_unknown_attention_implementation_is_a_config_error():
     with pytest.raises(ConfigError, match="train.attn_implementation: Input should be"):
         load_config(MAIN_CONFIG, {"train.attn_implementation": "flash"})
+
+
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_qlora_loads_one_copy_per_process_and_under_fsdp_as_peft_guide_does(fsdp, monkeypatch):
+    """DDP / one GPU: the 4-bit model on this process's GPU. FSDP: no device_map (FSDP places and
+    shards it), and the rest of the model in the 4-bit storage dtype, so FSDP sees one float dtype."""
+    import torch
+
+    from ftscale.train.sft import load_kwargs
+
+    if fsdp:
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    else:
+        monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    kwargs = load_kwargs(load_config(MAIN_CONFIG, {"train.quantization": "4bit"}))
+    quant = kwargs["quantization_config"]
+    assert quant.load_in_4bit and quant.bnb_4bit_quant_type == "nf4" and quant.bnb_4bit_use_double_quant
+    assert quant.bnb_4bit_quant_storage == quant.bnb_4bit_compute_dtype == kwargs["dtype"] == torch.bfloat16
+    assert kwargs.get("device_map") == (None if fsdp else {"": 0})

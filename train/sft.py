@@ -127,22 +127,49 @@ def lora_config(cfg: ExperimentConfig):
                       target_modules=lora.target_modules, task_type="CAUSAL_LM")
 
 
-def _load_model(cfg: ExperimentConfig, path: str, random_init: bool = False):
+def bnb_config():
+    """QLoRA's 4-bit base: nf4, double quantization, bf16 compute. The 4-bit weights are packed into
+    bf16 words (bnb_4bit_quant_storage) so that FSDP, which shards float tensors of one dtype, can
+    shard them beside the bf16 rest of the model; training and the 4-bit evaluation share this."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
+
+
+def _under_fsdp() -> bool:
+    import os
+
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"  # set by accelerate launch
+
+
+def load_kwargs(cfg: ExperimentConfig) -> dict:
+    """from_pretrained's arguments for the training model."""
+    import torch
 
     # Weights load in fp32 on a CPU and bf16 mixed precision (autocast) computes there; on CUDA
     # they load in bf16 directly.
     dtype = resolve_dtype(cfg.train.precision) if torch.cuda.is_available() else torch.float32
     kwargs = {"dtype": dtype, "attn_implementation": attn_implementation(cfg)}
     if cfg.train.quantization == "4bit":
-        from accelerate import PartialState
-        from transformers import BitsAndBytesConfig
+        kwargs["quantization_config"] = quant = bnb_config()
+        kwargs["dtype"] = quant.bnb_4bit_quant_storage  # the unquantized rest in the storage dtype, as FSDP needs
+        if not _under_fsdp():
+            # one full copy per process (DDP or one GPU). Under FSDP no device_map, as PEFT's
+            # FSDP-QLoRA guide loads it: FSDP places and shards the weights itself.
+            from accelerate import PartialState
 
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
-        kwargs["device_map"] = {"": PartialState().local_process_index}  # one full copy per process
+            kwargs["device_map"] = {"": PartialState().local_process_index}
+    return kwargs
+
+
+def _load_model(cfg: ExperimentConfig, path: str, random_init: bool = False):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs = load_kwargs(cfg)
+    dtype = kwargs["dtype"]
     if random_init:
         # the architecture with random weights: measure speed for any model without its weights
         from ftscale.models import architecture

@@ -42,7 +42,8 @@ class HFBackend:
     name = "hf"
 
     def __init__(self, model: str, adapter: str | None = None, batch_size: int = 16,
-                 device: str | None = None, dtype: str = "auto", progress: bool = True, name: str = "hf"):
+                 device: str | None = None, dtype: str = "auto", progress: bool = True, quantization: str = "none",
+                 name: str = "hf"):
         from peft import PeftModel  # imported here: peft is heavy and only adapters need it
 
         self.name = name  # "hf-<model>" when it answers for another model than the experiment's
@@ -55,7 +56,13 @@ class HFBackend:
         self.tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        net = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype)).to(self.device)
+        if quantization == "4bit":  # the base as QLoRA trained on it (CUDA only): measures the train/serve mismatch
+            from ftscale.train.sft import bnb_config
+
+            net = AutoModelForCausalLM.from_pretrained(path, quantization_config=bnb_config(), dtype=torch.bfloat16,
+                                                       device_map={"": self.device})
+        else:
+            net = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype)).to(self.device)
         if adapter:
             net = PeftModel.from_pretrained(net, adapter)
         self.net = net.eval()
