@@ -106,19 +106,21 @@ def eval_jobs(cfg: ExperimentConfig, cell: Path, task, pool: list[dict], example
     jobs = []
     common = {"examples_sha256": sha256_records(examples), "pool_sha256": sha256_records(pool),
               "few_shot_k": cfg.eval.few_shot_k, "answerer": answerer.identity}
+    task_id = task_identity(task, cfg.task)
+    probe_id = task_identity(probes[0], cfg.eval.probes.task) if probes else None
     # without eval.temperatures, the one temperature sampling_of resolves (the task's default if the config sets none)
     for t in cfg.eval.temperatures or [sampling_of(cfg, task).temperature]:
         label = eval_label(answerer.label, t)
         sampling = sampling_of(at_temperature(cfg, t), task)
         for variant in dict.fromkeys(variants):
-            inputs = common | {"task": task_identity(task, cfg.task), "variant": variant, "sampling": sampling.as_dict()}
+            inputs = common | {"task": task_id, "variant": variant, "sampling": sampling.as_dict()}
             jobs.append(EvalJob(label, variant, task, examples, eval_dir(cell, variant, label), sampling, inputs))
         if probes:
             probe_task, probe_examples = probes
             # the probes' answer length is theirs, not the task's; they are asked as written
             ps = replace(sampling_of(at_temperature(cfg, t), probe_task),
                          max_new_tokens=probe_task.sampling.get("max_new_tokens", sampling.max_new_tokens))
-            inputs = common | {"task": task_identity(probe_task, cfg.eval.probes.task), "variant": "default",
+            inputs = common | {"task": probe_id, "variant": "default",
                                "examples_sha256": sha256_records(probe_examples), "sampling": ps.as_dict()}
             jobs.append(EvalJob(label, "default", probe_task, probe_examples, probe_dir(cell, label), ps, inputs))
     return jobs

@@ -60,13 +60,14 @@ def mark_failed(run_dir: Path, error: str) -> None:
 
 
 def mark_done(run_dir: Path, key: str, steps: list[Path]) -> None:
-    """The cell's completion record, last: its key, its training record and each evaluation record."""
+    """The cell's completion record: its key, its training record and each evaluation record. The
+    record decides; cell.json is updated after it for the people reading the folder."""
     run_dir = Path(run_dir)
     state = _state(run_dir)
-    write_json(run_dir / STATE, state | {"status": "done", "error": None, "finished": time.time(),
-                                         "completions": state.get("completions", 0) + 1})
-    completion.finish(run_dir, "cell", {"key": key}, [], upstream=_step_records(run_dir, steps), name=DONE,
-                      steps=[str(p.relative_to(run_dir)) for p in steps])
+    count = state.get("completions", 0) + 1
+    rec = completion.finish(run_dir, "cell", {"key": key}, [], upstream=_step_records(run_dir, steps), name=DONE,
+                            steps=[str(p.relative_to(run_dir)) for p in steps], completions=count)
+    write_json(run_dir / STATE, state | {"status": "done", "error": None, "finished": rec["finished"], "completions": count})
 
 
 def _step_records(run_dir: Path, steps: list[Path]) -> str:
@@ -75,28 +76,36 @@ def _step_records(run_dir: Path, steps: list[Path]) -> str:
     return completion.digest([r["record_sha256"] if r else None for r in records])
 
 
-def is_done(run_dir: Path, key: str) -> bool:
+def _done_record(run_dir: Path, key: str) -> dict | None:
     rec = completion.read(run_dir, DONE)
     if rec is None or rec["inputs"].get("key") != key:
-        return False
+        return None
     steps = [Path(run_dir) / s for s in rec.get("steps", [])]
-    return rec["upstream"] == _step_records(Path(run_dir), steps)
+    return rec if rec["upstream"] == _step_records(Path(run_dir), steps) else None
+
+
+def is_done(run_dir: Path, key: str) -> bool:
+    return _done_record(run_dir, key) is not None
 
 
 def cell_status(run_dir: Path, key: str) -> dict:
-    """The cell's state from its files. A `running` cell whose process is gone on this host was
-    interrupted: it counts as pending again."""
+    """The cell's state from its files: done while its record holds; a `running` cell whose process
+    is gone on this host was interrupted and counts as pending again."""
     state = _state(run_dir)
     if state.get("key") != key:
         state = {}
-    status = "done" if is_done(run_dir, key) else state.get("status", "pending")
+    done = _done_record(run_dir, key)
+    status = "done" if done else state.get("status", "pending")
+    if status == "done" and not done:
+        status = "pending"  # cell.json says done but the record does not hold (a step was redone or edited)
     if status == "running" and state.get("host") == socket.gethostname() and not _alive(state.get("pid")):
         status = "pending"
+    started, finished = state.get("started"), done["finished"] if done else state.get("finished")
     return {"status": status, "error": state.get("error") if status == "failed" else None,
-            "attempts": state.get("attempts", 0), "completions": state.get("completions", 0),
-            "started": state.get("started"), "finished": state.get("finished"),
-            "duration_s": (state["finished"] - state["started"]) if status == "done" and state.get("finished")
-            and state.get("started") else None,
+            "attempts": state.get("attempts", 0),
+            "completions": done["completions"] if done else state.get("completions", 0),
+            "started": started, "finished": finished,
+            "duration_s": finished - started if done and started and finished else None,
             "host": state.get("host"), "pid": state.get("pid")}
 
 

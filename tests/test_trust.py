@@ -71,7 +71,9 @@ def test_run_killed_at_random_moments_with_config_changes_ends_as_a_clean_run(em
     while kills < 10:
         assert trial < 30, f"only {kills} kills landed in {trial} restarts"
         lr = LR_A if (trial // 3) % 2 == 0 else LR_B  # the config changes every third restart
-        kills += kill_at_change(["run", *_args(out, lr)], exp, rng.randint(1, 14))
+        killed = kill_at_change(["run", *_args(out, lr)], exp, rng.randint(1, 14))
+        kills += killed
+        print(f"restart {trial}: {'killed' if killed else 'finished'}", flush=True)
         trial += 1
         # after every kill: each record is whole, and nothing shown was made under the other config
         for rec_path in exp.rglob(completion.RECORD):
@@ -130,3 +132,16 @@ def test_an_endpoint_refusing_every_request_caches_nothing_and_a_working_one_fil
         assert again.returncode == 0 and len(standin.chat_requests) == asked + 3  # done: not asked again
         changed = _ftscale(*args, "--base-url", standin.base_url, "--eval.max_new_tokens", "9")
         assert changed.returncode == 0 and len(standin.chat_requests) == asked + 6  # new settings: asked again
+
+
+def test_eval_honours_model_on_the_hf_backend(embedded_model, tmp_path):
+    from ftscale.models import resolve
+
+    other = resolve(embedded_model)  # the same weights named another way: a local directory
+    proc = _ftscale("eval", "--config", MAIN_CONFIG, "--backend", "hf", "--model", other, "--eval.limit", "2",
+                    "--eval.max_new_tokens", "4", "--output-dir", tmp_path / "other")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (folder,) = (tmp_path / "other").glob("eval-hf-*-default")
+    scores = json.loads((folder / "scores.json").read_text())
+    assert scores["model"] == other and scores["backend"] == folder.name.removeprefix("eval-").removesuffix("-default")
+    assert completion.valid(folder)["inputs"]["answerer"]["model"]["ref"] == other
