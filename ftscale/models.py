@@ -91,13 +91,23 @@ def _resolve(ref: str) -> str:
 
 
 def check_hub(repo_id: str) -> None:
-    """Fetch the model's config.json (from the cache when there): the hub's answer, said in one line."""
-    from huggingface_hub import hf_hub_download
+    """The model's config.json is in the cache, or the hub has it: else its answer, said in one line.
+    One request without retries, so an unreachable hub is said in seconds, not after a minute of backoff."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
                                         RemoteEntryNotFoundError, RepositoryNotFoundError)
 
+    unreachable = (f"model {repo_id!r}: the Hugging Face hub cannot be reached ({{why}}) and the model is not in the "
+                   "local cache; connect once to download it, or pass a local directory")
     try:
-        hf_hub_download(repo_id, "config.json")
+        hf_hub_download(repo_id, "config.json", local_files_only=True)
+        return
+    except LocalEntryNotFoundError:
+        pass
+    if constants.HF_HUB_OFFLINE:
+        raise FtscaleError(unreachable.format(why="HF_HUB_OFFLINE is set"))
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, "config.json"))
     except GatedRepoError:
         raise FtscaleError(f"model {repo_id!r} is gated on the Hugging Face hub: accept its terms at "
                            f"https://huggingface.co/{repo_id} and log in (`hf auth login` or HF_TOKEN)") from None
@@ -105,15 +115,12 @@ def check_hub(repo_id: str) -> None:
         raise FtscaleError(f"model {repo_id!r}: no such model on the Hugging Face hub (check the spelling; a private "
                            "one needs `hf auth login` or HF_TOKEN), and no such directory or name in "
                            f"{paths.CONFIGS / 'models'}") from None
-    except LocalEntryNotFoundError:  # offline mode, or the hub unreachable, and nothing cached
-        raise FtscaleError(f"model {repo_id!r}: the Hugging Face hub cannot be reached (no network, or HF_HUB_OFFLINE "
-                           "is set) and the model is not in the local cache; connect once to download it, or "
-                           "pass a local directory") from None
     except RemoteEntryNotFoundError:
         raise FtscaleError(f"model {repo_id!r} has no config.json on the hub: not a transformers model") from None
-    except (HfHubHTTPError, OSError) as e:
-        raise FtscaleError(f"model {repo_id!r}: the Hugging Face hub answered {type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else 'no detail'}") from None
+    except HfHubHTTPError as e:
+        raise FtscaleError(f"model {repo_id!r}: the Hugging Face hub answered {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - the HTTP client's network errors (DNS, refused, timeout, proxy)
+        raise FtscaleError(unreachable.format(why=f"{type(e).__name__}: {e}".splitlines()[0])) from None
 
 
 def check_chat_template(tokenizer, ref: str) -> None:

@@ -104,13 +104,19 @@ class _Hub(BaseHTTPRequestHandler):
     do_GET = do_HEAD
 
 
+def point_hub_at(monkeypatch, constants, url: str) -> None:
+    """What HF_ENDPOINT=url does when set before huggingface_hub is imported."""
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+
+
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
     from huggingface_hub import constants
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    point_hub_at(monkeypatch, constants, f"http://127.0.0.1:{server.server_address[1]}")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))  # nothing cached
     yield constants
     server.shutdown()
@@ -133,10 +139,11 @@ def test_train_with_a_hub_id_the_hub_refuses(hub, tmp_path, capsys, model, says)
 def test_train_with_a_hub_id_offline_or_unreachable(hub, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
     line = refused(capsys, _train(tmp_path, "--model", "HuggingFaceTB/SmolLM2-1.7B-Instruct"))
-    assert "the Hugging Face hub cannot be reached" in line and "not in the local cache" in line
+    assert "the Hugging Face hub cannot be reached (HF_HUB_OFFLINE is set)" in line and "not in the local cache" in line
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hub, "ENDPOINT", f"http://127.0.0.1:{_free_port()}")
-    assert "cannot be reached" in refused(capsys, _train(tmp_path, "--model", "HuggingFaceTB/SmolLM2-1.7B-Instruct"))
+    point_hub_at(monkeypatch, hub, f"http://127.0.0.1:{_free_port()}")  # nothing listens there
+    line = refused(capsys, _train(tmp_path, "--model", "HuggingFaceTB/SmolLM2-1.7B-Instruct"))
+    assert "the Hugging Face hub cannot be reached (ConnectError" in line
     assert nothing_in(tmp_path / "run")
 
 
