@@ -136,7 +136,7 @@ def data_files(spec: TaskSpec, spec_path: Path, out_dir: Path) -> tuple[Path | N
             files.append(None)
             continue
         if not isinstance(src, dict) and not Path(src).is_file():
-            raise DataError(f"{spec_path}: data.{kind}: file not found: {src}")
+            raise DataError(f"{spec_path}: data.{kind}: {src}: file not found")
         src = HubSource.model_validate(src) if isinstance(src, dict) else Path(src)
         files.append(materialise(src, kind, Path(out_dir) / spec.name / f"{kind}.jsonl", f"{spec_path}: data.{kind}"))
     return files[0], files[1]
