@@ -70,7 +70,7 @@ def merge(adapter: str | Path, out: str | Path, base: str | None = None, dtype: 
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     base = base or json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
-    path = resolve(base)
+    path = resolve(base, check=True)
     saved_dtype = getattr(torch, dtype) if dtype else AutoConfig.from_pretrained(path).dtype or torch.float32
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
