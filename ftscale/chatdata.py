@@ -36,6 +36,23 @@ def _check_messages(messages, where: str, need_assistant_last: bool) -> None:
         raise DataError(f"{where}: an eval example must end before the assistant's answer")
 
 
+def decode_line(raw: bytes, where: str) -> str:
+    """A line read in binary as text; not UTF-8 raises DataError naming the byte and its column
+    (instead of a UnicodeDecodeError from the middle of a read)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                        "save the file as UTF-8") from None
+
+
+def text_lines(path: str | Path):
+    """(line number, text) for every line of a UTF-8 file."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            yield lineno, decode_line(raw, f"{path}:{lineno}")
+
+
 def parse_line(line: str, where: str, kind: str) -> dict:
     """Parse and validate one line of a `train` or `eval` file; raise DataError naming `where`."""
     if not line.strip():
@@ -49,6 +66,8 @@ def parse_line(line: str, where: str, kind: str) -> dict:
     _check_messages(rec["messages"], where, need_assistant_last=(kind == "train"))
     if kind == "eval" and ("id" not in rec or "reference" not in rec):
         raise DataError(f"{where}: an eval example needs an 'id' and a 'reference'")
+    if kind == "eval" and (not isinstance(rec["id"], (str, int)) or isinstance(rec["id"], bool)):
+        raise DataError(f"{where}: 'id' must be a string or an integer (got {rec['id']!r})")
     return rec
 
 
@@ -60,14 +79,13 @@ def read_jsonl(path: str | Path, kind: str) -> list[dict]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     records, ids = [], set()
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            rec = parse_line(line, f"{path}:{lineno}", kind)
-            if kind == "eval":
-                if rec["id"] in ids:
-                    raise DataError(f"{path}:{lineno}: duplicate id {rec['id']!r}")
-                ids.add(rec["id"])
-            records.append(rec)
+    for lineno, line in text_lines(path):
+        rec = parse_line(line, f"{path}:{lineno}", kind)
+        if kind == "eval":
+            if rec["id"] in ids:
+                raise DataError(f"{path}:{lineno}: duplicate id {rec['id']!r}")
+            ids.add(rec["id"])
+        records.append(rec)
     if not records:
         raise DataError(f"{path}: no examples")
     return records
@@ -76,17 +94,16 @@ def read_jsonl(path: str | Path, kind: str) -> list[dict]:
 def json_lines(path: str | Path):
     """(line number, object) for every non-empty line of a JSONL file; a line that is not a JSON
     object raises DataError as `file:line: reason`."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object")
-            yield lineno, rec
+    for lineno, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object")
+        yield lineno, rec
 
 
 def nested_subset(records: list[dict], n: int, seed: int) -> list[dict]:

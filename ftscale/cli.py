@@ -101,6 +101,10 @@ def _eval(args) -> None:
     pool, examples = read_jsonl(cfg.data.train, "train"), read_jsonl(cfg.data.eval, "eval")[: cfg.eval.limit]
     concurrency = args.concurrency or cfg.serve.concurrency
     probes = load_probes(cfg)
+    if args.backend != "openai":
+        from .models import check_for_generation
+
+        check_for_generation(args.model or cfg.model)  # reachable, with a chat template: before any work
     if args.backend != "openai" and not adapter and not args.output_dir:
         from .cellrunner import ensure_trained
 
@@ -197,7 +201,26 @@ def _serve(args) -> None:
 def _merge(args) -> None:
     from ftscale.train.merge import merge
 
-    print(f"merged checkpoint written to {merge(args.adapter, args.out, base=args.base)}")
+    print(f"merged checkpoint written to {merge(args.adapter, args.out, base=args.base, force=args.force)}")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a count of requests in flight (0 would wait for ever)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def concurrency_levels(text: str) -> list[int]:
+    """argparse type: comma-separated concurrency levels, `1,4,16`."""
+    try:
+        return [positive_int(part.strip()) for part in text.split(",")]
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{e} in {text!r} (expected positive integers like 1,4,16)") from None
 
 
 def _bench(args) -> None:
@@ -208,8 +231,7 @@ def _bench(args) -> None:
     if args.action == "latency":
         from ftscale.serve.latency import run_latency_benchmark
 
-        levels = [int(c) for c in args.concurrency.split(",")]
-        print(run_latency_benchmark(cfg, args.adapter, levels, args.num_prompts, out))
+        print(run_latency_benchmark(cfg, args.adapter, args.concurrency, args.num_prompts, out))
     elif args.action == "crosscheck":
         from ftscale.models import resolve
         from ftscale.serve.crosscheck import crosscheck
@@ -306,7 +328,7 @@ def _rate(args) -> None:
 def _report(args) -> None:
     import yaml
 
-    from ftscale.eval.report import cost_spec_of, write_report
+    from ftscale.eval.report import collect, cost_spec_of, write_report
     from ftscale.eval.tasks import get_task
 
     exp = Path(args.experiment_dir)
@@ -322,8 +344,12 @@ def _report(args) -> None:
         raise FtscaleError(f"{exp}: not an experiment directory (no experiment.yaml, no run directories)")
     overrides = {k: v for k, v in (("prices", args.prices), ("hardware", args.hardware), ("hourly_usd", args.hourly_usd),
                                     ("reference_model", args.reference_model)) if v is not None}
+    rows = collect(exp)
+    if not rows:
+        raise FtscaleError(f"{exp}: nothing has been evaluated yet (no scores.json in its run directories); "
+                           "evaluate first: `ftscale run CONFIG` or `ftscale eval --config CONFIG [--adapter RUN]`")
     cost = cost_spec_of(exp, overrides)
-    print(write_report(exp, get_task(yaml.safe_load(found.read_text())["task"]), cost))
+    print(write_report(exp, get_task(yaml.safe_load(found.read_text())["task"]), cost, rows))
 
 
 def _train(args) -> int:
@@ -404,24 +430,26 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("adapter", help="a run directory or its adapter/ folder")
     mg.add_argument("--out", required=True, type=Path)
     mg.add_argument("--base", help="base model (default: the one the adapter names)")
+    mg.add_argument("--force", action="store_true",
+                    help="replace an earlier merge in --out (only a folder `ftscale merge` wrote is ever replaced)")
     mg.set_defaults(fn=_merge)
 
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="action", required=True)
     bl = with_config(bsub, "latency", _bench, "TTFT/TPOT/ITL/E2E of base, LoRA and merged models on vLLM")
     bl.add_argument("--adapter", required=True, help="the fine-tuned run (or its adapter/ folder)")
-    bl.add_argument("--concurrency", default="1,4,16", help="comma-separated levels")
-    bl.add_argument("--num-prompts", type=int, default=32, help="eval prompts sent at each level")
+    bl.add_argument("--concurrency", type=concurrency_levels, default="1,4,16", help="comma-separated levels")
+    bl.add_argument("--num-prompts", type=positive_int, default=32, help="eval prompts sent at each level")
     bl.add_argument("--output-dir", help="default: <adapter run>/latency")
     bc = with_config(bsub, "crosscheck", _bench, "our latency numbers vs vLLM's serving benchmark on one server")
-    bc.add_argument("--concurrency", type=int, default=1)
-    bc.add_argument("--num-prompts", type=int, default=32)
+    bc.add_argument("--concurrency", type=positive_int, default=1)
+    bc.add_argument("--num-prompts", type=positive_int, default=32)
     bc.add_argument("--output-len", type=int, default=32, help="tokens per answer (ignore_eos on both sides)")
     bc.add_argument("--output-dir", help="default: <experiment dir>/crosscheck")
     bt = with_config(bsub, "throughput", _bench, "eval set through vLLM with concurrency vs hf one request at a time")
     bt.add_argument("--adapter", help="a fine-tuned run (default: the base model)")
-    bt.add_argument("--concurrency", type=int, default=16)
-    bt.add_argument("--num-prompts", type=int, default=200)
+    bt.add_argument("--concurrency", type=positive_int, default=16)
+    bt.add_argument("--num-prompts", type=positive_int, default=200)
     bt.add_argument("--output-dir", help="default: <experiment dir>/throughput")
 
     btr = bsub.add_parser("train", help="train tokens/s, peak memory and MFU of a LoRA/QLoRA step",

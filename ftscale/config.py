@@ -6,6 +6,8 @@ with the file, so a typo in either place is reported before any work starts.
 
 from __future__ import annotations
 
+import difflib
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -22,11 +24,34 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
 
+def _nearest(value: str, valid: list[str]) -> str:
+    """`did you mean ...?` for a mistyped name, else the valid names."""
+    close = difflib.get_close_matches(value, valid, n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+    return f"{hint}(valid: {', '.join(valid)})"
+
+
 class LoraSpec(Strict):
     r: int = Field(16, ge=1, description="LoRA rank")
     alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / r)")
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: str | list[str] = Field("all-linear", description="PEFT target modules")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="PEFT target modules: all-linear, a list of module names (q_proj, ...) or a "
+                                  "regular expression over full module names; checked against the model before training")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _target_modules(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list):
+            if not v or not all(name.strip() for name in v):
+                raise ValueError("a list of module names must be non-empty and name no empty module")
+            return v
+        if v != "all-linear":
+            try:
+                re.compile(v)  # PEFT reads any other string as a regular expression
+            except re.error as e:
+                raise ValueError(f"not all-linear, a list of names or a valid regular expression ({e})") from None
+        return v
 
 
 class TrainSpec(Strict):
@@ -36,7 +61,7 @@ class TrainSpec(Strict):
     batch_size: int = Field(8, ge=1, description="per-device train batch size")
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_length: int = Field(512, ge=16, description="tokens per example; longer ones are truncated")
-    lr_scheduler: str = "cosine"
+    lr_scheduler: str = Field("cosine", description="a transformers scheduler (SchedulerType): cosine, linear, ...")
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     lora: LoraSpec = LoraSpec()
@@ -54,6 +79,16 @@ class TrainSpec(Strict):
         "adamw_torch_fused", description="transformers' default; paged_adamw_8bit: bitsandbytes' paged 8-bit AdamW (CUDA)")
     logging_steps: int = Field(1, ge=1)
     save_steps: int | None = Field(None, ge=1, description="checkpoint every N steps; a rerun resumes from the last")
+
+    @field_validator("lr_scheduler")
+    @classmethod
+    def _scheduler(cls, v: str) -> str:
+        from transformers.trainer_utils import SchedulerType
+
+        valid = [s.value for s in SchedulerType]
+        if v not in valid:
+            raise ValueError(f"unknown scheduler {v!r}; {_nearest(v, valid)}")
+        return v
 
 
 class DataSpec(Strict):
@@ -209,6 +244,8 @@ def apply_overrides(data: dict, overrides: dict[str, str]) -> dict:
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--{dotted}: '{key}' is not a section of the config")
+        if not last:
+            raise ConfigError(f"--{dotted}: an override names a key, e.g. --train.seed 3")
         node[last] = parse_value(raw) if isinstance(raw, str) else raw
     return data
 
@@ -285,7 +322,21 @@ def load_config(path: str | Path, overrides: dict[str, str] | None = None) -> Ex
                               "not trained on: name it under eval.probes)")
         cfg.data.train = cfg.data.train or train
         cfg.data.eval = cfg.data.eval or eval_
+    _check_eval_references(cfg)
     return cfg
+
+
+def _check_eval_references(cfg: ExperimentConfig) -> None:
+    """Every eval example holds what the task's evaluators read: refused here, not after generation."""
+    from ftscale.chatdata import read_jsonl
+    from ftscale.eval.tasks import get_task
+    from ftscale.eval.tasks.check import refuse_missing_references
+
+    try:
+        task = get_task(cfg.task)
+    except KeyError:
+        return  # an unknown task is refused, with the known ones, where the task is looked up
+    refuse_missing_references(task, cfg.data.eval, read_jsonl(cfg.data.eval, "eval"))
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:

@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from . import paths
-from .chatdata import parse_line
+from .chatdata import decode_line, parse_line
 from .errors import DataError, FtscaleError
 from .yamlfile import load_yaml
 
@@ -115,15 +115,17 @@ def check_file(path: str | Path, model: str = "gpt-4.1-mini-2025-04-14", epochs:
         return report
     enc, report.encoding, report.approximate = encoding_for(model)
     seen, lengths, assistant = Counter(), [], []
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
             where = f"{path}:{lineno}"
             try:
-                rec = parse_line(line, where, "train")
+                rec = parse_line(decode_line(line, where), where, "train")
                 for i, m in enumerate(rec["messages"]):
                     extra = set(m) - MESSAGE_KEYS
                     if extra:
                         raise DataError(f"{where}: messages[{i}] has keys the endpoint does not accept: {sorted(extra)}")
+                    if "name" in m and not isinstance(m["name"], str):
+                        raise DataError(f"{where}: messages[{i}]: name must be a string")
                     if "weight" in m and (m["role"] != "assistant" or m["weight"] not in (0, 1)):
                         raise DataError(f"{where}: messages[{i}]: weight must be 0 or 1, on assistant messages only")
             except DataError as e:

@@ -20,6 +20,7 @@ from .cellrunner import ensure_trained, eval_jobs, hf_answerer, run_evals
 from .chatdata import read_jsonl
 from .config import ExperimentConfig
 from .errors import ConfigError, FtscaleError, StepsFailed
+from .models import check_for_training
 from .rundir import cell_dir
 
 
@@ -68,6 +69,7 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> Path:
 
     task = task_for(cfg)
     refuse_overlap(cfg.data.train, cfg.data.eval)  # before any training: scores on seen examples mean nothing
+    check_for_training(cfg)  # the model, its chat template and LoRA targets: refused before the first cell
     pool = read_jsonl(cfg.data.train, "train")
     examples = read_jsonl(cfg.data.eval, "eval")[: cfg.eval.limit]
     probes = load_probes(cfg)

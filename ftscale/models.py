@@ -62,8 +62,16 @@ def local_dir(name: str) -> Path:
     return paths.models_dir() / name
 
 
-def resolve(ref: str) -> str:
-    """Turn a model reference into what `from_pretrained` takes (a directory or a hub id)."""
+def resolve(ref: str, check: bool = False) -> str:
+    """Turn a model reference into what `from_pretrained` takes (a directory or a hub id).
+    With `check`, a hub id must be reachable (or cached): else a FtscaleError says why."""
+    path = _resolve(ref)
+    if check and not Path(path).is_dir():
+        check_hub(path)
+    return path
+
+
+def _resolve(ref: str) -> str:
     if ref in registry():
         spec = load_spec(ref)
         if spec.gguf is not None:
@@ -80,6 +88,95 @@ def resolve(ref: str) -> str:
     if ref.startswith((".", "/")) or ref.count("/") > 1:
         raise FtscaleError(f"model {ref!r}: no such directory, and not a hub id or a name in {paths.CONFIGS / 'models'}")
     return ref  # a hub id; from_pretrained says if it cannot be reached
+
+
+def check_hub(repo_id: str) -> None:
+    """The model's config.json is in the cache, or the hub has it: else its answer, said in one line.
+    One request without retries, so an unreachable hub is said in seconds, not after a minute of backoff."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RemoteEntryNotFoundError, RepositoryNotFoundError)
+
+    unreachable = (f"model {repo_id!r}: the Hugging Face hub cannot be reached ({{why}}) and the model is not in the "
+                   "local cache; connect once to download it, or pass a local directory")
+    try:
+        hf_hub_download(repo_id, "config.json", local_files_only=True)
+        return
+    except LocalEntryNotFoundError:
+        pass
+    if constants.HF_HUB_OFFLINE:
+        raise FtscaleError(unreachable.format(why="HF_HUB_OFFLINE is set"))
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, "config.json"))
+    except GatedRepoError:
+        raise FtscaleError(f"model {repo_id!r} is gated on the Hugging Face hub: accept its terms at "
+                           f"https://huggingface.co/{repo_id} and log in (`hf auth login` or HF_TOKEN)") from None
+    except RepositoryNotFoundError:
+        raise FtscaleError(f"model {repo_id!r}: no such model on the Hugging Face hub (check the spelling; a private "
+                           "one needs `hf auth login` or HF_TOKEN), and no such directory or name in "
+                           f"{paths.CONFIGS / 'models'}") from None
+    except RemoteEntryNotFoundError:
+        raise FtscaleError(f"model {repo_id!r} has no config.json on the hub: not a transformers model") from None
+    except HfHubHTTPError as e:
+        raise FtscaleError(f"model {repo_id!r}: the Hugging Face hub answered {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - the HTTP client's network errors (DNS, refused, timeout, proxy)
+        raise FtscaleError(unreachable.format(why=f"{type(e).__name__}: {e}".splitlines()[0])) from None
+
+
+def check_chat_template(tokenizer, ref: str) -> None:
+    """Training and evaluation format every example with the tokenizer's chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise FtscaleError(f"model {ref!r} has no chat template (a base model, not a chat model): pick a chat/instruct "
+                           "model, or set one in its tokenizer_config.json (`chat_template`)")
+
+
+def check_target_modules(target_modules: str | list[str], config, ref: str) -> None:
+    """Every listed module name (or the regular expression) must match a module of the model; the
+    architecture is built on the meta device, so no weights are loaded or allocated."""
+    import re
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if target_modules == "all-linear":
+        return
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    names = [n for n, _ in model.named_modules() if n]
+    leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+    if isinstance(target_modules, str):
+        if not any(re.fullmatch(target_modules, n) for n in names):
+            raise ConfigError(f"train.lora.target_modules: {target_modules!r} matches no module of {ref!r} "
+                              f"(its linear layers: {', '.join(leaves)}; or all-linear)")
+        return
+    missing = [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise ConfigError(f"train.lora.target_modules: {', '.join(map(repr, missing))} not in {ref!r} "
+                          f"(its linear layers: {', '.join(leaves)}; or all-linear)")
+
+
+def check_for_generation(ref: str) -> str:
+    """A model asked to answer chat requests: reachable (hub) or present, with a chat template. Returns the path."""
+    from transformers import AutoTokenizer
+
+    path = resolve(ref, check=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:  # a folder without a usable tokenizer, a broken config.json
+        raise FtscaleError(f"model {ref!r}: its tokenizer does not load from {path} ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+    check_chat_template(tokenizer, ref)
+    return path
+
+
+def check_for_training(cfg) -> str:
+    """Everything about the model a training run needs, checked before any data is written or weights
+    load: reachable (hub) or present, a chat template, the LoRA target modules. Returns the path."""
+    from transformers import AutoConfig
+
+    path = check_for_generation(cfg.model)
+    check_target_modules(cfg.train.lora.target_modules, AutoConfig.from_pretrained(path), cfg.model)
+    return path
 
 
 def _fetch_gguf(src: GgufSource, workdir: Path) -> Path:

@@ -25,6 +25,7 @@ from .atomic import write_text
 from .cellrunner import Answerer, endpoint_answerer, ensure_openai, ensure_trained, eval_jobs, hf_answerer, run_evals
 from .chatdata import read_jsonl
 from .errors import FtscaleError, StepsFailed
+from .models import check_for_training
 from .results_store import ResultsStore, is_done, mark_done, mark_failed, mark_running
 from .sweepconfig import Cell, expand, load_sweep
 
@@ -103,6 +104,8 @@ class Runner:
         write_text(self.sweep.sweep_dir / "sweep.yaml", self.sweep_path.read_text())
         write_text(self.sweep.sweep_dir / "command.txt", " ".join(["ftscale", "sweep", str(self.sweep_path)]) + "\n")
         todo = self.todo()
+        for cfg in {c.cfg.model: c.cfg for c in todo if c.backend == "local"}.values():
+            check_for_training(cfg)  # each local model, before any cell: reachable, a chat template, LoRA targets
         self.index().close()
         self.log(f"{self.sweep.name}: {len(self.cells)} cells, {len(self.cells) - len(todo)} done, {len(todo)} to run")
         bar = tqdm(total=len(todo), desc=self.sweep.name, unit="cell")

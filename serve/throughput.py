@@ -11,6 +11,15 @@ from ftscale.chatdata import read_jsonl
 from ftscale.rundir import adapter_dir
 
 
+def headline_means(task, scores: list[dict]) -> dict[str, float | None]:
+    """Mean of each of the task's headline metrics over the examples it could score (None: none)."""
+    out = {}
+    for name in task.headline or tuple(m.name for m in task.metrics):
+        values = [s[name] for s in scores if s.get(name) is not None]
+        out[name] = sum(values) / len(values) if values else None
+    return out
+
+
 def run_throughput_benchmark(cfg, adapter: str | Path | None, num_prompts: int, concurrency: int,
                              out_dir: Path) -> dict:
     from ftscale.eval.backends import Request, make_backend
@@ -33,7 +42,7 @@ def run_throughput_benchmark(cfg, adapter: str | Path | None, num_prompts: int, 
         scores = [task.score(e, g.text) for e, g in zip(examples, gens) if g.error is None]
         return {"wall_s": wall, "requests_per_s": len(requests) / wall, "failed": sum(g.error is not None for g in gens),
                 "output_tokens": sum(g.output_tokens for g in gens),
-                "format_ok": sum(s["format_ok"] for s in scores) / len(examples)}
+                "scores": headline_means(task, scores)}
 
     hf = make_backend("hf", model=cfg.model, adapter=str(adapter) if adapter else None, batch_size=1,
                       dtype=cfg.eval.precision)

@@ -30,6 +30,8 @@ class StandIn:
         self.chat_refusal: str | None = None  # "401" or "404": every chat request refused while set
         self.chat_requests: list[dict] = []
         self.auth_headers: set[str] = set()  # every Authorization header received
+        # every request refused with (HTTP status, error code), e.g. (401, "invalid_api_key"), (429, "insufficient_quota")
+        self.refuse_all: tuple[int, str] | None = None
         self.lock = threading.Lock()
         self.server = _QuietServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -121,11 +123,22 @@ class StandIn:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _refused(self) -> bool:
+                if standin.refuse_all is None:
+                    return False
+                status, code = standin.refuse_all
+                self._body()
+                self._json(status, {"error": {"message": f"refused by the stand-in: {code}", "type": code,
+                                              "param": None, "code": code}})
+                return True
+
             def _body(self) -> bytes:
                 return self.rfile.read(int(self.headers.get("Content-Length", 0)))
 
             def do_GET(self):
                 standin.auth_headers.add(self.headers.get("Authorization", ""))
+                if self._refused():
+                    return
                 parts = self.path.split("?")[0].strip("/").split("/")
                 with standin.lock:
                     if parts[:3] == ["v1", "fine_tuning", "jobs"] and len(parts) == 3:
@@ -140,6 +153,8 @@ class StandIn:
 
             def do_POST(self):
                 standin.auth_headers.add(self.headers.get("Authorization", ""))
+                if self._refused():
+                    return
                 body = self._body()
                 path = self.path.split("?")[0]
                 if path == "/v1/files":

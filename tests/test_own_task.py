@@ -141,7 +141,9 @@ def test_overlap_and_missing_reference_fields(tmp_path):
     assert not report.ok
     assert f"{eval_path}:21: eval example 'leak' is in the training pool up to whitespace and case" in report.format()
     assert "needs reference field 'answer', which no eval example has" in report.format()
-    # `ftscale run` refuses the overlap too, before training anything
+    # `ftscale run` refuses the overlap too, before training anything (with an evaluator these references
+    # satisfy: a missing reference field is refused even earlier, when the config loads)
+    path = _write_task(tmp_path, [{"type": "length"}], eval_path=eval_path)
     exp = {"name": "leaky", "task": str(path), "model": "smollm2-135m", "num_train_examples": [0],
            "output_dir": str(tmp_path / "runs")}
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))

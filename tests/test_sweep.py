@@ -11,13 +11,14 @@ import subprocess
 import pytest
 import yaml
 
-from ftscale.errors import ConfigError
 from ftscale import completion
+from ftscale.errors import ConfigError
 from ftscale.results_store import ResultsStore, is_done
 from ftscale.stepinputs import train_inputs
 from ftscale.sweepconfig import expand, load_sweep
 
 from conftest import BIN, MAIN_CONFIG, ROOT, kill_at_change
+from openai_standin import StandIn
 
 LORA = {"name": "smollm2 LoRA", "backend": "local", "model": "smollm2-135m"}
 
@@ -89,23 +90,33 @@ def test_a_sweep_killed_at_random_moments_ends_with_every_cell_done_once(embedde
 
 
 def test_a_failed_cell_is_recorded_and_the_others_go_on(embedded_model, tmp_path):
-    broken_dir = tmp_path / "broken-model"  # a model folder whose weights cannot load, on any machine
-    broken_dir.mkdir()
-    (broken_dir / "config.json").write_text("{not json")
-    broken = {"name": "broken", "backend": "local", "model": str(broken_dir)}
-    path = _sweep(tmp_path, systems=(broken, LORA), sizes=(0,), seeds=(1,))
-    out = _ftscale("sweep", path)
-    assert out.returncode == 1, out.stderr[-2000:]  # finished, but a cell failed
-    assert "1 done" in out.stdout and "1 failed" in out.stdout and "1 cell(s) failed" in out.stderr
-    status = _ftscale("sweep", path, "--status").stdout
-    assert "failed: broken n=0 seed=1" in status and str(broken_dir) in status
-    assert not list((tmp_path / "sweeps" / "tiny" / "broken").rglob("eval-*/completion.json"))  # none recorded as done
+    # a prompted OpenAI reference whose endpoint refuses every request (a wrong key): its cell
+    # fails, on any machine, while the local cell goes on
+    reference = {"name": "gpt-4.1 prompted", "backend": "openai", "model": "gpt-4.1", "prompt_variant": "default"}
+    with StandIn() as standin:
+        standin.chat_refusal = "401"
+        overrides = {"openai.base_url": standin.base_url}
+        path = _sweep(tmp_path, sizes=(0,), seeds=(1,), overrides=overrides, references=[reference])
+        out = _ftscale("sweep", path)
+        assert out.returncode == 1, out.stderr[-2000:]  # finished, but a cell failed
+        assert "1 done" in out.stdout and "1 failed" in out.stdout and "1 cell(s) failed" in out.stderr
+        status = _ftscale("sweep", path, "--status").stdout
+        assert "failed: gpt-4.1 prompted n=0 seed=1" in status and "2 of 2 requests failed" in status
+        assert "Incorrect API key" in status
+        assert not list((tmp_path / "sweeps" / "tiny" / "references").rglob("eval-*/completion.json"))
 
-    path = _sweep(tmp_path, name="fast", systems=(broken, LORA), sizes=(0,), seeds=(1,))
-    out = _ftscale("sweep", path, "--fail-fast")
-    assert out.returncode == 2 and "failed (--fail-fast)" in out.stderr
+        standin.chat_refusal = None  # the endpoint works again: the rerun fills the failed cell only
+        again = _ftscale("sweep", path)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert "1 done, 1 to run" in again.stdout
+
+        standin.chat_faults = ["401", "401"]  # the first reference's two requests only
+        second = reference | {"name": "gpt-4.1-mini prompted", "model": "gpt-4.1-mini"}
+        path = _sweep(tmp_path, name="fast", sizes=(0,), seeds=(1,), overrides=overrides, references=[reference, second])
+        out = _ftscale("sweep", path, "--fail-fast")
+        assert out.returncode == 2 and "failed (--fail-fast)" in out.stderr
     store = ResultsStore.rebuild(tmp_path / "sweeps" / "fast" / "results.db", expand(*load_sweep(path)))
-    assert [r["status"] for r in store.all()] == ["failed", "pending"]  # stopped before the LoRA cell
+    assert [r["status"] for r in store.all()] == ["done", "failed", "pending"]  # stopped before the next cell
 
 
 @pytest.mark.parametrize("change, message", [

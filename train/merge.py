@@ -1,9 +1,14 @@
 """Merge a LoRA adapter into its base model and write a plain checkpoint.
 
-    ftscale merge runs/formatting-smollm2-cpu/n0100-seed42 --out runs/.../merged
+    ftscale merge runs/formatting-smollm2-cpu/n0100-seed42 --out runs/.../merged [--force]
 
 The merge is computed in float32 and saved in the base checkpoint's dtype, so base,
 adapter-on-base and merged models can be compared on the same server software.
+
+The target folder is checked before anything is computed: a merge writes into a new or empty
+folder, or (with `--force`) replaces an earlier merge's folder, which its manifest
+(`ftscale-merged.json`, listing every file the merge wrote) identifies. A folder holding anything
+else - a run, an experiment, the working directory - is never emptied.
 """
 
 from __future__ import annotations
@@ -12,27 +17,68 @@ import json
 from pathlib import Path
 
 from ftscale.atomic import atomic_dir, write_json
+from ftscale.errors import FtscaleError
 from ftscale.models import resolve
-from ftscale.rundir import adapter_dir
+from ftscale.rundir import TRAIN_METRICS, adapter_dir
+
+MANIFEST = "ftscale-merged.json"
+# what marks a folder as an experiment, a sweep or a run: never a merge target
+EXPERIMENT_MARKERS = ("experiment.yaml", "results.db", TRAIN_METRICS, "config.yaml", "adapter_config.json")
 
 
-def merge(adapter: str | Path, out: str | Path, base: str | None = None, dtype: str | None = None) -> Path:
+def _run_of(adapter: Path) -> Path:
+    return adapter.parent if adapter.name == "adapter" else adapter
+
+
+def check_target(out: str | Path, adapter: Path, force: bool = False) -> Path:
+    """The absolute target folder if a merge may write it; else FtscaleError saying what to do."""
+    out, run = Path(out).resolve(), _run_of(adapter)
+    if out == run or out in run.parents or out == adapter:
+        raise FtscaleError(f"--out {out}: it holds the adapter's run {run}; choose a new folder, e.g. {run / 'merged'}")
+    if out.exists() and not out.is_dir():
+        raise FtscaleError(f"--out {out}: a file, not a folder; choose a new folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return out
+    marker = next((m for m in EXPERIMENT_MARKERS if (out / m).exists()), None)
+    if marker:
+        raise FtscaleError(f"--out {out}: an experiment or run directory (it has {marker}); choose a new folder")
+    if not (out / MANIFEST).is_file():
+        raise FtscaleError(f"--out {out}: the folder is not empty and was not written by `ftscale merge` "
+                           f"(no {MANIFEST}); choose a new or empty folder (--force never empties such a folder)")
+    listed = json.loads((out / MANIFEST).read_text()).get("files")
+    if listed is None:
+        raise FtscaleError(f"--out {out}: an older `ftscale merge` wrote it without listing its files; "
+                           "delete the folder yourself or choose another one")
+    written = set(listed) | {MANIFEST}
+    others = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and
+                    str(p.relative_to(out)) not in written)
+    if others:
+        raise FtscaleError(f"--out {out}: holds files an earlier merge did not write ({', '.join(others[:5])}); "
+                           "move them away or choose another folder")
+    if not force:
+        raise FtscaleError(f"--out {out}: holds an earlier merged checkpoint; pass --force to replace it")
+    return out
+
+
+def merge(adapter: str | Path, out: str | Path, base: str | None = None, dtype: str | None = None,
+          force: bool = False) -> Path:
     """Write base + adapter as one checkpoint, in `dtype` (default: the base checkpoint's dtype)."""
+    adapter = adapter_dir(adapter)
+    out = check_target(out, adapter, force)  # before any model is loaded
     import torch
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    adapter = adapter_dir(adapter)
     base = base or json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
-    path = resolve(base)
+    path = resolve(base, check=True)
     saved_dtype = getattr(torch, dtype) if dtype else AutoConfig.from_pretrained(path).dtype or torch.float32
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    out = Path(out)
     with atomic_dir(out) as tmp:
         merged.to(saved_dtype).save_pretrained(tmp)
         AutoTokenizer.from_pretrained(path).save_pretrained(tmp)
-        write_json(tmp / "ftscale-merged.json", {"base": base, "adapter": str(adapter), "dtype": str(saved_dtype)})
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+        write_json(tmp / MANIFEST, {"base": base, "adapter": str(adapter), "dtype": str(saved_dtype), "files": files})
     return out
 
 

@@ -20,7 +20,7 @@ if __package__ in (None, ""):
 
 import openai
 
-from ftscale.apikey import mask, openai_client
+from ftscale.apikey import MISSING, mask, openai_client
 from ftscale.atomic import write_json, write_jsonl, write_text
 from ftscale.chatdata import nested_subset, read_jsonl, sha256_file
 from ftscale.config import ExperimentConfig, load_config, parse_overrides
@@ -60,6 +60,42 @@ def _client(cfg: ExperimentConfig):
     return openai_client(cfg.openai.base_url, cfg.openai.api_key_env, max_retries=5)
 
 
+def api_error(e: openai.APIError, cfg: ExperimentConfig) -> FtscaleError:
+    """One line for an API failure that no retry mends, saying what to do (never the key itself)."""
+    where = cfg.openai.base_url or "api.openai.com"
+    detail = mask(getattr(e, "message", None) or str(e))  # a provider's message may quote the key
+    if isinstance(e, openai.AuthenticationError):
+        return FtscaleError(f"{where} refused the API key (401): {MISSING} with a valid key")
+    if isinstance(e, openai.PermissionDeniedError):
+        return FtscaleError(f"{where}: the API key may not do this (403: {detail}); use a key of a project "
+                            "that has fine-tuning enabled")
+    if isinstance(e, openai.RateLimitError):
+        if getattr(e, "code", None) == "insufficient_quota":
+            return FtscaleError(f"{where}: the account has no quota left (429 insufficient_quota); add credit to "
+                                "the account (OpenAI: platform.openai.com billing), then run the same command again")
+        return FtscaleError(f"{where}: rate-limited (429) after retries; wait a minute and run the same command again")
+    if isinstance(e, openai.APIConnectionError):  # timeouts included
+        return FtscaleError(f"cannot reach {where} ({type(e).__name__}): check the network, a proxy, or "
+                            "--openai.base_url; then run the same command again")
+    status = getattr(e, "status_code", "?")
+    return FtscaleError(f"{where} answered {status}: {detail}")
+
+
+def _preflight(client, cfg: ExperimentConfig) -> None:
+    """One cheap authenticated call before anything is written, so a bad key, no network or no quota is
+    said at once; few retries, so an unreachable endpoint fails in seconds."""
+    try:
+        client.with_options(max_retries=1).fine_tuning.jobs.list(limit=1)
+    except openai.APIError as e:
+        raise api_error(e, cfg) from None
+
+
+def _confirm(cfg: ExperimentConfig, n: int, billed_tokens: int) -> None:
+    if input(f"Start an OpenAI fine-tuning job of {cfg.openai.model} on {n} examples "
+             f"(~{billed_tokens} billed tokens)? [y/N] ").strip().lower() not in ("y", "yes"):
+        raise FtscaleError("cancelled: no job was started")
+
+
 def _hyperparameters(cfg: ExperimentConfig) -> dict:
     o = cfg.openai
     return {"n_epochs": o.epochs, "batch_size": o.batch_size, "learning_rate_multiplier": o.learning_rate_multiplier}
@@ -96,19 +132,24 @@ def launch(cfg: ExperimentConfig, n: int, run_dir: Path, yes: bool = False, log=
     state = read_json(run_dir / STATE) or {}
     client = _client(cfg)
     if not state.get("job_id"):
+        if not yes and not sys.stdin.isatty():
+            raise FtscaleError("no terminal to confirm the job on: pass --yes to start it without asking")
+        _preflight(client, cfg)
         path, report = prepare(cfg, n, run_dir)
         log(report.format())
         log(estimate_line(cfg, report.billed_tokens))
-        if not yes and input(f"Start an OpenAI fine-tuning job of {cfg.openai.model} on {n} examples "
-                             f"(~{report.billed_tokens} billed tokens)? [y/N] ").strip().lower() not in ("y", "yes"):
-            raise FtscaleError("cancelled: no job was started")
+        if not yes:
+            _confirm(cfg, n, report.billed_tokens)
         write_text(run_dir / "config.yaml", cfg.cell_yaml(n))
         state = {"backend": "openai", "model": cfg.openai.model, "base_url": cfg.openai.base_url,
                  "num_train_examples": n, "seed": cfg.train.seed, "data_seed": cfg.data.seed,
                  "data_sha256": sha256_file(cfg.data.train), "training_file_sha256": sha256_file(path),
                  "estimated_billed_tokens": report.billed_tokens, "events": []}
-        with open(path, "rb") as f:
-            state["file_id"] = client.files.create(file=f, purpose="fine-tune").id
+        try:
+            with open(path, "rb") as f:
+                state["file_id"] = client.files.create(file=f, purpose="fine-tune").id
+        except openai.APIError as e:
+            raise api_error(e, cfg) from None
         write_json(run_dir / STATE, state)
         try:
             job = client.fine_tuning.jobs.create(
@@ -117,12 +158,17 @@ def launch(cfg: ExperimentConfig, n: int, run_dir: Path, yes: bool = False, log=
                 method={"type": "supervised", "supervised": {"hyperparameters": _hyperparameters(cfg)}})
         except (openai.PermissionDeniedError, openai.BadRequestError, openai.NotFoundError) as e:
             raise FtscaleError(WIND_DOWN.format(detail=mask(getattr(e, "message", str(e))))) from None
+        except openai.APIError as e:
+            raise api_error(e, cfg) from None
         state["job_id"] = job.id
         write_json(run_dir / STATE, state)
         log(f"created job {job.id} ({job.status}); state in {run_dir / STATE}")
     else:
         log(f"resuming job {state['job_id']} recorded in {run_dir / STATE}")
-    return follow(client, cfg, run_dir, state, log)
+    try:
+        return follow(client, cfg, run_dir, state, log)
+    except openai.APIError as e:  # the job goes on at the provider; the same command follows it again
+        raise api_error(e, cfg) from None
 
 
 def follow(client, cfg: ExperimentConfig, run_dir: Path, state: dict, log=print) -> dict:

@@ -350,6 +350,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, parse_overrides(rest))
         n = cfg.single_size()
         run_dir = args.output_dir or cell_dir(cfg.experiment_dir, n, cfg.train.seed)
+        if n > 0:
+            from ftscale.models import check_for_training
+
+            check_for_training(cfg)  # a wrong model or LoRA target: refused before anything is written
         metrics = train(cfg, n, run_dir)
         from accelerate import PartialState
 

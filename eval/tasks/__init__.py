@@ -36,6 +36,9 @@ class Task:
     aggregates: Callable[[list[dict]], dict] | None = None
     # double-blind pairwise judgements between the experiment's evaluations (eval/pairwise_runs.PairwiseSpec)
     pairwise: object | None = None
+    # reference fields the evaluators read: (evaluator, field, every example must have it); a field
+    # not every example needs leaves the others not scorable, but some example must have it
+    reference_needs: tuple[tuple[str, str, bool], ...] = ()
 
 
 def with_judge(task: Task, judge: str) -> Task:

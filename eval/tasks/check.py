@@ -50,6 +50,20 @@ def refuse_overlap(train_path: Path, eval_path: Path) -> None:
                         "examples the model was trained on measures memory, not the task:\n" + "\n".join(found[:10]) + more)
 
 
+def refuse_missing_references(task, eval_path: Path, examples: list[dict]) -> None:
+    """Before any generation: every reference is an object, and holds each field the task's evaluators
+    need (where every example needs it), or some example holds it (where the others count as not scorable)."""
+    for lineno, rec in enumerate(examples, 1):  # read_jsonl refuses empty lines: the index is the line
+        if not isinstance(rec["reference"], dict):
+            raise DataError(f"{eval_path}:{lineno}: 'reference' must be an object of the fields the evaluators read")
+    for evaluator, needed, every in task.reference_needs:
+        lacking = [i for i, rec in enumerate(examples, 1) if needed not in rec["reference"]]
+        if lacking and (every or len(lacking) == len(examples)):
+            more = f" (and {len(lacking) - 1} more examples)" if len(lacking) > 1 else ""
+            raise DataError(f"{eval_path}:{lacking[0]}: reference lacks {needed!r} needed by evaluator "
+                            f"{evaluator!r}{more}")
+
+
 @dataclass
 class TaskReport:
     task: str

@@ -105,4 +105,5 @@ TASK = Task(
     build_messages=build_messages,
     score=score,
     headline=("format_ok", "answer_correct"),
+    reference_needs=(("answer_correct", "answer", True),),
 )

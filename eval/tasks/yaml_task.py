@@ -30,7 +30,7 @@ from pydantic import Field
 
 from ftscale import paths
 from ftscale.config import Strict, load_validated
-from ftscale.errors import ConfigError
+from ftscale.errors import ConfigError, DataError
 from ftscale.yamlfile import line_of, load_yaml
 
 from ..evaluators import get_evaluator, parse_params
@@ -91,11 +91,15 @@ def load_spec(path: Path) -> TaskSpec:
     names = set()
     for i, raw in enumerate(spec.evaluators):
         kind = raw.get("type")
+        if not isinstance(kind, str):
+            raise ConfigError(f"{at('evaluators', i)}: evaluators[{i}].type: required, the name of an evaluator")
         try:
             get_evaluator(kind)
         except KeyError as e:
             raise ConfigError(f"{at('evaluators', i, 'type')}: evaluators[{i}].type: {e.args[0]}") from None
         name = raw.get("name", kind)
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{at('evaluators', i, 'name')}: evaluators[{i}].name: must be a non-empty text")
         if name in names:
             raise ConfigError(f"{at('evaluators', i)}: evaluators[{i}].name: {name!r} is used twice")
         names.add(name)
@@ -105,6 +109,9 @@ def load_spec(path: Path) -> TaskSpec:
             problems = getattr(e, "problems", None)
             key = problems[0][0].split(".")[0] if problems else str(e).split(":", 1)[0].strip()
             raise ConfigError(f"{at('evaluators', i, key)}: evaluators[{i}] ({kind}): {e}") from None
+    names = [m.name for evaluator, params, prefix in parsed_evaluators(spec) for m in evaluator.metrics(params, prefix)]
+    if problem := _headline_problem(spec, names):
+        raise ConfigError(f"{at('headline')}: {problem}")
     for kind in ("train", "eval"):
         src = getattr(spec.data, kind)
         if isinstance(src, dict):
@@ -128,6 +135,8 @@ def data_files(spec: TaskSpec, spec_path: Path, out_dir: Path) -> tuple[Path | N
         if src is None:
             files.append(None)
             continue
+        if not isinstance(src, dict) and not Path(src).is_file():
+            raise DataError(f"{spec_path}: data.{kind}: {src}: file not found")
         src = HubSource.model_validate(src) if isinstance(src, dict) else Path(src)
         files.append(materialise(src, kind, Path(out_dir) / spec.name / f"{kind}.jsonl", f"{spec_path}: data.{kind}"))
     return files[0], files[1]
@@ -175,19 +184,25 @@ def _aggregates(evaluators: list[tuple], records: list[dict]) -> dict:
     return {"confusion_matrix": matrices} if matrices else {}
 
 
+def _headline_problem(spec: TaskSpec, names: list[str]) -> str | None:
+    unknown = [h for h in spec.headline if h not in names]
+    return f"headline names unknown metrics {unknown} (it has {', '.join(names)})" if unknown else None
+
+
 def build_task(spec: TaskSpec) -> Task:
     evaluators = parsed_evaluators(spec)
     metrics = tuple(m for evaluator, params, prefix in evaluators for m in evaluator.metrics(params, prefix))
     names = [m.name for m in metrics]
-    unknown = [h for h in spec.headline if h not in names]
-    if unknown:
-        raise ConfigError(f"task {spec.name}: headline names unknown metrics {unknown} (it has {', '.join(names)})")
+    if problem := _headline_problem(spec, names):
+        raise ConfigError(f"task {spec.name}: {problem}")
     judges = tuple(e for e in evaluators if e[0].judge is not None)
     return Task(name=spec.name, metrics=metrics, prompt_variants=tuple(spec.prompt_variants),
                 build_messages=partial(_build_messages, spec), score=partial(_score, evaluators),
                 headline=tuple(spec.headline) or tuple(names[:2]), judges=judges,
                 sampling={k: v for k, v in spec.sampling.model_dump().items() if v is not None},
-                aggregates=partial(_aggregates, evaluators), pairwise=spec.pairwise)
+                aggregates=partial(_aggregates, evaluators), pairwise=spec.pairwise,
+                reference_needs=tuple((prefix, f, False) for evaluator, params, prefix in evaluators
+                                      for f in evaluator.needs(params)))
 
 
 def task_from_file(path: Path) -> Task:
