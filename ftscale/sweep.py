@@ -50,6 +50,9 @@ class Runner:
         from .train import openai_ft
         from .train.sft import train
 
+        if cell.backend == "captured":  # migration: a recorded OpenAI fine-tune, nothing to train
+            write_text(cell.run_dir / "config.yaml", cell.cfg.cell_yaml(0))
+            return None
         if cell.backend == "openai":
             if cell.kind == "train":
                 state = openai_ft.launch(cell.cfg, cell.n, cell.run_dir, yes=True, log=self.log)
@@ -91,7 +94,10 @@ class Runner:
         ft_model = self.train(cell)
         if not evaluate:
             return
-        if cell.backend == "openai":
+        if cell.backend == "captured":  # migration: the fine-tune's recorded answers, replayed by example id
+            ref = next(r for r in self.sweep.references if r.name == cell.system)
+            self.evaluate(cell, lambda: make_backend("captured", path=ref.captured, model=ref.model), "captured")
+        elif cell.backend == "openai":
             cfg = cell.cfg
             factory = lambda: make_backend("openai", model=ft_model, base_url=cfg.openai.base_url,  # noqa: E731
                                            concurrency=cfg.serve.concurrency)
