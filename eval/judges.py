@@ -33,7 +33,6 @@ instead of wins.
 
 from __future__ import annotations
 
-import math
 import random
 import re
 import string
@@ -45,6 +44,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from ftscale.config import Strict, load_validated
 from ftscale.errors import ConfigError
 from ftscale.eval.backends import Backend, Request, Sampling, make_judge_backend
+from ftscale.eval.stats import wilson
 
 JUDGES_DIR = Path(__file__).resolve().parents[1] / "configs" / "judges"
 
@@ -244,20 +244,6 @@ def pairwise_judge(backend: Backend, prompt_cfg: JudgePrompt, rubric: str, pairs
 
 
 # --- summaries ---------------------------------------------------------------------------------------
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of k successes in n trials (95% for z=1.96); (0, 1) when n is 0:
-    centre = (p + z²/2n) / (1 + z²/n), half-width = z / (1 + z²/n) · sqrt(p(1-p)/n + z²/4n²)."""
-    if n <= 0:
-        return (0.0, 1.0)
-    if not 0 <= k <= n:
-        raise ValueError(f"wilson: k={k} is not within 0..n={n}")
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
 
 def win_rates(records: list[dict]) -> dict[tuple[str, str], dict]:
     """Per (system_x, system_y) as the records name them, from x's side: `n` parsed pairs (wins +

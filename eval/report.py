@@ -15,6 +15,7 @@ from ftscale.rundir import TRAIN_METRICS, read_json
 
 from .cost import add_costs
 from .evaluate import TIMING
+from .stats import ALPHA, align, holm, mean_interval, p_text, paired_difference, per_example
 from .tasks import Task
 
 
@@ -243,6 +244,81 @@ def pairwise_lines(found: list[dict], stale: list[str]) -> list[str]:
     return lines
 
 
+def _item_scores(row: dict, metric: str, cache: dict) -> dict[str, float]:
+    """One evaluation's per-example scores of `metric` by id (empty: no generations, or not per example)."""
+    path = row.get("generations")
+    if (path, metric) not in cache:
+        cache[(path, metric)] = per_example(path, metric) if path and Path(path).is_file() else {}
+    return cache[(path, metric)]
+
+
+def _with_interval(row: dict, metric: str, cache: dict) -> str | None:
+    """`mean [low, high]` of one evaluation's score; the mean alone when it has no per-example values."""
+    values = list(_item_scores(row, metric, cache).values())
+    if row.get(metric) is None or not values:
+        return _fmt(row.get(metric))
+    _, low, high = mean_interval(values)
+    return f"{row[metric]:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _baselines(r: dict, rows: list[dict], metric: str, higher: bool) -> list[tuple[str, list[dict]]]:
+    """What a fine-tune row is compared with: the untrained base with the same prompt, and the best-scoring
+    other prompt of the base (same backend and temperature), each with all its seeds."""
+    base = [b for b in rows if b["num_train_examples"] == 0 and b["backend"] == r["backend"]
+            and b["temperature"] == r["temperature"] and b.get(metric) is not None]
+    by_variant: dict[str, list[dict]] = {}
+    for b in base:
+        by_variant.setdefault(b["prompt_variant"], []).append(b)
+    out = [(f"base, {r['prompt_variant']} prompt", by_variant.pop(r["prompt_variant"]))] \
+        if r["prompt_variant"] in by_variant else []
+    if by_variant:
+        sign = 1 if higher else -1
+        best = max(by_variant, key=lambda v: sign * sum(b[metric] for b in by_variant[v]) / len(by_variant[v]))
+        out.append((f"best prompted base, {best} prompt", by_variant[best]))
+    return out
+
+
+def against_base(rows: list[dict], task: Task, cache: dict) -> list[str]:
+    """Each fine-tune against the untrained base, item by item (eval.stats.paired_difference), Holm-adjusted
+    across the training sizes of one backend, prompt, temperature, metric and baseline."""
+    metrics = [m for m in task.metrics if m.name in (task.headline or (task.metrics[0].name,))]
+    found = []
+    for m in metrics:
+        for r in (r for r in rows if r["num_train_examples"] > 0 and r.get(m.name) is not None):
+            a = _item_scores(r, m.name, cache)
+            for name, base in _baselines(r, rows, m.name, m.higher_is_better):
+                maps = [_item_scores(b, m.name, cache) for b in base]
+                x, y, ids, dropped = align([a], [mp for mp in maps if mp])
+                if a and ids:
+                    found.append(((m.name, r["backend"], r["prompt_variant"], r["temperature"], name), r,
+                                  paired_difference(x, y), dropped, m.higher_is_better))
+    if not found:
+        return []
+    families: dict[tuple, list[int]] = {}
+    for i, f in enumerate(found):
+        families.setdefault(f[0], []).append(i)
+    adjusted = {}
+    for idx in families.values():
+        adjusted |= dict(zip(idx, holm([found[i][2].p_value for i in idx])))
+    head = ["train examples", "seed", "backend", "prompt", "temperature", "metric", "against", "difference [95% CI]",
+            "Holm p", "items", "verdict"]
+    lines = ["", "## Fine-tunes against the untrained base (paired)", "",
+             "Each fine-tune minus the untrained base on the same eval examples: the difference of the means, its "
+             "95% paired bootstrap interval (examples resampled; the base's seeds as a second level when it has "
+             "several), and the two-sided p-value (McNemar's exact test for a 0/1 score with one seed a side), "
+             "Holm-adjusted across the training sizes. Indistinguishable: the interval contains 0 or p >= 0.05. "
+             "A failed request counts as 0; examples one side could not score are left out of both.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, ((metric, backend, variant, t, name), r, d, dropped, higher) in enumerate(found):
+        p = adjusted[i]
+        verdict = ("indistinguishable" if d.contains_zero() or p >= ALPHA
+                   else "better" if (d.diff > 0) == higher else "worse")
+        lines.append(f"| {r['num_train_examples']} | {r['seed']} | {backend} | {variant} | {t:g} | {metric} | {name} | "
+                     f"{d.text()} | {p_text(p)} | {d.n_items}" + (f" ({dropped} unshared left out)" if dropped else "")
+                     + f" | {verdict} |")
+    return lines
+
+
 def markdown(rows: list[dict], task: Task, title: str, exp_dir: Path, cost_ctx: dict | None = None,
              has_cost_plot: bool = False, pairwise: tuple[list[dict], list[str]] = ([], [])) -> str:
     names = [m.name for m in task.metrics]
@@ -252,15 +328,18 @@ def markdown(rows: list[dict], task: Task, title: str, exp_dir: Path, cost_ctx: 
             + names + probes
             + ["failed", "median latency (s)", "mean output tokens", "train time (s)", "train tokens/s"])
     lower = [m.name for m in task.metrics if not m.higher_is_better]
-    lines = [f"# {title}", "", f"Task `{task.name}`; each score is the mean over the eval examples "
+    lines = [f"# {title}", "", f"Task `{task.name}`; each score is the mean over the eval examples, the task's own metrics with "
+             "their 95% interval (Wilson for a 0/1 score, a bootstrap over the examples otherwise) "
              f"(higher is better{'; lower is better for ' + ', '.join(lower) if lower else ''}). "
              "`train examples = 0` is the untrained base model."
              + (f" Prices checked {cost_ctx['prices_checked']}." if cost_ctx else ""), "",
              "![scaling](scaling.png)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    scores: dict = {}
     for r in rows:
         cells = [r["num_train_examples"], r["seed"], r["backend"], r["prompt_variant"],
-                 *([f"{r['temperature']:g}"] if several_t else []), r["n_eval"], *(r[n] for n in names),
+                 *([f"{r['temperature']:g}"] if several_t else []), r["n_eval"],
+                 *(_with_interval(r, n, scores) for n in names),
                  *(r.get(p) for p in probes), r["failed"],
                  r["median_latency_s"], r["mean_output_tokens"], r["train_wall_time_s"], r["train_tokens_per_s"]]
         lines.append("| " + " | ".join(_fmt(c, 1 if i >= len(cells) - 2 else 3) for i, c in enumerate(cells)) + " |")
@@ -271,6 +350,7 @@ def markdown(rows: list[dict], task: Task, title: str, exp_dir: Path, cost_ctx: 
                       f"n={r['num_train_examples']} {r['backend']} {r['prompt_variant']}"
                       + (f" t={r['temperature']:g}" if several_t else "") + ": "
                       + ", ".join(f"{k} {v}" for k, v in r["not_scorable"].items()) for r in unscorable) + "."]
+    lines += against_base(rows, task, scores)
     if probes or several_t:
         lines += side_by_side(rows, task)
     lines += pairwise_lines(*pairwise)

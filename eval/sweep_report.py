@@ -3,14 +3,11 @@
 A sweep is a grid of cells (systems x training sizes x seeds), each evaluated with one or more prompt
 variants at one or more temperatures; one row per (cell, prompt variant, temperature). The report
 shows scaling curves with seed confidence intervals, how much data a fine-tune needs to beat each
-reference (with a significance test), latency, cost, seed spread and convergence, the effect of
+reference (a paired comparison on the same eval items, with its interval), latency, cost, seed spread and convergence, the effect of
 temperature, and which run directories every figure and table was made from.
 
 Rows that did not finish (failed, missing, running) are listed and marked in every table; a mean is
 over the seeds that finished, with n shown, never over a silently shortened list.
-
-The statistics (Student t distribution, t interval, Welch and one-sample t-tests) are implemented
-here with the standard library so that the report needs no SciPy.
 """
 
 from __future__ import annotations
@@ -28,152 +25,11 @@ from pathlib import Path
 
 from ftscale.atomic import atomic_path, write_text
 from ftscale.eval.report import probe_metrics, usd
+from ftscale.eval.stats import (ALPHA, CONFIDENCE, align, beats, holm, p_text, paired_difference, per_example,
+                                t_interval)
 from ftscale.eval.tasks import Task
 
-ALPHA = 0.05  # one-sided significance level of the "how much data" test
-CONFIDENCE = 0.95  # of the interval drawn around each scaling curve
 NOT_DONE = ("failed", "missing", "running")
-
-# --------------------------------------------------------------------------------------------------
-# Statistics (standard library only)
-# --------------------------------------------------------------------------------------------------
-
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the regularized incomplete beta function (modified Lentz)."""
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 10_000):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-15:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta function I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    lbt = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(lbt) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(lbt) * _betacf(b, a, 1.0 - x) / b
-
-
-def t_sf(t: float, df: float) -> float:
-    """P(T > t) for Student's t with df degrees of freedom (df may be fractional, as in Welch's test)."""
-    if math.isinf(t):
-        return 0.0 if t > 0 else 1.0
-    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))  # P(T > |t|)
-    return tail if t >= 0 else 1.0 - tail
-
-
-def t_cdf(t: float, df: float) -> float:
-    return 1.0 - t_sf(t, df)
-
-
-def t_ppf(p: float, df: float) -> float:
-    """The p-quantile of Student's t (bisection on the CDF; exact to ~1e-12)."""
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"quantile of p={p} is not finite")
-    if p == 0.5:
-        return 0.0
-    if p < 0.5:
-        return -t_ppf(1.0 - p, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        lo, hi = hi, hi * 2.0
-    for _ in range(200):
-        mid = (lo + hi) / 2.0
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-13 * max(1.0, hi):
-            break
-    return (lo + hi) / 2.0
-
-
-def t_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float | None, float | None]:
-    """(mean, low, high): the Student t interval mean +- t(1-(1-c)/2, n-1) * s / sqrt(n), s the sample
-    standard deviation (n-1). With fewer than two values there is no interval: (mean, None, None)."""
-    if not values:
-        raise ValueError("no values")
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None, None
-    half = t_ppf(1.0 - (1.0 - confidence) / 2.0, n - 1) * statistics.stdev(values) / math.sqrt(n)
-    return mean, mean - half, mean + half
-
-
-@dataclass(frozen=True)
-class TestResult:
-    test: str  # "Welch" or "one-sample"
-    t: float
-    df: float
-    p: float  # one-sided p-value of "x is better than the reference"
-
-    def beats(self, alpha: float = ALPHA) -> bool:
-        return self.p < alpha
-
-
-def _one_sided(diff: float, se2: float, df: float, test: str) -> TestResult:
-    # Zero spread on both sides: the difference is exact, so it is significant iff it is in the right direction.
-    if se2 == 0.0:
-        return TestResult(test, math.inf if diff > 0 else (-math.inf if diff < 0 else 0.0), df, 0.0 if diff > 0 else 1.0)
-    t = diff / math.sqrt(se2)
-    return TestResult(test, t, df, t_sf(t, df))
-
-
-def welch_one_sided(x: list[float], y: list[float], higher_is_better: bool = True) -> TestResult:
-    """One-sided Welch t-test of H1: mean(x) better than mean(y) (greater, or smaller when lower is better).
-    df by Welch-Satterthwaite. Needs >= 2 values on each side."""
-    if len(x) < 2 or len(y) < 2:
-        raise ValueError("Welch's test needs >= 2 values on each side")
-    nx, ny = len(x), len(y)
-    vx, vy = statistics.variance(x) / nx, statistics.variance(y) / ny
-    diff = statistics.fmean(x) - statistics.fmean(y)
-    diff = diff if higher_is_better else -diff
-    se2 = vx + vy
-    denom = (vx * vx / (nx - 1) if vx else 0.0) + (vy * vy / (ny - 1) if vy else 0.0)
-    df = se2 * se2 / denom if denom else float(nx + ny - 2)
-    return _one_sided(diff, se2, df, "Welch")
-
-
-def one_sample_one_sided(x: list[float], mu: float, higher_is_better: bool = True) -> TestResult:
-    """One-sided one-sample t-test of H1: mean(x) better than the fixed value mu (df = n - 1)."""
-    if len(x) < 2:
-        raise ValueError("a one-sample t-test needs >= 2 values")
-    diff = statistics.fmean(x) - mu
-    diff = diff if higher_is_better else -diff
-    return _one_sided(diff, statistics.variance(x) / len(x), float(len(x) - 1), "one-sample")
-
-
-def better_than_reference(x: list[float], ref: list[float], higher_is_better: bool = True) -> TestResult:
-    """Welch against a reference with >= 2 values, a one-sample test against a reference with one."""
-    if len(ref) == 1:
-        return one_sample_one_sided(x, ref[0], higher_is_better)
-    return welch_one_sided(x, ref, higher_is_better)
-
 
 # --------------------------------------------------------------------------------------------------
 # Convergence
@@ -568,6 +424,72 @@ def _references_for(curve_t, refs: dict[tuple, list[dict]]) -> list[tuple]:
     return out
 
 
+HOW_MUCH_RULE = (
+    "For each fine-tuned system, metric and reference: the smallest training size at which the fine-tune is "
+    "better than the reference with confidence. Both are scored on the same eval items, so each size is compared "
+    "with the reference item by item (paired), with the reference's own sampling noise counted: a cell is the "
+    "fine-tune minus the reference (its mean over items and seeds), its 95% paired bootstrap interval (items "
+    "resampled, and each side's seeds as a second level), and the two-sided p-value, Holm-adjusted across the "
+    "sizes of that row. With one seed a side and 0/1 scores the p-value is McNemar's exact test. A failed request "
+    "counts as 0, as in the means; items one side could not score are left out of both. A size beats the "
+    f"reference when its Holm-adjusted p is below {ALPHA:g} and its interval lies wholly on the better side of 0 "
+    "(above when higher is better, below when lower is better). Each curve is compared with each reference at "
+    "its own temperature, or at the reference's temperatures when the reference was not evaluated at it.")
+
+
+def _item_scores(rows: list[dict], metric: str, cache: dict) -> tuple[list[dict], int]:
+    """The per-example scores of the finished rows (one map per seed), and how many finished rows have none
+    (no generations file, or a metric that is not per example)."""
+    maps, lacking = [], 0
+    for r in rows:
+        if not _done(r):
+            continue
+        path = r.get("generations")
+        if (path, metric) not in cache:
+            cache[(path, metric)] = per_example(path, metric) if path and Path(path).is_file() else {}
+        if cache[(path, metric)]:
+            maps.append(cache[(path, metric)])
+        else:
+            lacking += 1
+    return maps, lacking
+
+
+def _how_much(by_size: dict, ref_rows: list[dict], metric: str, higher: bool, sizes: list,
+              cache: dict) -> list:
+    """The cells of one (curve, metric, reference) row of the how-much-data table: reference mean, the
+    smallest size that beats it, and one paired comparison per size, Holm-adjusted across the sizes."""
+    ref_vals = _values(ref_rows, metric)
+    ref_maps, _ = _item_scores(ref_rows, metric, cache)
+    if not ref_vals or not ref_maps:
+        why = "no value" if not ref_vals else "no per-example scores"
+        return [Cell(why, "missing"), "–", *(Cell("–") for _ in sizes)]
+    tested = {}
+    for size, grp in by_size.items():
+        maps, _ = _item_scores(grp, metric, cache)
+        a, b, ids, dropped = align(maps, ref_maps)
+        if ids:
+            tested[size] = (paired_difference(a, b), dropped)
+    adjusted = dict(zip(tested, holm([d.p_value for d, _ in tested.values()])))
+    winners = [s for s in tested if beats(tested[s][0], adjusted[s], higher)]
+    smallest = winners[0] if winners else None
+    cells = []
+    for size in sizes:
+        grp = by_size.get(size, [])
+        probs = _problems(grp, metric)
+        if size not in tested:
+            cells.append(_nothing_cell(probs) if probs else Cell("no per-example scores" if grp else "–",
+                                                                  "missing" if grp else None))
+            continue
+        d, dropped = tested[size]
+        text = (f"{d.text()}, p={p_text(adjusted[size])}" + (" (beats)" if size in winners else "")
+                + f" ({d.n_seeds_a} vs {d.n_seeds_b} seeds, {d.n_items} items"
+                + (f", {dropped} unshared left out" if dropped else "")
+                + (f"; {_problem_text(probs)})" if probs else ")"))
+        cells.append(Cell(text, "partial" if probs else None))
+    ref_text = f"{statistics.fmean(ref_vals):.3f} (n={len(ref_vals)})"
+    return [ref_text, Cell(_fmt(smallest)) if smallest is not None else Cell("not reached", "flag"), *cells]
+
+
 def write_sweep_report(out_dir: Path, rows: list[dict], task: Task, cost_ctx: dict | None,
                        sources: dict) -> tuple[Path, Path]:
     """Write out_dir/report.html (self-contained: PNGs embedded as base64 data URIs, CSS inline, no external
@@ -683,51 +605,18 @@ def write_sweep_report(out_dir: Path, rows: list[dict], task: Task, cost_ctx: di
 
     # 3. How much data ----------------------------------------------------------------------------
     doc.h2("How much data", "how-much-data")
-    doc.p(f"For each fine-tuned system, metric and reference: the smallest training size at which the fine-tune is "
-          f"better than the reference with confidence. Test: one-sided Welch t-test at the {ALPHA:.0%} level on the "
-          "seed values (Welch-Satterthwaite degrees of freedom), H1: the fine-tune's mean is better (greater when "
-          "higher is better, smaller when lower is better); against a reference with a single value, a one-sided "
-          "one-sample t-test of the fine-tune's seeds against that value (df = n-1). With zero spread on both sides "
-          "the difference is exact and counts as significant when it is in the better direction. A size needs >= 2 "
-          "finished seeds to be tested. Each curve is compared with each reference at its own temperature, or at "
-          "the reference's temperatures when the reference was not evaluated at it.")
-    hm_rows = []
+    doc.p(HOW_MUCH_RULE)
+    hm_rows, scores = [], {}
     for key, rs in curves.items():
         by_size = _group(rs, lambda r: r.get("num_train_examples"))
         for metric in metric_order:
-            higher = directions[metric]
             for rkey in _references_for(key[2], refs):
-                ref_vals = _values(refs[rkey], metric)
-                if not ref_vals:
-                    hm_rows.append([label(key), metric, label(rkey), Cell("no value", "missing"), "–", "–", "–", "–"])
-                    continue
-                found, untested, best = None, [], None
-                for size, grp in by_size.items():
-                    vals = _values(grp, metric)
-                    if len(vals) < 2:
-                        untested.append(size)
-                        continue
-                    res = better_than_reference(vals, ref_vals, higher)
-                    if best is None or res.p < best[1].p:
-                        best = (size, res)
-                    if res.beats():
-                        found = (size, vals, res)
-                        break
-                ref_text = f"{statistics.fmean(ref_vals):.3f} (n={len(ref_vals)})"
-                if found:
-                    size, vals, res = found
-                    hm_rows.append([label(key), metric, label(rkey), ref_text, Cell(str(size)),
-                                    f"{statistics.fmean(vals):.3f} (n={len(vals)})", res.test, f"{res.p:.4f}"])
-                elif len(untested) == len(by_size):
-                    hm_rows.append([label(key), metric, label(rkey), ref_text, Cell("needs >= 2 seeds", "missing"),
-                                    "–", "–", "–"])
-                else:
-                    note = f" (not tested, < 2 finished seeds: {', '.join(_fmt(s) for s in untested)})" if untested else ""
-                    hm_rows.append([label(key), metric, label(rkey), ref_text, Cell("not reached" + note, "flag"),
-                                    "–", best[1].test, f"smallest {best[1].p:.4f} (at {_fmt(best[0])})"])
+                hm_rows.append([label(key), metric, label(rkey),
+                                *_how_much(by_size, refs[rkey], metric, directions[metric], sizes_c, scores)])
     if hm_rows:
         doc.table(["fine-tuned system", "metric", "reference", "reference mean", "smallest size that beats it",
-                   "fine-tune mean there", "test", "one-sided p"], hm_rows, "table: how much data", rows)
+                   *(f"{_fmt(s)} examples: difference [95% CI], Holm p" for s in sizes_c)],
+                  hm_rows, "table: how much data", rows)
     else:
         doc.p("No reference rows or no fine-tuned systems in this sweep: nothing to compare.")
 

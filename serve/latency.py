@@ -22,17 +22,10 @@ from pathlib import Path
 
 from ftscale.atomic import write_json, write_text
 from ftscale.chatdata import read_jsonl
+from ftscale.eval.stats import percentile
 from ftscale.rundir import adapter_dir
 
 PERCENTILES = (50, 90, 99)
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Linear interpolation between closest ranks, as numpy.percentile's default."""
-    xs = sorted(values)
-    k = (len(xs) - 1) * p / 100
-    lo, hi = math.floor(k), math.ceil(k)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
 def stats(values: list[float]) -> dict | None:
