@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 from ftscale.atomic import write_json, write_text
+from ftscale.eval.stats import per_example
 
 MARKER = "migration.json"
 
@@ -29,21 +30,11 @@ def is_migration(folder: Path) -> bool:
     return (Path(folder) / MARKER).is_file()
 
 
-# --- per-example scores ---------------------------------------------------------------------------
-
-def item_scores(generations: str | Path, metric: str) -> dict[str, float | None]:
-    """id -> the metric's score; a failed request scores 0 (as the summaries count it), an item
-    the metric cannot score is None (left out of the comparison on both sides)."""
-    out = {}
-    for line in open(generations, encoding="utf-8"):
-        r = json.loads(line)
-        out[str(r["id"])] = 0.0 if r["scores"] is None else r["scores"].get(metric)
-    return out
-
+# --- per-example scores (ftscale.eval.stats.per_example: a failed request 0, an unscorable item left out) ---
 
 def paired_lists(local_by_seed: list[dict], reference: dict) -> tuple[list[list[float]], list[list[float]], int]:
     """(local scores per seed, reference scores) over the items every side scored, in one order."""
-    ids = [i for i, v in reference.items() if v is not None and all(s.get(i) is not None for s in local_by_seed)]
+    ids = [i for i in reference if all(i in s for s in local_by_seed)]
     return [[s[i] for i in ids] for s in local_by_seed], [[reference[i] for i in ids]], len(ids)
 
 
@@ -98,9 +89,8 @@ def verdict(system: str, tests: list[dict], margin: float, reference: str, highe
 
 def _agreement(rows: list[dict], metrics: list[str]) -> dict[str, tuple[float, float, float, int]]:
     """metric -> (share, low, high, items) over the rows' items, seeds pooled (binary metrics: Wilson)."""
-    from ftscale.eval.judges import wilson
-
     from ftscale.eval.evaluators import both_orders
+    from ftscale.eval.stats import wilson
 
     out = {}
     judged = ("agree_judge_local_first", "agree_judge_captured_first")
@@ -108,10 +98,10 @@ def _agreement(rows: list[dict], metrics: list[str]) -> dict[str, tuple[float, f
         if m == "agree_judge":  # the two orders' verdicts combined per item: at least as good as the fine-tune
             values = []
             for r in rows:
-                first, second = (item_scores(r["generations"], j) for j in judged)
+                first, second = (per_example(r["generations"], j) for j in judged)
                 values += [v for i in first if (v := both_orders(first[i], second.get(i))) is not None]
         else:
-            values = [v for r in rows for v in item_scores(r["generations"], m).values() if v is not None]
+            values = [v for r in rows for v in per_example(r["generations"], m).values() if v is not None]
         if values:
             k = sum(values)
             low, high = wilson(round(k), len(values)) if all(v in (0.0, 1.0) for v in values) else (None, None)
@@ -132,13 +122,13 @@ def collect(folder: Path, marker: dict, rows: list[dict], task) -> dict:
     higher = next((m.higher_is_better for m in task.metrics if m.name == marker["headline"]), True)
     agreement_metrics = [m.name for m in task.metrics if m.name.startswith("agree_") and not m.name.endswith(".unparsable")]
     ref_rows = [r for r in rows if r["system"] == marker["reference"] and r["status"] == "done"]
-    reference = item_scores(ref_rows[0]["generations"], marker["headline"]) if ref_rows else {}
+    reference = per_example(ref_rows[0]["generations"], marker["headline"]) if ref_rows else {}
     systems = []
     for name in marker["systems"]:
         mine = _system_rows(rows, name)
         by_size: dict[int, list[dict]] = {}
         for r in sorted(mine, key=lambda r: (r["num_train_examples"], r["seed"])):
-            by_size.setdefault(r["num_train_examples"], []).append(item_scores(r["generations"], marker["headline"]))
+            by_size.setdefault(r["num_train_examples"], []).append(per_example(r["generations"], marker["headline"]))
         tests = size_tests(by_size, reference, marker["margin"], higher) if reference else []
         v = verdict(name, tests, marker["margin"], marker["reference"], higher)
         shown_n = v["smallest_n"] if v["smallest_n"] is not None else max(by_size, default=None)
