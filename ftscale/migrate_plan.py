@@ -116,11 +116,13 @@ def plan(folder: str | Path, models: list[str], *, task: str | None = None, size
                   "eval": {"prompt_variants": ["default"], "batch_size": 16}, "output_dir": str(folder / "runs")}
     write_text(folder / "experiment.yaml", yaml.safe_dump(experiment, sort_keys=False))
     reference = f"{manifest['model']} (captured)"
-    sweep = {"name": folder.name, "base": str(folder / "experiment.yaml"), "overrides": _overrides(list(overrides)),
+    keys = _overrides(list(overrides))
+    epochs = keys.pop("train.epochs", 2)  # a sweep sets each cell's epochs itself
+    sweep = {"name": folder.name, "base": str(folder / "experiment.yaml"), "overrides": keys,
              "systems": [{"name": f"{m} LoRA", "backend": "local", "model": m} for m in models],
              "references": [{"name": reference, "backend": "captured", "model": manifest["model"],
                              "prompt_variant": "default", "captured": str(folder / CAPTURED)}],
-             "num_train_examples": chosen, "seeds": _parse_ints(seeds, "seeds"), "epochs": [2],
+             "num_train_examples": chosen, "seeds": _parse_ints(seeds, "seeds"), "epochs": [epochs],
              "temperatures": [manifest["sampling"]["temperature"]], "prompt_variants": ["default"],
              "output_dir": str(folder.parent)}
     write_text(folder / "sweep.yaml", yaml.safe_dump(sweep, sort_keys=False))

@@ -321,3 +321,37 @@ class StandIn:
                 self.close_connection = True
 
         return Handler
+
+
+# --- migration: the stand-in as a process, for the walk-through in docs/migrate.md -----------------
+def serve_main(argv: list[str] | None = None) -> None:
+    """Serve one organisation with one fine-tune until killed; print its model id and URL."""
+    import argparse
+    import signal
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(description="the OpenAI stand-in, holding one fine-tuning job and its ft: model")
+    p.add_argument("--base", default="gpt-4o-mini-2024-07-18", help="the fine-tune's base model")
+    p.add_argument("--train", required=True, type=Path, help="the job's training file")
+    p.add_argument("--validation", type=Path, help="the job's validation file")
+    p.add_argument("--forward", metavar="URL=MODEL", help="answer the fine-tune's chat requests with MODEL at URL")
+    p.add_argument("--suffix", default="acme")
+    p.add_argument("--ready-file", type=Path, help="write `<model id> <base url>` here once serving")
+    args = p.parse_args(argv)
+    s = StandIn()
+    forward = tuple(args.forward.split("=", 1)) if args.forward else None
+    _, model = s.add_fine_tune(args.base, args.train.read_bytes(),
+                               args.validation.read_bytes() if args.validation else None, suffix=args.suffix,
+                               forward=forward)
+    with s:
+        if args.ready_file:
+            args.ready_file.write_text(f"{model} {s.base_url}\n")
+        print(f"{model} {s.base_url}", flush=True)
+        try:
+            signal.pause()  # until SIGINT (SIGTERM ends the process the default way)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    serve_main()
