@@ -205,3 +205,42 @@ def test_captured_backend_replays_by_id_and_refuses_other_prompts(tmp_path):
         ("hello", 5, 2, 0.3, 0.9)
     assert got[1].error and "not captured" in got[1].error and got[1].text == ""
     assert got[2].error and "prompt differs" in got[2].error
+
+
+# --- the plan, and the captured reference cell of its sweep -------------------------------------------
+
+def test_plan_writes_a_checked_sweep_and_its_reference_cell_replays_the_capture(standin, tmp_path, monkeypatch):
+    import yaml
+
+    from ftscale.migrate import capture
+    from ftscale.migrate_plan import plan
+    from ftscale.sweep import Runner
+
+    _, model = standin.add_fine_tune("gpt-4o-mini-2024-07-18", chat_lines(40))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "migrations" / "acme"
+    capture(model, out, base_url=standin.base_url, eval_size=5, progress=False, log=lambda *_: None)
+    with pytest.raises(FtscaleError, match="more than the 35 captured training examples"):
+        plan(out, ["smollm2-135m"], sizes="0,64")
+    text = plan(out, ["smollm2-135m"], margin=0.05, monthly_requests=5000, overrides=["train.epochs=1"])
+    assert f"ftscale sweep {out / 'sweep.yaml'} && ftscale report {out}" in text
+    sweep = yaml.safe_load((out / "sweep.yaml").read_text())
+    assert sweep["num_train_examples"] == [0, 8, 17, 35] and sweep["epochs"] == [1]
+    assert sweep["references"][0]["backend"] == "captured" and sweep["output_dir"] == str(out.parent)
+    task = yaml.safe_load((out / "task.yaml").read_text())
+    assert [e["type"] for e in task["evaluators"]] == ["agreement_exact", "agreement_json"]  # the answers are JSON
+    marker = json.loads((out / "migration.json").read_text())
+    assert marker["headline"] == "agree_json.all" and marker["margin"] == 0.05 and marker["monthly_requests"] == 5000
+    # the reference cell: no training, the recorded answers scored by the agreement evaluators
+    runner = Runner(out / "sweep.yaml", log=lambda *_: None)
+    ref = next(c for c in runner.cells if c.kind == "reference")
+    runner.run_cell(ref)
+    scores = json.loads(next(ref.run_dir.glob("eval-*/scores.json")).read_text())
+    assert scores["backend"] == "openai-captured" and scores["model"] == model and scores["failed"] == 0
+    assert scores["metrics"] == {"agree_exact": 1.0, "agree_json": 1.0, "agree_json.all": 1.0}
+    assert not (ref.run_dir / "adapter").exists()
+
+
+def test_plan_refuses_a_folder_without_a_capture(tmp_path, capsys):
+    assert cli(["migrate", "plan", str(tmp_path), "--model", "smollm2-135m"]) == 2
+    assert "no capture here" in capsys.readouterr().err
