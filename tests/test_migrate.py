@@ -244,3 +244,25 @@ def test_plan_writes_a_checked_sweep_and_its_reference_cell_replays_the_capture(
 def test_plan_refuses_a_folder_without_a_capture(tmp_path, capsys):
     assert cli(["migrate", "plan", str(tmp_path), "--model", "smollm2-135m"]) == 2
     assert "no capture here" in capsys.readouterr().err
+
+
+def test_plan_with_a_task_keeps_its_evaluators_and_gold_references(standin, tmp_path):
+    import yaml
+
+    from ftscale.eval.tasks import get_task
+    from ftscale.migrate import capture
+    from ftscale.migrate_plan import plan
+
+    _, model = standin.add_fine_tune("gpt-4o-mini-2024-07-18", chat_lines(20))
+    prompts = tmp_path / "orders-eval.jsonl"
+    prompts.write_text("".join(Path("data/orders/eval.jsonl").read_text().splitlines(keepends=True)[:3]))
+    out = tmp_path / "orders-ft"
+    capture(model, out, base_url=standin.base_url, eval_file=prompts, progress=False, log=lambda *_: None)
+    ev = json.loads((out / "eval.jsonl").read_text().splitlines()[0])
+    assert set(ev["reference"]) >= {"fields", "captured"}  # the task's gold and the fine-tune's answer
+    plan(out, ["smollm2-135m"], task="orders", sizes="0,8")
+    task = get_task(str(out / "task.yaml"))
+    names = [m.name for m in task.metrics]
+    assert "valid_json" in names and "field.all" in names and "agree_exact" in names
+    assert json.loads((out / "migration.json").read_text())["headline"] == "valid_json"
+    assert yaml.safe_load((out / "sweep.yaml").read_text())["num_train_examples"] == [0, 8]
