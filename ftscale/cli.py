@@ -302,7 +302,7 @@ def _migrate(args) -> int:
     from .migrate_plan import plan
 
     print(plan(args.folder, args.model, task=args.task, sizes=args.sizes, seeds=args.seeds, margin=args.margin,
-               monthly_requests=args.monthly_requests, judge=args.judge, overrides=args.set))
+               monthly_requests=args.monthly_requests, judge=args.judge, overrides=args.set, qlora=args.qlora))
     return 0
 
 
@@ -333,10 +333,11 @@ def _migrate_parsers(sub) -> None:
     p.add_argument("folder", type=Path, help="a folder written by `migrate capture`")
     p.add_argument("--model", required=True, action="append", help="a local model (repeat for several)")
     p.add_argument("--task", help="a task YAML whose evaluators score (default: agreement with the fine-tune)")
-    p.add_argument("--sizes", help="comma-separated training sizes (default: 0 and doublings up to all)")
+    p.add_argument("--sizes", help="comma-separated training sizes (default: 0 and halvings of the whole set down to 8)")
     p.add_argument("--seeds", default="42", help="comma-separated training seeds")
     p.add_argument("--margin", type=float, default=0.02, help="non-inferiority margin on the headline metric")
     p.add_argument("--monthly-requests", type=int, default=100_000, help="the traffic the monthly cost is for")
+    p.add_argument("--qlora", action="store_true", help="train 4-bit QLoRA adapters instead of LoRA (CUDA)")
     p.add_argument("--judge", help="add agreement_judge with this judge (hf:, openai:, openai:M@URL)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="an experiment key for every cell (train.epochs=1, eval.max_new_tokens=64)")

@@ -94,7 +94,7 @@ def _overrides(pairs: list[str]) -> dict:
 
 def plan(folder: str | Path, models: list[str], *, task: str | None = None, sizes: str | None = None,
          seeds: str = "42", margin: float = 0.02, monthly_requests: int = 100_000, judge: str | None = None,
-         overrides: list[str] = ()) -> str:
+         overrides: list[str] = (), qlora: bool = False) -> str:
     """Write the migration's task, experiment, sweep and marker; return the command that runs it."""
     folder = Path(folder)
     if not (folder / MANIFEST).is_file() or not (folder / CAPTURED).is_file():
@@ -119,7 +119,8 @@ def plan(folder: str | Path, models: list[str], *, task: str | None = None, size
     keys = _overrides(list(overrides))
     epochs = keys.pop("train.epochs", 2)  # a sweep sets each cell's epochs itself
     sweep = {"name": folder.name, "base": str(folder / "experiment.yaml"), "overrides": keys,
-             "systems": [{"name": f"{m} LoRA", "backend": "local", "model": m} for m in models],
+             "systems": [{"name": f"{m} {'QLoRA' if qlora else 'LoRA'}", "backend": "local", "model": m,
+                          "quantization": "4bit" if qlora else "none"} for m in models],
              "references": [{"name": reference, "backend": "captured", "model": manifest["model"],
                              "prompt_variant": "default", "captured": str(folder / CAPTURED)}],
              "num_train_examples": chosen, "seeds": _parse_ints(seeds, "seeds"), "epochs": [epochs],

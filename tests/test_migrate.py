@@ -239,6 +239,12 @@ def test_plan_writes_a_checked_sweep_and_its_reference_cell_replays_the_capture(
     assert scores["backend"] == "openai-captured" and scores["model"] == model and scores["failed"] == 0
     assert scores["metrics"] == {"agree_exact": 1.0, "agree_json": 1.0, "agree_json.all": 1.0}
     assert not (ref.run_dir / "adapter").exists()
+    # QLoRA systems, and the agreement judge asked in both orders
+    plan(out, ["smollm2-135m"], judge="hf:smollm2-135m", qlora=True)
+    sweep = yaml.safe_load((out / "sweep.yaml").read_text())
+    assert sweep["systems"][0]["quantization"] == "4bit" and sweep["systems"][0]["name"] == "smollm2-135m QLoRA"
+    judges = [e for e in yaml.safe_load((out / "task.yaml").read_text())["evaluators"] if e["type"] == "agreement_judge"]
+    assert [e["order"] for e in judges] == ["local_first", "captured_first"]
 
 
 def test_plan_refuses_a_folder_without_a_capture(tmp_path, capsys):
