@@ -272,3 +272,18 @@ def test_plan_with_a_task_keeps_its_evaluators_and_gold_references(standin, tmp_
     assert "valid_json" in names and "field.all" in names and "agree_exact" in names
     assert json.loads((out / "migration.json").read_text())["headline"] == "valid_json"
     assert yaml.safe_load((out / "sweep.yaml").read_text())["num_train_examples"] == [0, 8]
+
+
+def test_the_standin_forwards_a_fine_tune_to_the_server_playing_it(standin, tmp_path):
+    """The walk-through's set-up, with a second stand-in in vLLM's place: the fine-tune's chat
+    requests are streamed through, under the name the upstream server knows."""
+    from ftscale.migrate import capture
+
+    with StandIn() as upstream:
+        upstream.answer = lambda req: f"upstream answer to: {req['messages'][-1]['content']}"
+        _, model = standin.add_fine_tune("gpt-4o-mini-2024-07-18", chat_lines(20), forward=(upstream.base_url, "ft"))
+        m = capture(model, tmp_path / "f", base_url=standin.base_url, eval_size=3, progress=False, log=lambda *_: None)
+        assert m["answered"] == 3 and [r["model"] for r in upstream.chat_requests] == ["ft"] * 3
+    captured = [json.loads(line) for line in (tmp_path / "f" / "captured.jsonl").read_text().splitlines()]
+    assert all(r["output"] == f"upstream answer to: {r['prompt'][-1]['content']}" for r in captured)
+    assert all(r["output_tokens"] > 0 and r["ttft_s"] is not None for r in captured)
