@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from ftscale.eval.evaluators import both_orders, get_evaluator, parse_params
