@@ -57,7 +57,7 @@ class DeprecationTable(Strict):
         return f"{found[1]} ({'in %d days' % days if days >= 0 else 'passed %d days ago' % -days})"
 
     def provenance(self) -> str:
-        return f"shutdown dates checked {self.checked} ({' '.join(self.source.split())})"
+        return f"shutdown dates checked {self.checked}, source: {' '.join(self.source.split())}"
 
 
 def load_deprecations(path: str | Path = DEFAULT) -> DeprecationTable:

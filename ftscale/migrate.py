@@ -198,7 +198,7 @@ def capture(model_id: str, out: str | Path, *, base_url: str | None = None, trai
     _require_ft(model_id)
     out = Path(out)
     table = load_deprecations(deprecations)
-    log(f"{model_id}: stops answering {table.shutdown_text(model_id)} ({table.provenance()})")
+    log(f"{model_id}: stops answering {table.shutdown_text(model_id)}; {table.provenance()}")
     c = client(base_url) if (train is None or eval_file is None) else None
     prompts = out / "capture" / "eval-prompts.jsonl"
     manifest = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).is_file() else None
