@@ -43,7 +43,8 @@ def test_the_walkthrough_reaches_a_verdict(vllm_server, tmp_path):
     assert len(verdicts) == 1 and ("YES, matches" in verdicts[0] or "not yet: add data or a larger model" in verdicts[0])
     results = json.loads((folder / "migration-results.json").read_text())
     tests = results["systems"][0]["tests"]
-    assert [t["n"] for t in tests] == [0, 8] and all(t["n_items"] == 4 for t in tests)
+    # items whose captured answer holds no JSON object are not scorable by agree_json: left out on both sides
+    assert [t["n"] for t in tests] == [0, 8] and 0 < tests[0]["n_items"] == tests[1]["n_items"] <= 4
     assert results["reference"]["side"]["cost_per_1k"] > 0 and results["reference"]["side"]["e2e_p50"] > 0
     assert results["systems"][0]["side"]["e2e_p50"] > 0
     assert "sk-standin-walkthrough" not in "".join(p.read_text(errors="ignore") for p in folder.rglob("*")
