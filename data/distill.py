@@ -26,7 +26,7 @@ there. One line per answer:
 
     {"key": sha256 hex, "teacher": ..., "persona": ..., "query_id": ..., "query": ...,
      "reply": ..., "finish_reason": "stop"|"length", "input_tokens": ..., "output_tokens": ...,
-     "latency_s": ..., "sampling": {...}, "time": unix seconds}
+     "ttft_s": ..., "latency_s": ..., "sampling": {...}, "time": unix seconds}
 
 `key` is the sha256 of the JSON list [teacher, persona name, persona teacher_prompt, query text]:
 the same query for the same persona and teacher is never asked twice, whatever its id; a changed
@@ -242,9 +242,9 @@ def distill(teacher: str, persona, queries: list[dict], n: int, out_path: Path, 
 def _ask_teacher(teacher, backend, name, teacher_prompt, todo, cache, cache_path, keys, sampling, batch_size,
                  progress) -> None:
     backend = backend or make_teacher(teacher)
-    items = list(todo.items())
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(items), desc=f"distilling ({teacher})", unit="query", disable=not progress)
+    items = [(key, Request(id=str(q.get("id", key[:12])), messages=teacher_messages(teacher_prompt, q["query"])),
+              {"teacher": teacher, "persona": name, "query_id": q.get("id"), "query": q["query"]})
+             for key, q in todo.items()]
 
     def stopped(reason: str) -> FtscaleError:
         answered = sum(k in cache for k in keys)
@@ -252,36 +252,55 @@ def _ask_teacher(teacher, backend, name, teacher_prompt, todo, cache, cache_path
                             f"{cache_path}); run the same command again to continue")
 
     try:
+        errors = ask_cached(backend, items, sampling, cache, cache_path, batch_size, progress,
+                            f"distilling ({teacher})", stop_on_error=True)
+    except RuntimeError as e:
+        raise stopped(str(e)) from e
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise stopped(f"query {errors[0][0]!r}: {errors[0][1]}{more}")
+
+
+def ask_cached(backend: Backend, items: list[tuple[str, Request, dict]], sampling: Sampling, cache: dict[str, dict],
+               cache_path: Path, batch_size: int = BATCH_SIZE, progress: bool = True, desc: str = "asking",
+               stop_on_error: bool = False) -> list[tuple[str, str]]:
+    """Ask `items` (cache key, request, fields kept in its record) batch by batch; append every answer
+    to the cache file as its batch returns (flushed, fsync'd) and to `cache`. A failed request (the
+    backend retries first) is never cached: it is returned as (request id, error) and asked again by
+    the next run. `stop_on_error`: stop after the first batch with a failure. A backend that raises
+    or miscounts raises RuntimeError; what was answered before is already saved."""
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(items), desc=desc, unit="query", disable=not progress)
+    errors: list[tuple[str, str]] = []
+    try:
         with open(cache_path, "a", encoding="utf-8", newline="\n") as f:
             for start in range(0, len(items), batch_size):
                 batch = items[start:start + batch_size]
-                requests = [Request(id=str(q.get("id", key[:12])),
-                                    messages=teacher_messages(teacher_prompt, q["query"])) for key, q in batch]
                 try:
-                    gens = backend.generate(requests, sampling)
+                    gens = backend.generate([req for _, req, _ in batch], sampling)
                 except Exception as e:  # noqa: BLE001 - what was answered is already saved
-                    raise stopped(f"{type(e).__name__}: {e}") from e
-                if len(gens) != len(requests):
-                    raise stopped(f"{len(gens)} answers for {len(requests)} requests")
-                good, errors = [], []
-                for (key, q), g in zip(batch, gens):
+                    raise RuntimeError(f"{type(e).__name__}: {e}") from e
+                if len(gens) != len(batch):
+                    raise RuntimeError(f"{len(gens)} answers for {len(batch)} requests")
+                good = []
+                for (key, req, fields), g in zip(batch, gens):
                     if g.error or g.finish_reason == "error":
-                        errors.append(f"query {q.get('id')!r}: {g.error or 'failed'}")
+                        errors.append((req.id, g.error or "failed"))
                         continue
-                    good.append({"key": key, "teacher": teacher, "persona": name, "query_id": q.get("id"),
-                                 "query": q["query"], "reply": g.text, "finish_reason": g.finish_reason,
+                    good.append({"key": key, **fields, "reply": g.text, "finish_reason": g.finish_reason,
                                  "input_tokens": g.input_tokens, "output_tokens": g.output_tokens,
+                                 "ttft_s": None if g.ttft_s is None else round(g.ttft_s, 4),
                                  "latency_s": round(g.latency_s, 4), "sampling": sampling.as_dict(),
                                  "time": round(time.time(), 3)})
                 _append(f, good)
                 for rec in good:
                     cache[rec["key"]] = rec
                 bar.update(len(good))
-                if errors:
-                    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-                    raise stopped(errors[0] + more)
+                if errors and stop_on_error:
+                    break
     finally:
         bar.close()
+    return errors
 
 
 def _write_training_file(out_path: Path, answered: list[tuple[dict, dict]], system_prompt: str, log) -> Path:

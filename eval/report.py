@@ -419,9 +419,9 @@ def write_report(exp_dir: Path, task: Task, cost: CostSpec | None = None, rows: 
         rows, hidden = audit(exp_dir, expected_for_dir(exp_dir))
     hidden = hidden or []
     if not rows:
-        raise FtscaleError(f"{exp_dir}: nothing evaluated to report yet" + (
+        raise FtscaleError(f"{exp_dir}: nothing has been evaluated yet" + (
             f" ({len(hidden)} evaluation(s) failed or are stale: {hidden[0][0]}: {hidden[0][1]})" if hidden else "")
-            + "; `ftscale run CONFIG` trains and evaluates")
+            + "; evaluate first: `ftscale run CONFIG` or `ftscale eval --config CONFIG [--adapter RUN]`")
     cost = cost or cost_spec_of(exp_dir)
     cost_ctx = add_costs(rows, load_prices(cost.prices), cost)
     plot(rows, task, exp_dir / "scaling.png")

@@ -78,6 +78,15 @@ def endpoint_answerer(model: str, base_url: str | None, concurrency: int, label:
                                                           api_key_env=api_key_env, concurrency=concurrency))
 
 
+def captured_answerer(path: Path, model: str) -> Answerer:
+    """A migrated OpenAI fine-tune's recorded answers, replayed by example id (eval/backends/captured.py)."""
+    from .chatdata import sha256_file
+    from .eval.backends import make_backend
+
+    identity = {"backend": "captured", "model": model, "captured_sha256": sha256_file(path)}
+    return Answerer("captured", identity, lambda: make_backend("captured", path=path, model=model))
+
+
 @dataclass(frozen=True)
 class EvalJob:
     """One evaluation: a prompt variant (or the probes) at one temperature, in its own folder."""
@@ -247,3 +256,17 @@ def audit_cell(cell: Path, expected: dict[Path, str] | None = None) -> tuple[lis
         else:
             shown.append(folder)
     return shown, hidden
+
+
+def ensure_captured(cfg: ExperimentConfig, path: Path, model: str, cell: Path) -> dict:
+    """A captured fine-tune's cell record: nothing is trained; it names the capture file, so a new
+    capture redoes the cell's evaluations."""
+    from .chatdata import sha256_file
+
+    inputs = {"captured_sha256": sha256_file(path), "model": model}
+    rec = completion.done(cell, inputs)
+    if rec is not None:
+        return rec
+    completion.begin(cell)
+    write_text(cell / "config.yaml", cfg.cell_yaml(0))
+    return completion.finish(cell, "train", inputs, ["config.yaml"], model=model)

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from .apikey import mask
 from .atomic import write_text
-from .cellrunner import Answerer, endpoint_answerer, ensure_openai, ensure_trained, eval_jobs, hf_answerer, run_evals
+from .cellrunner import (Answerer, captured_answerer, endpoint_answerer, ensure_captured, ensure_openai, ensure_trained,
+                         eval_jobs, hf_answerer, run_evals)
 from .chatdata import read_jsonl
 from .errors import FtscaleError, StepsFailed
 from .models import check_for_training
@@ -52,9 +53,16 @@ class Runner:
     def todo(self) -> list[Cell]:
         return [c for c in self.cells if not is_done(c.run_dir, c.key)]
 
+    def reference(self, cell: Cell):
+        return next(r for r in self.sweep.references if r.name == cell.system)
+
     # -- one cell ---------------------------------------------------------------------------------
     def train(self, cell: Cell) -> str | None:
         """The cell's training step (reused when its record matches); the model to ask for an OpenAI cell."""
+        if cell.backend == "captured":  # migration: a recorded OpenAI fine-tune, nothing to train
+            ref = self.reference(cell)
+            ensure_captured(cell.cfg, ref.captured, ref.model, cell.run_dir)
+            return None
         if cell.backend == "openai":
             return ensure_openai(cell.cfg, cell.n, cell.run_dir, log=self.log)["model"]
         system = next((s for s in self.sweep.systems if s.name == cell.system), None)
@@ -76,7 +84,10 @@ class Runner:
         ft_model = self.train(cell)
         if not evaluate:
             return
-        if cell.backend == "openai":
+        if cell.backend == "captured":  # migration: the fine-tune's recorded answers, replayed by example id
+            ref = self.reference(cell)
+            answerer = captured_answerer(ref.captured, ref.model)
+        elif cell.backend == "openai":
             answerer = endpoint_answerer(ft_model, cell.cfg.openai.base_url, cell.cfg.serve.concurrency,
                                          api_key_env=cell.cfg.openai.api_key_env)
         else:

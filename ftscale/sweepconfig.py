@@ -33,12 +33,20 @@ class System(Strict):
 
 
 class Reference(Strict):
-    """A prompted model the fine-tunes must beat (the study's "just prompt a bigger model")."""
+    """A prompted model the fine-tunes must beat (the study's "just prompt a bigger model"), or
+    (backend: captured) an OpenAI fine-tune's answers recorded by `ftscale migrate capture`."""
 
     name: str
-    backend: Literal["local", "openai"] = "openai"
+    backend: Literal["local", "openai", "captured"] = "openai"
     model: str
     prompt_variant: str = "few_shot"
+    captured: Path | None = Field(None, description="backend captured: the capture's captured.jsonl")
+
+    @model_validator(mode="after")
+    def _captured_file(self):
+        if (self.backend == "captured") != (self.captured is not None):
+            raise ValueError("captured: give the captured.jsonl file exactly when backend is captured")
+        return self
 
 
 class SweepConfig(Strict):

@@ -73,3 +73,18 @@ def kill_at_change(args: list[str], folder: Path, changes: int) -> bool:
             proc.wait()
             return True
     return False
+
+
+@pytest.fixture(scope="session")
+def vllm_server(trained_run, tmp_path_factory):
+    """ONE vLLM server for the session (startup takes 30-110 s on two cores): the embedded model
+    with the session's adapter served as `ft`. tests/test_serve_vllm.py's last test kills it, so
+    the modules that share it sort before that one (test_migrate_walkthrough.py does)."""
+    from ftscale.config import load_config
+    from ftscale.serve.server import server_for
+
+    cfg = load_config(MAIN_CONFIG, {"eval.limit": "12"})
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    with server_for(cfg, {"ft": trained_run}, log) as s:
+        yield s
+    assert not s.alive()

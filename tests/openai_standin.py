@@ -32,6 +32,7 @@ class StandIn:
         self.auth_headers: set[str] = set()  # every Authorization header received
         # every request refused with (HTTP status, error code), e.g. (401, "invalid_api_key"), (429, "insufficient_quota")
         self.refuse_all: tuple[int, str] | None = None
+        self._migration_init()
         self.lock = threading.Lock()
         self.server = _QuietServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -103,6 +104,97 @@ class StandIn:
         question = req["messages"][-1]["content"]
         return json.dumps({"answer": len(question), "explanation": "stand-in for the OpenAI service"})
 
+    # --- migration: the organisation's fine-tunes as the real service lists and serves them -----
+    # Files API (retrieve, content, delete), fine_tuning.jobs list (cursor pages) and retrieve,
+    # models.list, and chat for `ft:` models: answered by the stand-in, or forwarded to an
+    # OpenAI-compatible server (a vLLM one on loopback) that plays the fine-tune. After a model's
+    # shutdown day (`today` past it) its chat requests get the 404 `model_not_found` error the
+    # real API gives for a retired model; `refuse_org` answers every fine-tuning and files
+    # request with the 403 an organisation refused by the wind-down gets.
+    def _migration_init(self):
+        self.file_bytes: dict[str, bytes] = {}
+        self.models: dict[str, dict] = {}  # id -> Model object
+        self.forward: dict[str, tuple[str, str]] = {}  # ft: model -> (base_url, served model name)
+        self.shutdowns: dict[str, str] = {}  # ft: model -> ISO shutdown day
+        self.today: str | None = None  # ISO day the stand-in believes it is (default: the real one)
+        self.refuse_org = False
+        self.page_size = 2  # jobs per page unless the client asks: pagination is exercised
+
+    def add_file(self, data: bytes, filename: str, purpose: str = "fine-tune") -> str:
+        fid = f"file-{len(self.files) + 1:04d}"
+        self.files[fid] = {"id": fid, "object": "file", "bytes": len(data), "created_at": int(time.time()),
+                           "filename": filename, "purpose": purpose, "status": "processed",
+                           "lines": data.decode().count("\n")}
+        self.file_bytes[fid] = data
+        return fid
+
+    def add_fine_tune(self, base: str, train: bytes, validation: bytes | None = None, suffix: str = "acme",
+                      trained_tokens: int = 12345, shutdown: str | None = None, created_at: int = 1_750_000_000,
+                      forward: tuple[str, str] | None = None) -> tuple[str, str]:
+        """A succeeded job and its `ft:` model; returns (job id, model id)."""
+        jid = f"ftjob-{len(self.jobs) + 1:04d}"
+        model = f"ft:{base}:org-standin:{suffix}:{jid[-4:]}"
+        train_id = self.add_file(train, f"{suffix}-train.jsonl")
+        val_id = self.add_file(validation, f"{suffix}-valid.jsonl") if validation is not None else None
+        self.jobs[jid] = {"id": jid, "object": "fine_tuning.job", "created_at": created_at, "error": None,
+                          "fine_tuned_model": model, "finished_at": created_at + 600,
+                          "hyperparameters": {"n_epochs": 3, "batch_size": 1, "learning_rate_multiplier": 1.8},
+                          "model": base, "organization_id": "org-standin", "result_files": [], "seed": 0,
+                          "status": "succeeded", "trained_tokens": trained_tokens, "training_file": train_id,
+                          "validation_file": val_id, "suffix": suffix, "_polls": 0,
+                          "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3}}}}
+        self.models[model] = {"id": model, "object": "model", "created": created_at + 600,
+                              "owned_by": "org-standin", "shutdown_date": shutdown}
+        if shutdown:
+            self.shutdowns[model] = shutdown
+        if forward:
+            self.forward[model] = forward
+        return jid, model
+
+    def _refusal(self):
+        return 403, {"error": {"message": "Fine-tuning is not available for your organization.",
+                               "type": "invalid_request_error", "param": None, "code": "fine_tuning_unavailable"}}
+
+    def _migration_get(self, parts: list[str], query: dict) -> tuple[int, dict | bytes] | None:
+        """GET routes of this block; None for routes it does not own."""
+        if parts[:2] == ["v1", "files"] and len(parts) in (3, 4):
+            if self.refuse_org:
+                return self._refusal()
+            if parts[2] not in self.files:
+                return 404, {"error": {"message": f"No such File object: {parts[2]}", "type": "invalid_request_error",
+                                       "param": "id", "code": None}}
+            return (200, self.file_bytes.get(parts[2], b"")) if parts[3:] == ["content"] else (200, self.files[parts[2]])
+        if parts == ["v1", "models"]:
+            return 200, {"object": "list", "data": list(self.models.values())}
+        if parts[:3] == ["v1", "fine_tuning", "jobs"] and self.refuse_org:
+            return self._refusal()
+        if parts == ["v1", "fine_tuning", "jobs"]:  # newest first, cursor pages as the real list
+            jobs = sorted(self.jobs.values(), key=lambda j: j["created_at"], reverse=True)
+            ids = [j["id"] for j in jobs]
+            start = ids.index(query["after"]) + 1 if query.get("after") in ids else 0
+            limit = int(query.get("limit", self.page_size))
+            page = jobs[start:start + limit]
+            return 200, {"object": "list", "data": [self._public(j) for j in page], "has_more": start + limit < len(jobs)}
+        return None
+
+    def _migration_delete(self, parts: list[str]) -> tuple[int, dict] | None:
+        if parts[:2] == ["v1", "files"] and len(parts) == 3:
+            existed = self.files.pop(parts[2], None) is not None
+            self.file_bytes.pop(parts[2], None)
+            return 200, {"id": parts[2], "object": "file", "deleted": existed}
+        return None
+
+    def _retired(self, model: str) -> dict | None:
+        """The real API's answer to a chat request for a model past its shutdown day."""
+        import datetime
+
+        day = self.shutdowns.get(model)
+        today = self.today or datetime.date.today().isoformat()
+        if day is None or today <= day:
+            return None
+        return {"error": {"message": f"The model `{model}` does not exist or you do not have access to it.",
+                          "type": "invalid_request_error", "param": None, "code": "model_not_found"}}
+
     # --- HTTP plumbing -------------------------------------------------------------------------
     def _handler(self):
         standin = self
@@ -135,11 +227,29 @@ class StandIn:
             def _body(self) -> bytes:
                 return self.rfile.read(int(self.headers.get("Content-Length", 0)))
 
+            def _bytes(self, status: int, data: bytes):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_DELETE(self):
+                with standin.lock:
+                    answer = standin._migration_delete(self.path.split("?")[0].strip("/").split("/"))
+                self._json(*(answer or (404, {"error": {"message": f"no route {self.path}"}})))
+
             def do_GET(self):
                 standin.auth_headers.add(self.headers.get("Authorization", ""))
                 if self._refused():
                     return
                 parts = self.path.split("?")[0].strip("/").split("/")
+                from urllib.parse import parse_qsl, urlsplit
+
+                with standin.lock:
+                    answer = standin._migration_get(parts, dict(parse_qsl(urlsplit(self.path).query)))
+                if answer is not None:
+                    return self._bytes(*answer) if isinstance(answer[1], bytes) else self._json(*answer)
                 with standin.lock:
                     if parts[:3] == ["v1", "fine_tuning", "jobs"] and len(parts) == 3:
                         return self._json(200, {"object": "list", "has_more": False,
@@ -167,7 +277,29 @@ class StandIn:
                     return self._chat(json.loads(body))
                 self._json(404, {"error": {"message": f"no route {self.path}"}})
 
+            def _forward(self, req: dict, base_url: str, served: str):
+                """Stream the request through to the server playing this fine-tune, bytes as they come."""
+                import httpx
+
+                with httpx.stream("POST", f"{base_url}/chat/completions", json=req | {"model": served},
+                                  timeout=300) as upstream:
+                    self.send_response(upstream.status_code)
+                    self.send_header("Content-Type", upstream.headers.get("content-type", "text/event-stream"))
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    for piece in upstream.iter_raw():
+                        self.wfile.write(piece)
+                        self.wfile.flush()
+                self.close_connection = True
+
             def _chat(self, req: dict):
+                retired = standin._retired(req["model"])
+                if retired is not None:
+                    return self._json(404, retired)
+                if req["model"] in standin.forward:
+                    with standin.lock:
+                        standin.chat_requests.append(req)
+                    return self._forward(req, *standin.forward[req["model"]])
                 with standin.lock:
                     standin.chat_requests.append(req)
                     fault = standin.chat_refusal or (standin.chat_faults.pop(0) if standin.chat_faults else None)
@@ -213,3 +345,37 @@ class StandIn:
                 self.close_connection = True
 
         return Handler
+
+
+# --- migration: the stand-in as a process, for the walk-through in docs/migrate.md -----------------
+def serve_main(argv: list[str] | None = None) -> None:
+    """Serve one organisation with one fine-tune until killed; print its model id and URL."""
+    import argparse
+    import signal
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(description="the OpenAI stand-in, holding one fine-tuning job and its ft: model")
+    p.add_argument("--base", default="gpt-4o-mini-2024-07-18", help="the fine-tune's base model")
+    p.add_argument("--train", required=True, type=Path, help="the job's training file")
+    p.add_argument("--validation", type=Path, help="the job's validation file")
+    p.add_argument("--forward", metavar="URL=MODEL", help="answer the fine-tune's chat requests with MODEL at URL")
+    p.add_argument("--suffix", default="acme")
+    p.add_argument("--ready-file", type=Path, help="write `<model id> <base url>` here once serving")
+    args = p.parse_args(argv)
+    s = StandIn()
+    forward = tuple(args.forward.split("=", 1)) if args.forward else None
+    _, model = s.add_fine_tune(args.base, args.train.read_bytes(),
+                               args.validation.read_bytes() if args.validation else None, suffix=args.suffix,
+                               forward=forward)
+    with s:
+        if args.ready_file:
+            args.ready_file.write_text(f"{model} {s.base_url}\n")
+        print(f"{model} {s.base_url}", flush=True)
+        try:
+            signal.pause()  # until SIGINT (SIGTERM ends the process the default way)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    serve_main()

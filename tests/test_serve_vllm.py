@@ -1,6 +1,6 @@
 """Real vLLM servers on CPU: the embedded model with a LoRA adapter trained in this session.
 
-One server is started for the module (vLLM takes 30-110 s to start on two cores); the fault
+One server is shared with the session (conftest.vllm_server; vLLM takes 30-110 s to start on two cores); the fault
 tests that need no running server check that nothing is left behind after each failure. The
 last test kills the shared server mid-run.
 """
@@ -52,11 +52,8 @@ def cfg():
 
 
 @pytest.fixture(scope="module")
-def server(cfg, trained_run, tmp_path_factory):
-    log = tmp_path_factory.mktemp("vllm") / "server.log"
-    with server_for(cfg, {"ft": trained_run}, log) as s:
-        yield s
-    assert not s.alive()
+def server(vllm_server):
+    return vllm_server  # the session's one server (tests/conftest.py), same model, adapter and config
 
 
 def test_server_lists_base_and_adapter(server):

@@ -19,7 +19,11 @@ def make_backend(kind: str, **kwargs) -> Backend:
         from .openai_compat import OpenAIBackend
 
         return OpenAIBackend(**kwargs)
-    raise ValueError(f"unknown backend {kind!r}; available: hf, openai")
+    if kind == "captured":  # a fine-tune's recorded answers, replayed (ftscale migrate capture)
+        from .captured import CapturedBackend
+
+        return CapturedBackend(**kwargs)
+    raise ValueError(f"unknown backend {kind!r}; available: hf, openai, captured")
 
 
 def parse_spec_key(spec: str) -> tuple[str, str, str | None, str | None]:
