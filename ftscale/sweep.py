@@ -270,6 +270,7 @@ def _loss(run_dir: Path) -> list[float] | None:
 def sweep_rows(sweep_dir: Path) -> tuple[list[dict], object, object]:
     """Every cell of the sweep as report rows: finished cells with their scores, the others marked
     with their status and error (never dropped)."""
+    from .cellrunner import audit_cell
     from .eval.cost import add_costs
     from .eval.report import cell_rows
     from .experiment import task_for
@@ -289,8 +290,10 @@ def sweep_rows(sweep_dir: Path) -> tuple[list[dict], object, object]:
         system = f"{cell.system} base" if cell.kind == "base" else cell.system
         common = {"system": system, "run_dir": str(cell.run_dir), "reference": cell.kind != "train",
                   "status": rec["status"] if rec["status"] != "pending" else "missing", "error": rec["error"]}
+        # every cell's folders are audited, done or not: one edited after its record is refused here
+        shown = audit_cell(cell.run_dir)[0] if (cell.run_dir / "config.yaml").is_file() else []
         if rec["status"] == "done":
-            for r in cell_rows(cell.run_dir):
+            for r in cell_rows(cell.run_dir, shown):
                 r |= common | {"loss": _loss(cell.run_dir), "latency": _latency(Path(r["generations"]))}
                 done.append(r)
                 rows.append(r)
