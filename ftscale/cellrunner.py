@@ -154,7 +154,7 @@ def run_evals(cell: Path, jobs: list[EvalJob], answerer: Answerer, pool: list[di
     for job in todo:
         completion.begin(job.out_dir)
         result = evaluate(job.task, job.examples, pool, backend, job.sampling, job.variant, job.out_dir, few_shot_k)
-        where = f"{cell.name} [{job.label}, {job.out_dir.name}]"
+        where = f"{cell.name} [{job.label}, {'probes' if job.out_dir.name.startswith('probes') else job.variant}]"
         if failure_count(result):
             report = completion.read(job.out_dir, FAILED)
             first = report["errors"][0]["error"] if report["errors"] else "unknown error"

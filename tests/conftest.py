@@ -47,12 +47,14 @@ def trained_run(embedded_model, tmp_path_factory) -> Path:
 
 
 def _snapshot(folder: Path) -> frozenset:
+    """Every path below `folder` with its size; os.walk passes over folders renamed away meanwhile."""
     out = set()
-    for p in folder.rglob("*") if folder.exists() else ():
-        try:
-            out.add((str(p), p.stat().st_size))
-        except FileNotFoundError:  # renamed away while we looked
-            pass
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            try:
+                out.add((os.path.join(root, name), os.stat(os.path.join(root, name)).st_size))
+            except FileNotFoundError:  # renamed away while we looked
+                pass
     return frozenset(out)
 
 

@@ -10,6 +10,7 @@ the loss is computed on the final assistant turn only. The same code trains on a
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import time
@@ -257,36 +258,32 @@ def train(cfg: ExperimentConfig, n: int, run_dir: Path) -> dict:
     Its completion record (ftscale/completion.py) is written last, naming the hash of the training's
     inputs and of the adapter it wrote; the old record is removed first, so an interrupted training
     leaves none."""
-    from accelerate import PartialState
-
     pool = read_jsonl(cfg.data.train, "train")  # validate the whole file before any work
     subset = nested_subset(pool, n, cfg.data.seed)
     check_hardware(cfg)
     run_dir = Path(run_dir)
     inputs = train_inputs(cfg, n, pool)
-    state = PartialState()
-    if state.is_main_process:
+    # rank 0 of accelerate launch / torchrun (RANK); the process group does not exist yet here
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if main_process:
         completion.begin(run_dir)
-        if n > 0:
-            _fresh_checkpoints(run_dir / "checkpoints", completion.digest(inputs))
         write_text(run_dir / "config.yaml", cfg.cell_yaml(n))
-    state.wait_for_everyone()
     base = {"num_train_examples": n, "seed": cfg.train.seed, "data_seed": cfg.data.seed, "model": cfg.model,
             "data_file": str(cfg.data.train), "data_sha256": sha256_file(cfg.data.train),
             "subset_sha256": sha256_records(subset), "git_commit": git_commit(), "versions": versions()}
     if n == 0:
-        if state.is_main_process:
+        if main_process:
             write_json(run_dir / TRAIN_METRICS, base | {"trained": False})
             completion.finish(run_dir, "train", inputs, [TRAIN_METRICS])
         return base | {"trained": False}
-    metrics = _fit(cfg, run_dir, subset, base)
-    if state.is_main_process:
+    metrics = _fit(cfg, run_dir, subset, base, completion.digest(inputs))
+    if main_process:
         completion.finish(run_dir, "train", inputs,
                           [TRAIN_METRICS, "loss.jsonl", *completion.files_under(run_dir, "adapter")])
     return metrics
 
 
-def _fit(cfg: ExperimentConfig, run_dir: Path, subset: list[dict], base: dict) -> dict:
+def _fit(cfg: ExperimentConfig, run_dir: Path, subset: list[dict], base: dict, inputs_sha256: str) -> dict:
     """TRL's SFTTrainer on the subset; the adapter, loss curve and metrics written into run_dir."""
     import torch
     from datasets import Dataset
@@ -304,6 +301,9 @@ def _fit(cfg: ExperimentConfig, run_dir: Path, subset: list[dict], base: dict) -
                          peft_config=lora_config(cfg))
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    if trainer.accelerator.is_main_process:
+        _fresh_checkpoints(run_dir / "checkpoints", inputs_sha256)
+    trainer.accelerator.wait_for_everyone()
     resume = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     start = time.perf_counter()
     try:
