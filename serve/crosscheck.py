@@ -14,20 +14,37 @@ from ftscale.chatdata import read_jsonl
 from .latency import measure
 
 
+def _requests(prompts: Path) -> list:
+    """vLLM's custom dataset sends each prompt as the one user message; so do we."""
+    from ftscale.eval.backends import Request
+
+    rows = [json.loads(line) for line in Path(prompts).read_text().splitlines()]  # written by crosscheck() itself
+    return [Request(str(i), [{"role": "user", "content": r["prompt"]}]) for i, r in enumerate(rows)]
+
+
+def _measure_ours(base_url: str, model: str, prompts: Path, output_len: int, concurrency: int) -> dict:
+    """ignore_eos fixes the output length on both sides, so the two measure the very same work."""
+    from ftscale.eval.backends import Sampling
+
+    sampling = Sampling(temperature=0.0, max_new_tokens=output_len, ignore_eos=True)
+    return measure(base_url, model, _requests(prompts), sampling, concurrency)
+
+
 def crosscheck(cfg, base_url: str, model: str, tokenizer: str, out_dir: Path, num_prompts: int = 32,
                concurrency: int = 1, output_len: int = 32) -> dict:
-    from ftscale.eval.backends import Request, Sampling
-
     out_dir = Path(out_dir)
     questions = [next(m["content"] for m in e["messages"] if m["role"] == "user")
                  for e in read_jsonl(cfg.data.eval, "eval")[:num_prompts]]
     prompts = out_dir / "crosscheck-prompts.jsonl"
     write_jsonl(prompts, [{"prompt": q} for q in questions])
-    # vLLM's custom dataset sends each prompt as the one user message; so do we. ignore_eos fixes
-    # the output length on both sides, so the two measure the very same work.
-    sampling = Sampling(temperature=0.0, max_new_tokens=output_len, ignore_eos=True)
-    ours = measure(base_url, model, [Request(str(i), [{"role": "user", "content": q}]) for i, q in enumerate(questions)],
-                   sampling, concurrency)
+    # Our client runs in a fresh process, as vLLM's benchmark does: a caller's own threads and heap
+    # (a long test session's, for one) would otherwise add their pauses to our side only.
+    ours_cmd = [sys.executable, "-m", "ftscale.serve.crosscheck", base_url, model, str(prompts), str(output_len),
+                str(concurrency), str(out_dir / "ftscale-latency.json")]
+    proc = subprocess.run(ours_cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"our latency measurement failed:\n{proc.stderr[-3000:]}")
+    ours = json.loads((out_dir / "ftscale-latency.json").read_text())
     cmd = [sys.executable, "-m", "ftscale.serve.vllm_bench", "--backend", "openai-chat",
            "--endpoint", "/v1/chat/completions", "--base-url", base_url.removesuffix("/v1"), "--model", model,
            "--tokenizer", tokenizer, "--dataset-name", "custom", "--dataset-path", str(prompts),
@@ -52,3 +69,8 @@ def crosscheck(cfg, base_url: str, model: str, tokenizer: str, out_dir: Path, nu
               "completed": {"ftscale": ours["requests"] - ours["failed"], "vllm": theirs["completed"]}}
     write_json(out_dir / "crosscheck.json", result)
     return result
+
+
+if __name__ == "__main__":  # our side of the comparison, run by crosscheck() in a fresh process
+    url, name, path, length, conc, out = sys.argv[1:]
+    write_json(Path(out), _measure_ours(url, name, Path(path), int(length), int(conc)))
