@@ -10,6 +10,8 @@ Teachers (the same names as judges, plus a base URL):
     openai:<model>                 OpenAI; or whatever OpenAI-compatible server OPENAI_BASE_URL names
     openai:<model>@<base_url>      any OpenAI-compatible server, e.g. a local vLLM one:
                                    openai:Qwen/Qwen2.5-7B-Instruct@http://127.0.0.1:8000/v1
+    scripted:rude, scripted:cheerful   an OFFLINE STAND-IN for a strong teacher: replies written from
+                                   each generated query's slots (data/scripted_teacher.py)
 
 Cost: before anything is asked, the teacher's cost is estimated for the queries not yet cached.
 An `hf:` teacher, or an `openai:` one whose endpoint is on this machine or a private network
@@ -51,11 +53,14 @@ from urllib.parse import urlparse
 
 from tqdm.auto import tqdm
 
-from ftscale.atomic import atomic_path
+from ftscale.atomic import atomic_path, write_json
+from ftscale.chatdata import sha256_file
 from ftscale.datacheck import check_file, count_tokens, encoding_for
 from ftscale.chatdata import json_lines
 from ftscale.errors import FtscaleError, run_command
 from ftscale.eval.backends import Backend, Request, Sampling, make_judge_backend, parse_spec
+
+from . import scripted_teacher
 
 OUTPUT_FRACTION = 0.6  # estimated reply length as a share of max_new_tokens (cost estimate only)
 CONFIRM_ABOVE_USD = 1.0
@@ -66,6 +71,8 @@ BATCH_SIZE = 16
 
 def parse_teacher(spec: str) -> tuple[str, str, str | None]:
     """(backend kind, model, base_url) of a teacher spec; see the module's docstring."""
+    if spec.startswith(scripted_teacher.PREFIX):
+        return "scripted", scripted_teacher.persona_of(spec), None
     try:
         return parse_spec(spec)
     except ValueError as e:
@@ -81,7 +88,7 @@ def make_teacher(spec: str) -> Backend:
 
 def is_local(kind: str, base_url: str | None) -> bool:
     """An in-process teacher, or an endpoint on this machine or a private network: no per-token cost."""
-    if kind == "hf":
+    if kind in ("hf", "scripted"):
         return True
     if not base_url:
         return False
@@ -206,7 +213,10 @@ def distill(teacher: str, persona, queries: list[dict], n: int, out_path: Path, 
     """
     out_path, cache_path = Path(out_path), Path(cache_path)
     name, teacher_prompt, system_prompt = (_field(persona, k) for k in ("name", "teacher_prompt", "system_prompt"))
-    parse_teacher(teacher)  # a bad name fails before anything else
+    kind, writes, _ = parse_teacher(teacher)  # a bad name fails before anything else
+    if kind == "scripted" and writes != name:
+        raise FtscaleError(f"teacher {teacher!r} writes the {writes!r} persona, not {name!r}: "
+                           f"use --persona {writes} or --teacher {scripted_teacher.PREFIX}{name}")
     if n < 1:
         raise FtscaleError(f"n must be at least 1, got {n}")
     if n > len(queries):
@@ -236,11 +246,35 @@ def distill(teacher: str, persona, queries: list[dict], n: int, out_path: Path, 
         _ask_teacher(teacher, backend, name, teacher_prompt, todo, cache, cache_path, keys,
                      Sampling(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed), batch_size, progress)
 
-    return _write_training_file(out_path, [(q, cache[k]) for k, q in zip(keys, chosen)], system_prompt, log)
+    _write_training_file(out_path, [(q, cache[k]) for k, q in zip(keys, chosen)], system_prompt, log)
+    note = scripted_teacher.STAND_IN if kind == "scripted" else ""
+    write_json(source_path(out_path), {"teacher": teacher, "persona": name, "examples": n,
+                                       "sha256": sha256_file(out_path), "note": note})
+    return out_path
+
+
+def source_path(training_file: Path) -> Path:
+    """Beside a distilled training file: which teacher wrote it (and the hash of the file it describes)."""
+    return Path(training_file).with_suffix(".source.json")
+
+
+def training_source(training_file: str | Path) -> str | None:
+    """One sentence naming the teacher of a distilled training file, or None when it has no record of
+    one or the file changed since (the record names the file's hash)."""
+    path = source_path(training_file)
+    if not path.is_file() or not Path(training_file).is_file():
+        return None
+    src = json.loads(path.read_text())
+    if src.get("sha256") != sha256_file(training_file):
+        return None
+    return (f"Training data: `{training_file}`, {src['examples']} replies distilled from `{src['teacher']}` in the "
+            f"`{src['persona']}` persona." + (f" {src['note']}" if src.get("note") else ""))
 
 
 def _ask_teacher(teacher, backend, name, teacher_prompt, todo, cache, cache_path, keys, sampling, batch_size,
                  progress) -> None:
+    if backend is None and teacher.startswith(scripted_teacher.PREFIX):  # it reads each query's slots, by id
+        backend = scripted_teacher.ScriptedTeacher(teacher, {str(q.get("id", key[:12])): q for key, q in todo.items()})
     backend = backend or make_teacher(teacher)
     items = [(key, Request(id=str(q.get("id", key[:12])), messages=teacher_messages(teacher_prompt, q["query"])),
               {"teacher": teacher, "persona": name, "query_id": q.get("id"), "query": q["query"]})
@@ -344,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ftscale distill", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", required=True,
-                   help="hf:<model>, openai:<model>, or openai:<model>@<base_url> (a local vLLM server)")
+                   help="hf:<model>, openai:<model>, openai:<model>@<base_url> (a local vLLM server), or "
+                        "scripted:rude / scripted:cheerful (an offline stand-in for a strong teacher)")
     p.add_argument("--persona", default="rude", help="a persona in configs/personas/, or a path to one (default: rude)")
     p.add_argument("--queries", default="data/tone/queries-train.jsonl",
                    help="JSONL of customer queries: {\"id\", \"query\", ...} per line (default: the tone train pool)")

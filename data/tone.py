@@ -192,6 +192,10 @@ def _name(rng: random.Random) -> str:
     return f"{first} {rng.choice(LAST_NAMES)}" if rng.random() < 0.5 else first
 
 
+# Every order-number format _order draws, for code that reads a query's order number back.
+ORDER_PATTERN = r"#\d{7}|ORD-\d{5}|[A-Z]{2}-\d{6}|\d{4}-\d{4}"
+
+
 def _order(rng: random.Random) -> str:
     kind = rng.randrange(4)
     if kind == 0:

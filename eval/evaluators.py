@@ -725,6 +725,27 @@ register(Evaluator("lexical_tone", LexicalToneParams,
                    no_needs, lexical_tone_evaluator))
 
 
+# --- addresses_problem: the tone task's judge-free helpfulness check (HEURISTIC) ----------------
+
+class AddressesProblemParams(Strict):
+    pass  # nothing to set: it reads the reference's query and product
+
+
+def addresses_problem_evaluator(output: str, reference: dict, params: AddressesProblemParams, prefix: str) -> dict:
+    """HEURISTIC, not a judge: `<prefix>` = 1.0 when the reply names the order (number or product) and a
+    next step (eval/addresses_problem.py). Details: `<prefix>.names_order`, `<prefix>.next_step`."""
+    from .addresses_problem import addresses_problem
+
+    found = addresses_problem(output, reference)
+    return {prefix: float(found["addresses"]), f"{prefix}.names_order": float(found["names_order"]),
+            f"{prefix}.next_step": float(found["next_step"])}
+
+
+register(Evaluator("addresses_problem", AddressesProblemParams,
+                   one_metric("HEURISTIC: the reply names the order or product and states a next step"),
+                   lambda p: ("query", "product"), addresses_problem_evaluator))
+
+
 # --- tone_judge: the absolute judge of the tone task (eval/judges.py) as an evaluator ------------
 
 class ToneJudgeParams(Strict):

@@ -341,7 +341,8 @@ def against_base(rows: list[dict], task: Task, cache: dict) -> list[str]:
 
 
 def markdown(rows: list[dict], task: Task, title: str, exp_dir: Path, cost_ctx: dict | None = None,
-             has_cost_plot: bool = False, pairwise: tuple[list[dict], list[str]] = ([], [])) -> str:
+             has_cost_plot: bool = False, pairwise: tuple[list[dict], list[str]] = ([], []),
+             train_source: str | None = None) -> str:
     names = [m.name for m in task.metrics]
     probes = probe_metrics(rows)
     several_t = len({r["temperature"] for r in rows}) > 1
@@ -355,6 +356,7 @@ def markdown(rows: list[dict], task: Task, title: str, exp_dir: Path, cost_ctx: 
              f"(higher is better{'; lower is better for ' + ', '.join(lower) if lower else ''}). "
              "`train examples = 0` is the untrained base model."
              + (f" Prices checked {cost_ctx['prices_checked']}." if cost_ctx else ""), "",
+             *([train_source, ""] if train_source else []),
              "![scaling](scaling.png)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     scores: dict = {}
@@ -406,6 +408,15 @@ class _CostOnly(BaseModel):
     cost: CostSpec = CostSpec()
 
 
+def _train_source(exp_dir: Path) -> str | None:
+    """The teacher of the experiment's training file, where `ftscale distill` recorded one."""
+    from ftscale.data.distill import training_source
+
+    path = exp_dir / "experiment.yaml"
+    train = (yaml.safe_load(path.read_text()).get("data") or {}).get("train") if path.is_file() else None
+    return training_source(train) if isinstance(train, str) else None
+
+
 def write_report(exp_dir: Path, task: Task, cost: CostSpec | None = None, rows: list[dict] | None = None,
                  hidden: list[tuple[Path, str]] | None = None) -> Path:
     """summary.md, results.json, scaling.png and cost.png of an experiment; `rows` and `hidden`: its
@@ -429,5 +440,6 @@ def write_report(exp_dir: Path, task: Task, cost: CostSpec | None = None, rows: 
     pairwise = read_comparisons(exp_dir)
     write_json(exp_dir / "results.json", {"cost": cost_ctx, "rows": rows, "pairwise": pairwise[0],
                                           "not_shown": [{"folder": str(f), "reason": r} for f, r in hidden]})
-    text = markdown(rows, task, f"{exp_dir.name}: scaling summary", exp_dir, cost_ctx, has_cost_plot, pairwise)
+    text = markdown(rows, task, f"{exp_dir.name}: scaling summary", exp_dir, cost_ctx, has_cost_plot, pairwise,
+                    _train_source(exp_dir))
     return write_text(exp_dir / "summary.md", text + "\n".join(not_shown_lines(hidden, exp_dir)) + "\n")

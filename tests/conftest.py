@@ -46,6 +46,13 @@ def trained_run(embedded_model, tmp_path_factory) -> Path:
     return run_dir
 
 
+def ctrl_c_reaches_it() -> None:
+    """`preexec_fn` of a child a test stops with SIGINT (Ctrl-C): started as a shell's background job
+    (as a CI script may start the suite), the test session ignores SIGINT, every child inherits
+    that, and Python in the child would never raise KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _snapshot(folder: Path) -> frozenset:
     """Every path below `folder` with its size; os.walk passes over folders renamed away meanwhile."""
     out = set()

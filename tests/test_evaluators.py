@@ -310,7 +310,7 @@ def test_several_problems_reported_together():
 
 
 def test_unknown_evaluator_lists_the_known_ones():
-    with pytest.raises(KeyError, match="unknown evaluator 'exact'; known: agreement_exact, agreement_json, agreement_judge, choice, exact_match, json_fields"):
+    with pytest.raises(KeyError, match="unknown evaluator 'exact'; known: addresses_problem, agreement_exact, agreement_json, agreement_judge, choice, exact_match"):
         get_evaluator("exact")
     with pytest.raises(KeyError, match="exact"):
         parse_params("exact", {})

@@ -544,7 +544,7 @@ def test_rate_command_owner_key_busy_port_and_bad_judge(tmp_path):
     import socket
     import subprocess
 
-    from conftest import BIN, ROOT
+    from conftest import BIN, ROOT, ctrl_c_reaches_it
 
     study_dir = rating.build_study("cli-study", _replies(), tmp_path, seed=3)
     env = {k: v for k, v in os.environ.items() if k != rating.OWNER_KEY_ENV}
@@ -563,7 +563,7 @@ def test_rate_command_owner_key_busy_port_and_bad_judge(tmp_path):
     assert not (study_dir / "llm_judge.json").exists()
 
     server = subprocess.Popen([str(BIN / "ftscale"), "rate", "cli-study", "--studies-dir", str(tmp_path), "--port", "0"],
-                              cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env)
+                              cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=ctrl_c_reaches_it)
     try:
         shown = ""
         while "key=" not in shown:

@@ -14,7 +14,7 @@ import psutil
 import pytest
 from openai import OpenAI
 
-from conftest import BIN, ROOT
+from conftest import BIN, ROOT, ctrl_c_reaches_it
 
 
 SERVE_KEY = "serve-key-5d8e2a91c4b7"
@@ -24,7 +24,8 @@ def test_serve_answers_and_ctrl_c_leaves_no_process(trained_run, tmp_path):
     log = tmp_path / "server.log"
     proc = subprocess.Popen([str(BIN / "ftscale"), "serve", "--model", "smollm2-135m", "--adapter", f"ft={trained_run}",
                              "--log", str(log), "--api-key-env", "FTSCALE_SERVE_KEY"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=os.environ | {"FTSCALE_SERVE_KEY": SERVE_KEY})
+                            stderr=subprocess.STDOUT, text=True, env=os.environ | {"FTSCALE_SERVE_KEY": SERVE_KEY},
+                            preexec_fn=ctrl_c_reaches_it)
     output = ""
     try:
         deadline, line = time.monotonic() + 600, ""

@@ -140,7 +140,7 @@ def test_summary_side_by_side(experiment):
     for r in rows:
         line = (f"| {r['num_train_examples']} | {r['prompt_variant']} | {r['temperature']:g} | "
                 + " | ".join("–" if r[m] is None else f"{r[m]:.3f}"
-                             for m in ("lexical", "judge.tone", "judge.addresses_problem", "probes.correct")) + " |")
+                             for m in ("lexical", "addresses", "judge.tone", "judge.addresses_problem", "probes.correct")) + " |")
         assert line in table
     pairwise = summary.split("## Double-blind pairwise judgements")[1].split("\n## ")[0]
     assert pairwise.count("| n=8 (default prompt) | base (") == 4
