@@ -53,6 +53,35 @@ class LoraSpec(Strict):
                 raise ValueError(f"not all-linear, a list of names or a valid regular expression ({e})") from None
         return v
 
+    use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (PEFT use_dora)")
+    use_rslora: bool = Field(False, description="rank-stabilised LoRA: scaling alpha/sqrt(r) instead of alpha/r (PEFT use_rslora)")
+    init_lora_weights: Literal["default", "gaussian", "pissa", "olora", "loftq"] = Field(
+        "default", description="PEFT init_lora_weights: default (B = 0), gaussian, pissa, olora, or loftq (a full-precision "
+                               "base quantised by LoftQ itself)")
+    modules_to_save: list[str] | None = Field(
+        None, description="modules trained in full and saved beside the adapter (e.g. [lm_head]; PEFT modules_to_save)")
+
+    @model_validator(mode="after")
+    def _peft_accepts(self):
+        """PEFT's own checks, at load, for the variants (the default needs no import of peft)."""
+        if self.use_dora or self.use_rslora or self.init_lora_weights != "default" or self.modules_to_save:
+            try:
+                peft_lora_config(self)
+            except (ValueError, ImportError) as e:
+                raise ValueError(f"PEFT refuses this LoRA configuration: {e}") from None
+        return self
+
+
+def peft_lora_config(lora: LoraSpec):
+    """The PEFT LoraConfig of a `train.lora` section."""
+    from peft import LoftQConfig, LoraConfig
+
+    init = True if lora.init_lora_weights == "default" else lora.init_lora_weights
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+                      task_type="CAUSAL_LM", use_dora=lora.use_dora, use_rslora=lora.use_rslora,
+                      init_lora_weights=init, modules_to_save=lora.modules_to_save,
+                      loftq_config=LoftQConfig(loftq_bits=4) if init == "loftq" else {})
+
 
 class TrainSpec(Strict):
     seed: int = 42
@@ -89,6 +118,15 @@ class TrainSpec(Strict):
         if v not in valid:
             raise ValueError(f"unknown scheduler {v!r}; {_nearest(v, valid)}")
         return v
+
+    @model_validator(mode="after")
+    def _lora_init_fits_the_quantisation(self):
+        # PiSSA and LoftQ start from the full-precision weights (PEFT refuses PiSSA on 4-bit ones; LoftQ
+        # quantises the base itself), so neither goes with a base already loaded in 4 bits
+        if self.quantization == "4bit" and self.lora.init_lora_weights in ("pissa", "loftq"):
+            raise ValueError(f"lora.init_lora_weights: {self.lora.init_lora_weights} needs the full-precision base, "
+                             "not quantization: 4bit (use init_lora_weights: default, gaussian or olora with QLoRA)")
+        return self
 
 
 class DataSpec(Strict):

@@ -38,9 +38,23 @@ def train_inputs(cfg: ExperimentConfig, n: int, pool: list[dict] | None = None) 
         return inputs
     pool = read_jsonl(cfg.data.train, "train") if pool is None else pool
     return inputs | {
-        "train": cfg.train.model_dump(mode="json"), "data_seed": cfg.data.seed,
+        "train": _train_section(cfg), "data_seed": cfg.data.seed,
         "data_sha256": sha256_file(cfg.data.train), "subset_sha256": sha256_records(nested_subset(pool, n, cfg.data.seed)),
     }
+
+
+# Knobs added after training records existed: they count only when set, so that records made
+# before them (which trained exactly as their defaults do) stay valid.
+LATER_LORA_KNOBS = ("use_dora", "use_rslora", "init_lora_weights", "modules_to_save")
+
+
+def _train_section(cfg: ExperimentConfig) -> dict:
+    train = cfg.train.model_dump(mode="json")
+    defaults = type(cfg.train.lora)().model_dump(mode="json")
+    for key in LATER_LORA_KNOBS:
+        if train["lora"][key] == defaults[key]:
+            del train["lora"][key]
+    return train
 
 
 def openai_train_inputs(cfg: ExperimentConfig, n: int, pool: list[dict] | None = None) -> dict:

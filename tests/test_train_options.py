@@ -42,6 +42,8 @@ def test_data_parallel_on_two_cpu_processes(embedded_model, tmp_path):
     ({"train.optim": "paged_adamw_8bit"}, "bitsandbytes", "paged_adamw_8bit needs a CUDA GPU and bitsandbytes",
      "paged_adamw_8bit needs a CUDA GPU and bitsandbytes"),
     ({"train.quantization": "4bit"}, "bitsandbytes", "4bit (QLoRA) needs a CUDA GPU", "4bit needs bitsandbytes"),
+    ({"train.lora.init_lora_weights": "loftq"}, "bitsandbytes", "loftq needs a CUDA GPU and bitsandbytes",
+     "loftq needs a CUDA GPU and bitsandbytes"),
 ])
 def test_what_this_machine_cannot_run_is_refused_before_loading(override, module, without_cuda, without_module):
     """Without CUDA refused; on CUDA refused only without the package, else accepted (training

@@ -74,6 +74,9 @@ def check_hardware(cfg: ExperimentConfig) -> None:
             raise ConfigError("train.use_liger_kernel: Liger's kernels are Triton kernels for CUDA GPUs")
         if not _installed("liger_kernel"):
             raise ConfigError("train.use_liger_kernel: needs liger-kernel: pip install liger-kernel")
+    if t.lora.init_lora_weights == "loftq" and not (cuda and _installed("bitsandbytes")):
+        raise ConfigError("train.lora.init_lora_weights: loftq needs a CUDA GPU and bitsandbytes (PEFT's LoftQ "
+                          "quantises with bitsandbytes on the GPU): pip install -e '.[cuda]'")
     if t.optim == "paged_adamw_8bit" and not (cuda and _installed("bitsandbytes")):
         raise ConfigError("train.optim: paged_adamw_8bit needs a CUDA GPU and bitsandbytes: pip install -e '.[cuda]'")
     # accelerate launch tells its processes what to set up through the environment
@@ -121,11 +124,9 @@ def sft_config(cfg: ExperimentConfig, output_dir: Path, **overrides):
 
 
 def lora_config(cfg: ExperimentConfig):
-    from peft import LoraConfig
+    from ftscale.config import peft_lora_config
 
-    lora = cfg.train.lora
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=lora.target_modules, task_type="CAUSAL_LM")
+    return peft_lora_config(cfg.train.lora)
 
 
 def bnb_config():
