@@ -51,7 +51,7 @@ def test_a_sweep_killed_at_random_moments_ends_with_every_cell_done_once(embedde
     while kills < 10:
         assert trial < 30, f"only {kills} kills landed in {trial} restarts"
         spec = path if (trial // 3) % 2 == 0 else other
-        killed = kill_at_change(["sweep", spec], sweep.sweep_dir, rng.randint(1, 7))
+        killed = kill_at_change(["sweep", spec], sweep.sweep_dir, rng.randint(1, 12))
         kills += killed
         print(f"restart {trial}: {'killed' if killed else 'finished'}", flush=True)
         trial += 1

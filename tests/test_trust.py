@@ -71,7 +71,7 @@ def test_run_killed_at_random_moments_with_config_changes_ends_as_a_clean_run(em
     while kills < 10:
         assert trial < 30, f"only {kills} kills landed in {trial} restarts"
         lr = LR_A if (trial // 3) % 2 == 0 else LR_B  # the config changes every third restart
-        killed = kill_at_change(["run", *_args(out, lr)], exp, rng.randint(1, 8))
+        killed = kill_at_change(["run", *_args(out, lr)], exp, rng.randint(1, 14))
         kills += killed
         print(f"restart {trial}: {'killed' if killed else 'finished'}", flush=True)
         trial += 1
