@@ -54,9 +54,8 @@ from urllib.parse import urlparse
 from tqdm.auto import tqdm
 
 from ftscale.atomic import atomic_path, write_json
-from ftscale.chatdata import sha256_file
+from ftscale.chatdata import json_lines, sha256_file
 from ftscale.datacheck import check_file, count_tokens, encoding_for
-from ftscale.chatdata import json_lines
 from ftscale.errors import FtscaleError, run_command
 from ftscale.eval.backends import Backend, Request, Sampling, make_judge_backend, parse_spec
 
@@ -248,7 +247,8 @@ def distill(teacher: str, persona, queries: list[dict], n: int, out_path: Path, 
 
     _write_training_file(out_path, [(q, cache[k]) for k, q in zip(keys, chosen)], system_prompt, log)
     note = scripted_teacher.STAND_IN if kind == "scripted" else ""
-    write_json(source_path(out_path), {"teacher": teacher, "persona": name, "examples": n,
+    written = len(out_path.read_text(encoding="utf-8").splitlines())  # empty replies are left out
+    write_json(source_path(out_path), {"teacher": teacher, "persona": name, "examples": written,
                                        "sha256": sha256_file(out_path), "note": note})
     return out_path
 
