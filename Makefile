@@ -45,7 +45,7 @@ setup-browser:
 		else echo "the report tests need Chromium: install Debian's chromium package (apt-get install chromium)" >&2; exit 1; fi; }
 
 test:
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 # Everything `ftscale doctor --gpu` needs on a machine without the package index, in parts of at
 # most PART_MIB MiB under offline-bundle/ (README: "A GPU machine without the package index").

@@ -57,9 +57,12 @@ from ftscale.atomic import atomic_path, write_json
 from ftscale.chatdata import json_lines, sha256_file
 from ftscale.datacheck import check_file, count_tokens, encoding_for
 from ftscale.errors import FtscaleError, run_command
-from ftscale.eval.backends import Backend, Request, Sampling, make_judge_backend, parse_spec
+from ftscale.eval.backends import Backend, Request, Sampling, make_judge_backend
+from ftscale.modelspec import parse_spec
+from ftscale.prices import load_prices
 
 from . import scripted_teacher
+from .personas import load_persona
 
 OUTPUT_FRACTION = 0.6  # estimated reply length as a share of max_new_tokens (cost estimate only)
 CONFIRM_ABOVE_USD = 1.0
@@ -142,8 +145,6 @@ def estimate_cost(teacher: str, teacher_prompt: str, queries: list[str], max_new
     except FtscaleError:
         input_tokens = sum(len(teacher_prompt) + len(q) for q in queries) // 4
         counted = "characters / 4"
-    from ftscale.prices import load_prices
-
     table = load_prices(prices_path)
     prices = table.inference(model)
     tokens = (f"{n} queries to ask: ~{input_tokens} input tokens ({counted}), ~{output_tokens} output tokens "
@@ -400,8 +401,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        from ftscale.data.personas import load_persona
-
         persona = load_persona(args.persona)
         if args.out is None:
             args.out = Path("data/tone") / (f"{persona.name}-" + re.sub(r"[^A-Za-z0-9._-]+", "-", args.teacher) + ".jsonl")

@@ -5,15 +5,13 @@ JSON object ``{"answer": ..., "explanation": ...}``. Output depends only on the
 seed (and the installed pycountry data, so pin its version for byte-identical
 files across machines).
 
-    python -m ftscale.data.formatting --seed 0 --n-train 1200 --n-eval 200 --out data/formatting
+    ftscale data generate formatting --seed 0 --n-train 1200 --n-eval 200 --out data/formatting
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import random
-from collections import Counter
 from decimal import ROUND_HALF_UP, Context, Decimal, localcontext
 from pathlib import Path
 
@@ -297,22 +295,3 @@ def write(out_dir: Path, seed: int = 0, n_train: int = 1200, n_eval: int = 200) 
     write_jsonl(paths["train"], train)
     write_jsonl(paths["eval"], evals)
     return {"train": paths["train"], "eval": paths["eval"], "n_train": len(train), "n_eval": len(evals)}
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Generate the formatting task's train/eval JSONL.")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-train", type=int, default=1200)
-    p.add_argument("--n-eval", type=int, default=200)
-    p.add_argument("--out", type=Path, default=Path("data/formatting"))
-    args = p.parse_args(argv)
-    res = write(args.out, args.seed, args.n_train, args.n_eval)
-    train_items, eval_items = _build(args.seed, args.n_train, args.n_eval)  # cheap; recovers train families
-    for split, items in (("train", train_items), ("eval", eval_items)):
-        counts = Counter(fam for fam, *_ in items)
-        print(f"{split}: {res['n_' + split]} -> {res[split]}  " + ", ".join(f"{f}={counts[f]}" for f in FAMILIES))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

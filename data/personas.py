@@ -21,12 +21,12 @@ from pathlib import Path
 
 from pydantic import ConfigDict, Field, field_validator
 
-from ftscale.config import Strict, load_validated
+from ftscale import paths
 from ftscale.errors import ConfigError
+from ftscale.strict import Strict, load_validated
 from ftscale.yamlfile import load_yaml
 
-# Beside the code, like ftscale.paths.CONFIGS: data/ and configs/ are folders of one checkout.
-PERSONAS_DIR = Path(__file__).resolve().parents[1] / "configs" / "personas"
+PERSONAS_DIR = paths.CONFIGS / "personas"
 SYSTEM_PROMPT_MAX_CHARS = 300  # the student's prompt stays short: the tone must be learned, not prompted
 
 

@@ -23,14 +23,14 @@ import re
 from pathlib import Path
 
 from ftscale.atomic import write_jsonl
+from ftscale.data.formatting import draw_distinct
+from ftscale.eval.answers import answers_match
 
 SUFFIX = " Answer with just the answer."
 
 
 def generate_probes(seed: int = 0, n: int = 100) -> list[dict]:
     """`n` distinct probes, round-robin over the families (so any prefix stays balanced)."""
-    from ftscale.data.formatting import draw_distinct
-
     rng = random.Random(f"ftscale-probes:{seed}")  # str seeds are hashed with SHA-512: stable across runs
     items = [(fam, q, a) for fam, q, a, _ in draw_distinct(rng, n)]
     if len(items) < n:
@@ -77,8 +77,6 @@ def probe_correct(output: str, reference: dict) -> float:
     Case matters where reference["case_sensitive"] (the uppercase questions, whose lowercase word
     is in the question itself). A reply that hedges between several answers can pass: a heuristic.
     """
-    from ftscale.eval.tasks.formatting import answers_match
-
     if not isinstance(output, str) or not output.strip():
         return 0.0
     gold = reference["answer"]

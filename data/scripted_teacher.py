@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass
 
 from ftscale.errors import FtscaleError
+from ftscale.eval.backends import Generation
 
 from .tone import ORDER_PATTERN
 
@@ -241,7 +242,5 @@ class ScriptedTeacher:
         self.queries = queries
 
     def generate(self, requests, sampling):
-        from ftscale.eval.backends import Generation
-
         return [Generation(text=reply(self.queries[r.id], self.persona, sampling.seed), input_tokens=0,
                            output_tokens=0, ttft_s=None, latency_s=0.0, finish_reason="stop") for r in requests]

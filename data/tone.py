@@ -21,8 +21,9 @@ import datetime as dt
 import random
 from pathlib import Path
 
-from ftscale.chatdata import json_lines
 from ftscale.atomic import write_jsonl
+
+from .personas import load_persona
 
 # ---------------------------------------------------------------- vocabulary
 # Products, each of one kind; a problem applies to some kinds only (a hoodie has no setup).
@@ -288,11 +289,6 @@ def generate(seed: int = 0, n_train: int = 2000, n_eval: int = 200) -> tuple[lis
     return train, evals
 
 
-def instance_of(query: dict) -> tuple[str, str, str, str]:
-    """The template instance a query was rendered from."""
-    return (query["product"], query["problem"], query["mood"], query["template"])
-
-
 def write(out_dir: Path, seed: int = 0, n_train: int = 2000, n_eval: int = 200, persona="rude") -> dict:
     """Write `queries-train.jsonl` and `queries-eval.jsonl` (one query dict per line) and the eval set
     in chat form for `persona` (`eval-<persona>.jsonl`: the tone task's eval file), atomically."""
@@ -305,16 +301,9 @@ def write(out_dir: Path, seed: int = 0, n_train: int = 2000, n_eval: int = 200, 
     return {**paths, "n_train": len(train), "n_eval": len(evals)}
 
 
-def read_queries(path: str | Path) -> list[dict]:
-    """Read a queries JSONL file written by `write`."""
-    return [rec for _, rec in json_lines(path)]
-
-
 # ---------------------------------------------------------------- chat records
 def _persona(persona):
     if isinstance(persona, (str, Path)):
-        from .personas import load_persona  # lazy: only when a name or path is given
-
         return load_persona(persona)
     return persona
 

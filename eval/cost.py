@@ -16,6 +16,8 @@ import math
 from ftscale.config import CostSpec
 from ftscale.prices import PriceTable
 
+from .result_row import ResultRow
+
 
 def local_rate(table: PriceTable, spec: CostSpec, machine: dict | None) -> tuple[float, str]:
     if spec.hourly_usd is not None:
@@ -24,46 +26,46 @@ def local_rate(table: PriceTable, spec: CostSpec, machine: dict | None) -> tuple
     return entry.hourly_usd, f"{key} at ${entry.hourly_usd:.2f}/h"
 
 
-def _is_local(row: dict) -> bool:
-    return not row["backend"].startswith("openai")
+def _is_local(row: ResultRow) -> bool:
+    return not row.backend.startswith("openai")
 
 
-def system_cost(row: dict, table: PriceTable, spec: CostSpec) -> dict:
+def system_cost(row: ResultRow, table: PriceTable, spec: CostSpec) -> dict:
     """Training cost and cost per request of one report row; None where the inputs are missing."""
     out = {"training_cost_usd": None, "cost_per_request_usd": None, "cost_basis": None}
     if _is_local(row):
-        rate, basis = local_rate(table, spec, row.get("eval_machine") or row.get("train_machine"))
+        rate, basis = local_rate(table, spec, row.eval_machine or row.train_machine)
         out["cost_basis"] = basis
-        if row["num_train_examples"] == 0:
+        if row.num_train_examples == 0:
             out["training_cost_usd"] = 0.0
-        elif row.get("train_wall_time_s") is not None:
-            train_rate, _ = local_rate(table, spec, row.get("train_machine"))
-            out["training_cost_usd"] = row["train_wall_time_s"] / 3600 * train_rate
-        if row.get("eval_wall_time_s") and row.get("eval_requests"):
-            out["cost_per_request_usd"] = row["eval_wall_time_s"] / row["eval_requests"] / 3600 * rate
+        elif row.train_wall_time_s is not None:
+            train_rate, _ = local_rate(table, spec, row.train_machine)
+            out["training_cost_usd"] = row.train_wall_time_s / 3600 * train_rate
+        if row.eval_wall_time_s and row.eval_requests:
+            out["cost_per_request_usd"] = row.eval_wall_time_s / row.eval_requests / 3600 * rate
         return out
-    found = table.model(row["model"])
+    found = table.model(row.model)
     if found is None:
-        out["cost_basis"] = f"no price for {row['model']!r} in the price table"
+        out["cost_basis"] = f"no price for {row.model!r} in the price table"
         return out
     key, prices, fine_tuned = found
     token_prices = prices.fine_tuned if fine_tuned else prices
     out["cost_basis"] = f"{key}{' fine-tuned' if fine_tuned else ''} token prices"
     if fine_tuned and prices.training is not None:
-        tokens = row.get("trained_tokens") or row.get("estimated_billed_tokens")
+        tokens = row.trained_tokens or row.estimated_billed_tokens
         if tokens:
             out["training_cost_usd"] = tokens * prices.training / 1e6
-            if not row.get("trained_tokens"):
+            if not row.trained_tokens:
                 out["cost_basis"] += " (training: pre-launch token estimate)"
     elif not fine_tuned:
         out["training_cost_usd"] = 0.0
-    if token_prices is not None and row.get("mean_input_tokens") is not None:
-        out["cost_per_request_usd"] = token_prices.per_request(row["mean_input_tokens"], row["mean_output_tokens"],
+    if token_prices is not None and row.mean_input_tokens is not None:
+        out["cost_per_request_usd"] = token_prices.per_request(row.mean_input_tokens, row.mean_output_tokens,
                                                                spec.cached_input_fraction)
     return out
 
 
-def reference_cost(rows: list[dict], table: PriceTable, spec: CostSpec) -> tuple[float | None, str]:
+def reference_cost(rows: list[ResultRow], table: PriceTable, spec: CostSpec) -> tuple[float | None, str]:
     """Per-request cost of prompting the reference model: measured if it was evaluated, else estimated
     from the untrained base's token counts with the same prompt variant."""
     ref = table.model(spec.reference_model)
@@ -71,15 +73,15 @@ def reference_cost(rows: list[dict], table: PriceTable, spec: CostSpec) -> tuple
         return None, f"reference model {spec.reference_model!r} has no price in the table"
     key, prices, _ = ref
     for r in rows:
-        found = table.model(r["model"]) if not _is_local(r) else None
-        if found and found[0] == key and not found[2] and r["prompt_variant"] == spec.reference_variant \
-                and r.get("mean_input_tokens") is not None:
-            cost = prices.per_request(r["mean_input_tokens"], r["mean_output_tokens"], spec.cached_input_fraction)
+        found = table.model(r.model) if not _is_local(r) else None
+        if found and found[0] == key and not found[2] and r.prompt_variant == spec.reference_variant \
+                and r.mean_input_tokens is not None:
+            cost = prices.per_request(r.mean_input_tokens, r.mean_output_tokens, spec.cached_input_fraction)
             return cost, f"{key} with the {spec.reference_variant} prompt, measured tokens"
     for r in rows:
-        if _is_local(r) and r["num_train_examples"] == 0 and r["prompt_variant"] == spec.reference_variant \
-                and r.get("mean_input_tokens") is not None:
-            cost = prices.per_request(r["mean_input_tokens"], r["mean_output_tokens"], spec.cached_input_fraction)
+        if _is_local(r) and r.num_train_examples == 0 and r.prompt_variant == spec.reference_variant \
+                and r.mean_input_tokens is not None:
+            cost = prices.per_request(r.mean_input_tokens, r.mean_output_tokens, spec.cached_input_fraction)
             return cost, (f"{key} with the {spec.reference_variant} prompt, estimated from the local base model's "
                           f"token counts for that prompt (not evaluated on {key})")
     return None, f"no {spec.reference_variant} evaluation to estimate the reference model's tokens from"
@@ -93,19 +95,20 @@ def break_even(training_usd: float | None, per_request: float | None, reference:
     return math.ceil(training_usd / (reference - per_request)) if training_usd > 0 else 0
 
 
-def add_costs(rows: list[dict], table: PriceTable, spec: CostSpec) -> dict:
+def add_costs(rows: list[ResultRow], table: PriceTable, spec: CostSpec) -> dict:
     """Add training cost, cost per 1,000 requests and break-even to every row; return the context the
     report prints (table date, reference)."""
     reference, reference_basis = reference_cost(rows, table, spec)
     ref_key = (table.model(spec.reference_model) or (spec.reference_model,))[0]
     for r in rows:
         c = system_cost(r, table, spec)
-        is_reference = (not _is_local(r) and (table.model(r["model"]) or ("",))[0] == ref_key
-                        and r["prompt_variant"] == spec.reference_variant and not r["model"].startswith("ft:"))
-        r.update(training_cost_usd=c["training_cost_usd"], cost_basis=c["cost_basis"],
-                 cost_per_1k_requests_usd=None if c["cost_per_request_usd"] is None else 1000 * c["cost_per_request_usd"],
-                 break_even_requests=None if is_reference else break_even(c["training_cost_usd"], c["cost_per_request_usd"],
-                                                                          reference))
+        is_reference = (not _is_local(r) and (table.model(r.model) or ("",))[0] == ref_key
+                        and r.prompt_variant == spec.reference_variant and not r.model.startswith("ft:"))
+        r.training_cost_usd = c["training_cost_usd"]
+        r.cost_basis = c["cost_basis"]
+        r.cost_per_1k_requests_usd = None if c["cost_per_request_usd"] is None else 1000 * c["cost_per_request_usd"]
+        r.break_even_requests = None if is_reference else break_even(c["training_cost_usd"], c["cost_per_request_usd"],
+                                                                     reference)
     return {"prices_checked": table.checked, "currency": table.currency, "prices_file": str(spec.prices),
             "reference_model": spec.reference_model, "reference_variant": spec.reference_variant,
             "reference_cost_per_1k_requests_usd": None if reference is None else 1000 * reference,

@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 
 from ftscale.atomic import write_json, write_jsonl
 from ftscale.provenance import machine
 
-from .backends import Backend, Request, Sampling
-from .tasks import Task
+from .backends import Backend, Request, Sampling, make_judge_backend
+from .latency import latency_of
+from .task_types import Task
 
 TIMING = "timing.json"
 SCORES = "scores.json"
@@ -66,8 +68,6 @@ def failure_count(summary: dict) -> int:
 
 def failure_report(summary: dict, records: list[dict]) -> dict:
     """How many requests failed and their most frequent errors, for the summary and the console."""
-    from collections import Counter
-
     errors = Counter(r["error"] for r in records if r["error"] is not None)
     errors.update(f"judge: {e}" for r in records for e in (r.get("judge_errors") or {}).values())
     return {"n": summary["n"], "failed": summary["failed"], "judge_failed": summary.get("judge_failed", 0),
@@ -76,8 +76,6 @@ def failure_report(summary: dict, records: list[dict]) -> dict:
 
 def judge_pass(task: Task, records: list[dict]) -> None:
     """Ask each judge evaluator's model about every answered example (greedy); keep its reply beside the scores."""
-    from .backends import make_judge_backend
-
     answered = [r for r in records if r["error"] is None]
     for evaluator, params, prefix in task.judges:
         backend = make_judge_backend(params.judge)
@@ -98,7 +96,8 @@ def _user_text(messages: list[dict]) -> str:
 def summarise(task: Task, records: list[dict]) -> dict:
     """Means of every metric over the examples. A failed request counts as a failure (0), not as
     absent; an example a metric cannot score (its reference lacks a field, a judge's reply did not
-    parse) is left out of that metric's mean and counted in `not_scorable`."""
+    parse) is left out of that metric's mean and counted in `not_scorable`. `latency`: eval/latency.py's, the
+    one definition every report reads."""
     scored = [r for r in records if r["scores"] is not None]
     n = len(records)
     metrics, not_scorable = {}, {}
@@ -108,11 +107,6 @@ def summarise(task: Task, records: list[dict]) -> dict:
         if missing:
             not_scorable[m.name] = missing
         metrics[m.name] = sum(v for v in values if v is not None) / (n - missing) if n - missing else None
-
-    def median(key):
-        values = [r[key] for r in scored if r.get(key) is not None]
-        return statistics.median(values) if values else None
-
     return {
         "task": task.name, "n": n, "failed": n - len(scored), "metrics": metrics,
         "judge_failed": sum(bool(r.get("judge_errors")) for r in records),
@@ -120,7 +114,7 @@ def summarise(task: Task, records: list[dict]) -> dict:
         "backend": records[0]["backend"] if records else None, "model": records[0]["model"] if records else None,
         "prompt_variant": records[0]["prompt_variant"] if records else None,
         "sampling": records[0]["sampling"] if records else None,
-        "median_latency_s": median("latency_s"), "median_ttft_s": median("ttft_s"),
+        "latency": latency_of(records).as_dict(),
         "mean_output_tokens": statistics.fmean(r["output_tokens"] for r in scored) if scored else None,
         "mean_input_tokens": statistics.fmean(r["input_tokens"] for r in scored) if scored else None,
         **(task.aggregates(records) if task.aggregates else {}),

@@ -41,12 +41,13 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from ftscale.config import Strict, load_validated
+from ftscale import paths
 from ftscale.errors import ConfigError
-from ftscale.eval.backends import Backend, Request, Sampling, make_judge_backend
+from ftscale.eval.backends import Backend, Request, Sampling
 from ftscale.eval.stats import wilson
+from ftscale.strict import Strict, load_validated
 
-JUDGES_DIR = Path(__file__).resolve().parents[1] / "configs" / "judges"
+JUDGES_DIR = paths.CONFIGS / "judges"
 
 PLACEHOLDERS = {
     "absolute": ("persona_rubric", "query", "reply"),
@@ -267,21 +268,3 @@ def rates_of(counts: dict) -> dict:
         row[f"{name}_rate"] = k / n if n else None
         row[f"{name}_ci"] = wilson(k, n)
     return row
-
-
-def absolute_summary(records: list[dict]) -> dict:
-    """`n` records, `unparsable` (the judge answered outside the format), `failed` (no answer),
-    `mean_tone` and `addresses_problem_rate` over the parsed ones (None when none parsed)."""
-    parsed = [r for r in records if r["parsed"]]
-    failed = sum(1 for r in records if r.get("error"))
-    return {"n": len(records), "parsed": len(parsed), "unparsable": len(records) - len(parsed) - failed,
-            "failed": failed,
-            "mean_tone": sum(r["tone"] for r in parsed) / len(parsed) if parsed else None,
-            "addresses_problem_rate": sum(r["addresses_problem"] for r in parsed) / len(parsed) if parsed else None}
-
-
-# --- judges by name ------------------------------------------------------------------------------------
-
-def make_judge(spec: str) -> Backend:
-    """A judge named `hf:<model>`, `openai:<model>` or `openai:<model>@<base_url>` (backends.parse_spec)."""
-    return make_judge_backend(spec)

@@ -24,6 +24,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+from ftscale.data.personas import load_persona
+
 
 # Rude (curt, sarcastic, condescending; no profanity) against polite, for the `rude` persona.
 DEFAULT_TONE_MARKERS = (
@@ -65,8 +67,6 @@ def count_markers(text: str, markers) -> int:
 
 @lru_cache(maxsize=32)
 def _named_lexical(name_or_path: str):
-    from ftscale.data.personas import load_persona  # lazy: only when a name or path is given
-
     return load_persona(name_or_path).lexical
 
 

@@ -21,7 +21,11 @@ import json
 from pathlib import Path
 
 from ftscale.atomic import write_json, write_text
-from ftscale.eval.stats import per_example
+from ftscale.eval.agreement_evaluators import both_orders
+from ftscale.eval.report_document import fmt
+from ftscale.eval.result_row import ResultRow
+from ftscale.eval.stats import noninferiority, per_example, wilson
+from ftscale.sweep import sweep_rows
 
 MARKER = "migration.json"
 
@@ -42,8 +46,6 @@ def paired_lists(local_by_seed: list[dict], reference: dict) -> tuple[list[list[
 
 def size_tests(local: dict[int, list[dict]], reference: dict, margin: float, higher_is_better: bool = True) -> list[dict]:
     """One non-inferiority test per training size: `local` maps size -> per-seed {id: score}."""
-    from ftscale.eval.stats import noninferiority
-
     out = []
     for n in sorted(local):
         a, b, n_items = paired_lists(local[n], reference)
@@ -87,21 +89,18 @@ def verdict(system: str, tests: list[dict], margin: float, reference: str, highe
 
 # --- the report --------------------------------------------------------------------------------------
 
-def _agreement(rows: list[dict], metrics: list[str]) -> dict[str, tuple[float, float, float, int]]:
+def _agreement(rows: list[ResultRow], metrics: list[str]) -> dict[str, tuple[float, float, float, int]]:
     """metric -> (share, low, high, items) over the rows' items, seeds pooled (binary metrics: Wilson)."""
-    from ftscale.eval.evaluators import both_orders
-    from ftscale.eval.stats import wilson
-
     out = {}
     judged = ("agree_judge_local_first", "agree_judge_captured_first")
     for m in [x for x in metrics if x not in judged] + (["agree_judge"] if set(judged) <= set(metrics) else []):
         if m == "agree_judge":  # the two orders' verdicts combined per item: at least as good as the fine-tune
             values = []
             for r in rows:
-                first, second = (per_example(r["generations"], j) for j in judged)
+                first, second = (per_example(r.generations, j) for j in judged)
                 values += [v for i in first if (v := both_orders(first[i], second.get(i))) is not None]
         else:
-            values = [v for r in rows for v in per_example(r["generations"], m).values() if v is not None]
+            values = [v for r in rows for v in per_example(r.generations, m).values() if v is not None]
         if values:
             k = sum(values)
             low, high = wilson(round(k), len(values)) if all(v in (0.0, 1.0) for v in values) else (None, None)
@@ -109,49 +108,54 @@ def _agreement(rows: list[dict], metrics: list[str]) -> dict[str, tuple[float, f
     return out
 
 
-def _fmt(x, spec: str = ".3f", unit: str = "") -> str:
-    return "n/a" if x is None else f"{x:{spec}}{unit}"
+def _na(x, spec: str = ".3f") -> str:
+    return fmt(x, spec, missing="n/a")
 
 
-def _system_rows(rows: list[dict], system: str) -> list[dict]:
+def _seconds(x) -> str:
+    return _na(x) + ("" if x is None else " s")
+
+
+def _system_rows(rows: list[ResultRow], system: str) -> list[ResultRow]:
     """A local system's done rows, its untrained base (system "<name> base") as size 0."""
-    return [r for r in rows if r["status"] == "done" and r["system"] in (system, f"{system} base")]
+    return [r for r in rows if r.status == "done" and r.system in (system, f"{system} base")]
 
 
-def collect(folder: Path, marker: dict, rows: list[dict], task) -> dict:
+def collect(folder: Path, marker: dict, rows: list[ResultRow], task) -> dict:
     higher = next((m.higher_is_better for m in task.metrics if m.name == marker["headline"]), True)
     agreement_metrics = [m.name for m in task.metrics if m.name.startswith("agree_") and not m.name.endswith(".unparsable")]
-    ref_rows = [r for r in rows if r["system"] == marker["reference"] and r["status"] == "done"]
-    reference = per_example(ref_rows[0]["generations"], marker["headline"]) if ref_rows else {}
+    ref_rows = [r for r in rows if r.system == marker["reference"] and r.status == "done"]
+    reference = per_example(ref_rows[0].generations, marker["headline"]) if ref_rows else {}
     systems = []
     for name in marker["systems"]:
         mine = _system_rows(rows, name)
         by_size: dict[int, list[dict]] = {}
-        for r in sorted(mine, key=lambda r: (r["num_train_examples"], r["seed"])):
-            by_size.setdefault(r["num_train_examples"], []).append(per_example(r["generations"], marker["headline"]))
+        for r in sorted(mine, key=lambda r: (r.num_train_examples, r.seed)):
+            by_size.setdefault(r.num_train_examples, []).append(per_example(r.generations, marker["headline"]))
         tests = size_tests(by_size, reference, marker["margin"], higher) if reference else []
         v = verdict(name, tests, marker["margin"], marker["reference"], higher)
         shown_n = v["smallest_n"] if v["smallest_n"] is not None else max(by_size, default=None)
-        shown = [r for r in mine if r["num_train_examples"] == shown_n]
+        shown = [r for r in mine if r.num_train_examples == shown_n]
         systems.append({"name": name, "tests": tests, "verdict": v, "shown_n": shown_n,
                         "agreement": _agreement(shown, agreement_metrics), "side": _side(shown, marker)})
     return {"marker": marker, "headline": marker["headline"], "higher_is_better": higher,
             "reference": {"name": marker["reference"], "side": _side(ref_rows, marker), "n_items": len(reference)},
-            "systems": systems, "not_done": [f"{r['system']} n={r['num_train_examples']} seed={r['seed']}: "
-                                             f"{r['status']} {(r['error'] or '').splitlines()[0] if r['error'] else ''}"
-                                             for r in rows if r["status"] != "done"]}
+            "systems": systems, "not_done": [f"{r.system} n={r.num_train_examples} seed={r.seed}: "
+                                             f"{r.status} {r.error.splitlines()[0] if r.error else ''}"
+                                             for r in rows if r.status != "done"]}
 
 
-def _side(rows: list[dict], marker: dict) -> dict:
+def _side(rows: list[ResultRow], marker: dict) -> dict:
     """Latency and cost of one system at one size (seeds: the first finished one's figures)."""
     if not rows:
         return {}
     r = rows[0]
-    lat = r.get("latency") or {}
-    per_1k = r.get("cost_per_1k_requests_usd")
-    return {"ttft_p50": lat.get("ttft_p50"), "ttft_p90": lat.get("ttft_p90"), "e2e_p50": lat.get("e2e_p50"),
-            "e2e_p90": lat.get("e2e_p90"), "cost_per_1k": per_1k, "cost_basis": r.get("cost_basis"),
-            "monthly": None if per_1k is None else per_1k * marker["monthly_requests"] / 1000, "run_dir": r["run_dir"]}
+    lat = r.measured_latency
+    ttft, e2e = (lat.ttft_s, lat.e2e_s) if lat else (None, None)
+    per_1k = r.cost_per_1k_requests_usd
+    return {"ttft_p50": ttft and ttft.p50, "ttft_p90": ttft and ttft.p90, "e2e_p50": e2e and e2e.p50,
+            "e2e_p90": e2e and e2e.p90, "cost_per_1k": per_1k, "cost_basis": r.cost_basis,
+            "monthly": None if per_1k is None else per_1k * marker["monthly_requests"] / 1000, "run_dir": r.run_dir}
 
 
 def to_markdown(res: dict, cost_ctx: dict | None) -> str:
@@ -166,23 +170,23 @@ def to_markdown(res: dict, cost_ctx: dict | None) -> str:
               "(95% CI) | non-inferior | test |", "|---|---|---|---|---|---|---|---|---|"]
     for s in res["systems"]:
         for t in s["tests"]:
-            lines.append(f"| {s['name']} | {t['n']} | {t['n_items']} | {t.get('n_seeds', 0)} | {_fmt(t.get('local_mean'))} "
-                         f"| {_fmt(t.get('reference_mean'))} | {_signed(t['diff'])} ({_signed(t['low'])} to "
+            lines.append(f"| {s['name']} | {t['n']} | {t['n_items']} | {t.get('n_seeds', 0)} | {_na(t.get('local_mean'))} "
+                         f"| {_na(t.get('reference_mean'))} | {_signed(t['diff'])} ({_signed(t['low'])} to "
                          f"{_signed(t['high'])}) | {'yes' if t['noninferior'] else 'no'} | {t['method']} |")
     lines += ["", "## Agreement with the fine-tune's own answers", "",
               "| system | n | metric | agreement (95% CI) | items |", "|---|---|---|---|---|"]
     for s in res["systems"]:
         for metric, (share, low, high, k) in s["agreement"].items():
-            lines.append(f"| {s['name']} | {s['shown_n']} | {metric} | {share:.3f} ({_fmt(low)} to {_fmt(high)}) | {k} |")
+            lines.append(f"| {s['name']} | {s['shown_n']} | {metric} | {share:.3f} ({_na(low)} to {_na(high)}) | {k} |")
     lines += ["", "## Latency and cost", "",
               f"Monthly cost at {m['monthly_requests']:,} requests a month. The fine-tune's latency was measured when "
               "it was captured (at OpenAI, over the network); the local systems' on this machine.", "",
               "| system | n | TTFT p50 | TTFT p90 | end-to-end p50 | end-to-end p90 | $ / 1k requests | $ / month | basis |",
               "|---|---|---|---|---|---|---|---|---|"]
     for name, n, side in [(ref["name"], "-", ref["side"])] + [(s["name"], s["shown_n"], s["side"]) for s in res["systems"]]:
-        lines.append(f"| {name} | {n} | {_fmt(side.get('ttft_p50'), '.3f', ' s')} | {_fmt(side.get('ttft_p90'), '.3f', ' s')} "
-                     f"| {_fmt(side.get('e2e_p50'), '.3f', ' s')} | {_fmt(side.get('e2e_p90'), '.3f', ' s')} "
-                     f"| {_fmt(side.get('cost_per_1k'), '.4f')} | {_fmt(side.get('monthly'), ',.2f')} | {side.get('cost_basis') or ''} |")
+        lines.append(f"| {name} | {n} | {_seconds(side.get('ttft_p50'))} | {_seconds(side.get('ttft_p90'))} "
+                     f"| {_seconds(side.get('e2e_p50'))} | {_seconds(side.get('e2e_p90'))} "
+                     f"| {_na(side.get('cost_per_1k'), '.4f')} | {_na(side.get('monthly'), ',.2f')} | {side.get('cost_basis') or ''} |")
     if cost_ctx:
         lines += ["", f"Prices checked {cost_ctx['prices_checked']} ({cost_ctx['prices_file']})."]
     if res["not_done"]:
@@ -191,11 +195,9 @@ def to_markdown(res: dict, cost_ctx: dict | None) -> str:
 
 
 def write_migration_report(folder: Path) -> Path:
-    from ftscale.sweep import sweep_rows
-
     folder = Path(folder)
     marker = json.loads((folder / MARKER).read_text())
-    rows, task, cost_ctx = sweep_rows(folder)
-    res = collect(folder, marker, rows, task)
+    results = sweep_rows(folder)
+    res = collect(folder, marker, results.rows, results.task)
     write_json(folder / "migration-results.json", res)
-    return write_text(folder / "migration.md", to_markdown(res, cost_ctx))
+    return write_text(folder / "migration.md", to_markdown(res, results.cost))

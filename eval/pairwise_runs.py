@@ -20,11 +20,14 @@ from pydantic import Field
 
 from ftscale.atomic import write_json
 from ftscale.chatdata import sha256_file
-from ftscale.config import Strict
+from ftscale.data.personas import load_persona
+from ftscale.modelspec import ModelSpec
 from ftscale.rundir import read_json
+from ftscale.strict import Strict
 
-from .backends import ModelSpec
-from .judges import load_judge_prompt, pairwise_judge, win_rates
+from .backends import make_judge_backend
+from .judges import load_judge_prompt, pairwise_judge, rates_of, win_rates
+from .result_row import ResultRow
 
 PAIRWISE_DIR = "pairwise"
 
@@ -37,15 +40,15 @@ class PairwiseSpec(Strict):
     seed: int = Field(0, description="draws which order of each pair is asked first; recorded")
 
 
-def system_name(row: dict, seed: bool = True) -> str:
+def system_name(row: ResultRow, seed: bool = True) -> str:
     """What a comparison calls an evaluation: (in a sweep, its system,) its training size (and
     seed, unless `seed` is False: the name of the seed group), its prompt, and its backend."""
-    n = row["num_train_examples"]
-    if "system" in row:  # a sweep's row: its system names the backend; the base and references are n = 0
-        who = row["system"] + (f" n={n}" + (f" seed {row['seed']}" if seed else "") if n else "")
-        return f"{who} ({row['prompt_variant']} prompt)"
+    n = row.num_train_examples
+    if row.in_sweep:  # its system names the backend; the base and references are n = 0
+        who = row.system + (f" n={n}" + (f" seed {row.seed}" if seed else "") if n else "")
+        return f"{who} ({row.prompt_variant} prompt)"
     who = "base" if n == 0 else f"n={n}"
-    return f"{who} ({row['prompt_variant']} prompt{'' if row['backend'] == 'hf' else ', ' + row['backend']})"
+    return f"{who} ({row.prompt_variant} prompt{'' if row.system == 'hf' else ', ' + row.system})"
 
 
 class _Digests(dict):
@@ -56,23 +59,23 @@ class _Digests(dict):
         return digest
 
 
-def _slug(row: dict) -> str:
+def _slug(row: ResultRow) -> str:
     """The evaluation's folder and its cell's (unique within an experiment or a sweep)."""
-    evaluation = Path(row["generations"]).parent
+    evaluation = Path(row.generations).parent
     return f"{evaluation.parent.name}-{evaluation.name}"
 
 
-def comparisons(rows: list[dict]) -> list[tuple[dict, dict]]:
+def comparisons(rows: list[ResultRow]) -> list[tuple[ResultRow, ResultRow]]:
     """(fine-tuned evaluation, untrained evaluation) pairs at the same temperature: each fine-tune
     against its base and against every prompted model evaluated beside it (an OpenAI model with
     the persona prompt, say)."""
-    return [(x, y) for x in rows if x["num_train_examples"] > 0
-            for y in rows if y["num_train_examples"] == 0 and y["temperature"] == x["temperature"]]
+    return [(x, y) for x in rows if x.num_train_examples > 0
+            for y in rows if y.num_train_examples == 0 and y.temperature == x.temperature]
 
 
-def _pairs(x: dict, y: dict, limit: int | None) -> list[dict]:
+def _pairs(x: ResultRow, y: ResultRow, limit: int | None) -> list[dict]:
     def answered(row):
-        recs = [json.loads(line) for line in open(row["generations"], encoding="utf-8")]
+        recs = [json.loads(line) for line in open(row.generations, encoding="utf-8")]
         return {r["id"]: r for r in recs if r["error"] is None}
 
     xs, ys = answered(x), answered(y)
@@ -82,12 +85,8 @@ def _pairs(x: dict, y: dict, limit: int | None) -> list[dict]:
              "system_y": system_name(y), "reply_y": ys[i]["output"]} for i in shared]
 
 
-def run_comparisons(exp_dir: Path, spec: PairwiseSpec, rows: list[dict], log=print) -> list[dict]:
+def run_comparisons(exp_dir: Path, spec: PairwiseSpec, rows: list[ResultRow], log=print) -> list[dict]:
     """Judge every comparison whose file is missing or stale; return every comparison's summary."""
-    from ftscale.data.personas import load_persona
-
-    from .backends import make_judge_backend
-
     prompt = load_judge_prompt("pairwise", spec.prompt)
     rubric = load_persona(spec.persona).judge_rubric
     backend, out, digests = None, [], _Digests()
@@ -95,7 +94,7 @@ def run_comparisons(exp_dir: Path, spec: PairwiseSpec, rows: list[dict], log=pri
         path = Path(exp_dir) / PAIRWISE_DIR / f"{_slug(x)}__vs__{_slug(y)}.json"
         key = {"judge": spec.judge, "persona": spec.persona, "seed": spec.seed, "limit": spec.limit,
                "prompt": prompt.model_dump(mode="json"),
-               "sources": {"x": digests[x["generations"]], "y": digests[y["generations"]]}}
+               "sources": {"x": digests[x.generations], "y": digests[y.generations]}}
         done = read_json(path)
         if done is None or done.get("key") != key:
             pairs = _pairs(x, y, spec.limit)
@@ -103,12 +102,12 @@ def run_comparisons(exp_dir: Path, spec: PairwiseSpec, rows: list[dict], log=pri
             records = pairwise_judge(backend, prompt, rubric, pairs, spec.seed)
             rates = win_rates(records).get((system_name(x), system_name(y)))
             done = {"key": key, "x": system_name(x), "x_group": system_name(x, seed=False), "y": system_name(y),
-                    "temperature": x["temperature"],
-                    "x_generations": x["generations"], "y_generations": y["generations"],
+                    "temperature": x.temperature,
+                    "x_generations": x.generations, "y_generations": y.generations,
                     "rates": rates, "records": records}
             write_json(path, done)
             r = rates or {}
-            log(f"pairwise {done['x']} vs {done['y']} at t={x['temperature']:g}: {r.get('wins', 0)} wins, "
+            log(f"pairwise {done['x']} vs {done['y']} at t={x.temperature:g}: {r.get('wins', 0)} wins, "
                 f"{r.get('ties', 0)} ties, {r.get('losses', 0)} losses, {r.get('unparsable', 0)} unparsable")
         out.append(done)
     return out
@@ -132,8 +131,6 @@ def read_comparisons(exp_dir: Path) -> tuple[list[dict], list[str]]:
 def pooled(found: list[dict]) -> list[dict]:
     """Win/tie/loss per (system, opponent, temperature), the seeds of a system pooled: counts summed
     over its comparisons, rates over the parsed pairs with 95% Wilson intervals."""
-    from .judges import rates_of
-
     groups: dict[tuple, dict] = {}
     for c in found:
         g = groups.setdefault((c.get("x_group", c["x"]), c["y"], c["temperature"]),

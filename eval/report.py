@@ -5,137 +5,66 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from pydantic import BaseModel, ConfigDict
 
 from ftscale.atomic import atomic_path, write_json, write_text
-from ftscale.config import CostSpec
+from ftscale.cellrunner import audit_cell
+from ftscale.config import CostSpec, load_validated
+from ftscale.data.distill import training_source
 from ftscale.errors import FtscaleError
+from ftscale.experiment import expected_for_dir
 from ftscale.prices import load_prices
-from ftscale.rundir import TRAIN_METRICS, read_json
 
 from .cost import add_costs
-from .evaluate import TIMING
+from .pairwise_runs import describe, pooled, rate_text, read_comparisons
+from .report_document import fmt
+from .result_row import ResultRow, probe_metrics, result_rows
 from .stats import ALPHA, align, holm, item_scores, mean_interval, p_text, paired_difference
 from .tasks import Task
 
 
-def _scores(folder: Path) -> dict:
-    """The scores of an evaluation folder that the cell runner's audit let through."""
-    return read_json(folder / "scores.json")
-
-
-def _temperature(scores: dict, cfg: dict) -> float:
-    return (scores.get("sampling") or {}).get("temperature", cfg["eval"]["temperature"])
-
-
-def probe_scores(folders: list[Path], cfg: dict) -> dict[tuple[str, float], dict]:
-    """The probes' metrics (`probes.<metric>`, and `probes.n`) of a cell's shown probe folders by (backend, temperature)."""
-    out = {}
-    for folder in folders:
-        scores = _scores(folder)
-        out[(scores["backend"], _temperature(scores, cfg))] = (
-            {f"probes.{k}": v for k, v in scores["metrics"].items()} | {"probes.n": scores["n"]}
-            | {"probes_generations": str(folder / "generations.jsonl")})
-    return out
-
-
-def cell_rows(cell: Path, shown: list[Path] | None = None) -> list[dict]:
-    """One row per shown evaluation (prompt variant, backend, temperature) of one run directory,
-    with the probes asked at the same backend and temperature beside it. `shown`: the folders
-    `cellrunner.audit_cell` let through (audited here when not given)."""
-    from ftscale.cellrunner import audit_cell
-
-    if shown is None:
-        shown, _ = audit_cell(cell)
-    cfg = yaml.safe_load((cell / "config.yaml").read_text())
-    train = read_json(cell / TRAIN_METRICS) or {}
-    probes = probe_scores([f for f in shown if f.name.startswith("probes")], cfg)
-    rows = []
-    for folder in (f for f in shown if f.name.startswith("eval-")):
-        scores = _scores(folder)
-        generations = folder / "generations.jsonl"
-        timing = read_json(folder / TIMING) or {}
-        temperature = _temperature(scores, cfg)
-        # One curve per system: a local backend, or an OpenAI model family (its base and its fine-tunes)
-        system = scores["backend"] if scores["backend"] != "openai" else f"openai {cfg['openai']['model']}"
-        rows.append({
-            "cell": cell.name, "num_train_examples": cfg["num_train_examples"], "seed": cfg["train"]["seed"],
-            "prompt_variant": scores["prompt_variant"], "backend": system, "model": scores["model"],
-            "temperature": temperature, "n_eval": scores["n"],
-            "failed": scores["failed"], **scores["metrics"], "not_scorable": scores.get("not_scorable", {}),
-            **probes.get((scores["backend"], temperature), {}),
-            "median_latency_s": scores["median_latency_s"], "mean_output_tokens": scores["mean_output_tokens"],
-            "mean_input_tokens": scores.get("mean_input_tokens"),
-            "train_wall_time_s": train.get("wall_time_s"), "train_tokens_per_s": train.get("train_tokens_per_s"),
-            "train_machine": train.get("machine"), "trained_tokens": train.get("trained_tokens"),
-            "estimated_billed_tokens": train.get("estimated_billed_tokens"),
-            "eval_wall_time_s": timing.get("wall_time_s"), "eval_requests": timing.get("requests"),
-            "eval_machine": timing.get("machine"),
-            "generations": str(generations),
-        })
-    return rows
-
-
-def probe_metrics(rows: list[dict]) -> list[str]:
-    """The `probes.<metric>` columns the rows carry, in order."""
-    return list(dict.fromkeys(k for r in rows for k in r if k.startswith("probes.") and k != "probes.n"))
-
-
-def audit(exp_dir: Path, expected: dict[Path, str] | None = None) -> tuple[list[dict], list[tuple[Path, str]]]:
+def audit(exp_dir: Path, expected: dict[Path, str] | None = None) -> tuple[list[ResultRow], list[tuple[Path, str]]]:
     """The rows of every shown evaluation of an experiment directory, and the folders not shown with
     the reason (failed, unfinished, stale). `expected`: the inputs digests the config asks for now
     (experiment.expected_inputs); without it, staleness is judged by the records alone."""
-    from ftscale.cellrunner import audit_cell
-
     rows, hidden = [], []
     for cell in sorted(p for p in Path(exp_dir).iterdir() if (p / "config.yaml").is_file()):
         shown, not_shown = audit_cell(cell, expected)
-        rows += cell_rows(cell, shown)
+        rows += result_rows(cell, shown)
         hidden += not_shown
-    rows.sort(key=lambda r: (r["backend"], r["prompt_variant"], r["num_train_examples"], r["seed"], r["temperature"]))
+    rows.sort(key=lambda r: (r.system, r.prompt_variant, r.num_train_examples, r.seed, r.temperature))
     return rows, hidden
-
-
-def collect(exp_dir: Path, expected: dict[Path, str] | None = None) -> list[dict]:
-    """One row per (cell, prompt variant, backend, temperature) whose scores may be shown."""
-    return audit(exp_dir, expected)[0]
 
 
 def not_shown_lines(hidden: list[tuple[Path, str]], exp_dir: Path) -> list[str]:
     """The evaluations on disk that are not results, and why: a reader sees what is missing."""
     if not hidden:
         return []
-    lines = ["", "## Not shown", "", "These evaluations are on disk but are not results: they failed, did not finish, "
-             "or were made from other inputs than the current config's. Running the experiment again redoes them.", ""]
+    lines = ["", "## Not shown", "", "These evaluations (or trainings) are on disk but are not results: they failed, "
+             "diverged, did not finish, or were made from other inputs than the current config's. Running the "
+             "experiment again redoes them (a diverged training: after the change its line suggests).", ""]
     lines += [f"- `{folder.relative_to(exp_dir) if folder.is_relative_to(exp_dir) else folder}`: {reason}"
               for folder, reason in hidden]
     return lines
 
 
-def _fmt(v, digits=3):
-    if v is None:
-        return "–"
-    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
-
-
-def plot(rows: list[dict], task: Task, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(rows: list[ResultRow], task: Task, path: Path) -> None:
     # the probes (general ability) beside the task's headline: forgetting shows as a falling curve
     metrics = tuple(task.headline or (m.name for m in task.metrics)) + tuple(probe_metrics(rows))
     directions = {m.name: m.higher_is_better for m in task.metrics} | {m: True for m in probe_metrics(rows)}
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.6), squeeze=False)
-    sizes = sorted({r["num_train_examples"] for r in rows})
+    fig = Figure(figsize=(4.6 * len(metrics), 3.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(metrics), squeeze=False)
+    sizes = sorted({r.num_train_examples for r in rows})
     positive = [s for s in sizes if s > 0]
-    several_t = len({r["temperature"] for r in rows}) > 1
+    several_t = len({r.temperature for r in rows}) > 1
     for ax, metric in zip(axes[0], metrics):
-        for backend, variant, t in sorted({(r["backend"], r["prompt_variant"], r["temperature"]) for r in rows}):
-            pts = sorted((r["num_train_examples"], r[metric]) for r in rows
-                         if (r["backend"], r["prompt_variant"], r["temperature"]) == (backend, variant, t)
-                         and r.get(metric) is not None)
+        for backend, variant, t in sorted({(r.system, r.prompt_variant, r.temperature) for r in rows}):
+            pts = sorted((r.num_train_examples, r.metric(metric)) for r in rows
+                         if (r.system, r.prompt_variant, r.temperature) == (backend, variant, t)
+                         and r.metric(metric) is not None)
             if not pts:
                 continue
             at = f", t={t:g}" if several_t else ""
@@ -147,7 +76,7 @@ def plot(rows: list[dict], task: Task, path: Path) -> None:
         # symlog keeps n=0 (the untrained base) on a log-like axis of training sizes
         ax.set_xscale("symlog", linthresh=min(positive) if positive else 1)
         ax.set_xticks(sizes, [str(s) for s in sizes])
-        values = [r[metric] for r in rows if r.get(metric) is not None]
+        values = [r.metric(metric) for r in rows if r.metric(metric) is not None]
         if values and 0 <= min(values) and max(values) <= 1:  # a rate; a diagnostic such as length keeps its own scale
             ax.set_ylim(-0.03, 1.03)
         if not values:  # say why the panel is empty rather than draw a blank one
@@ -161,26 +90,23 @@ def plot(rows: list[dict], task: Task, path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
 
 
-def plot_cost(rows: list[dict], task: Task, path: Path, ctx: dict) -> bool:
+def plot_cost(rows: list[ResultRow], task: Task, path: Path, ctx: dict) -> bool:
     """Quality against cost per 1,000 requests, one point per system and training size."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     metric = (task.headline or tuple(m.name for m in task.metrics))[0]
-    points = [r for r in rows if r.get("cost_per_1k_requests_usd") and r.get(metric) is not None]
+    points = [r for r in rows if r.cost_per_1k_requests_usd and r.metric(metric) is not None]
     if not points:
         return False
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for system, variant in sorted({(r["backend"], r["prompt_variant"]) for r in points}):
-        pts = [r for r in points if (r["backend"], r["prompt_variant"]) == (system, variant)]
-        ax.scatter([r["cost_per_1k_requests_usd"] for r in pts], [r[metric] for r in pts], label=f"{system}, {variant}")
+    fig = Figure(figsize=(6.4, 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for system, variant in sorted({(r.system, r.prompt_variant) for r in points}):
+        pts = [r for r in points if (r.system, r.prompt_variant) == (system, variant)]
+        ax.scatter([r.cost_per_1k_requests_usd for r in pts], [r.metric(metric) for r in pts],
+                   label=f"{system}, {variant}")
         for r in pts:
-            ax.annotate(f"n={r['num_train_examples']}", (r["cost_per_1k_requests_usd"], r[metric]), fontsize=7,
+            ax.annotate(f"n={r.num_train_examples}", (r.cost_per_1k_requests_usd, r.metric(metric)), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
     if ctx["reference_cost_per_1k_requests_usd"]:
         ax.axvline(ctx["reference_cost_per_1k_requests_usd"], linestyle="--", color="grey",
@@ -195,7 +121,6 @@ def plot_cost(rows: list[dict], task: Task, path: Path, ctx: dict) -> bool:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
     return True
 
 
@@ -207,7 +132,7 @@ def usd(v) -> str:
     return f"{v:.4f}" if v < 1 else f"{v:,.2f}"
 
 
-def cost_lines(rows: list[dict], task: Task, ctx: dict, has_plot: bool) -> list[str]:
+def cost_lines(rows: list[ResultRow], task: Task, ctx: dict, has_plot: bool) -> list[str]:
     metrics = task.headline or tuple(m.name for m in task.metrics)
     ref = ctx["reference_cost_per_1k_requests_usd"]
     lines = ["", "## Cost next to quality", "",
@@ -221,10 +146,10 @@ def cost_lines(rows: list[dict], task: Task, ctx: dict, has_plot: bool) -> list[
             "break-even (requests)", "priced as"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        be = r["break_even_requests"]
-        cells = [r["num_train_examples"], r["seed"], r["backend"], r["prompt_variant"],
-                 *(_fmt(r[m]) for m in metrics), usd(r["training_cost_usd"]), usd(r["cost_per_1k_requests_usd"]),
-                 "–" if be is None else (f"{be:,}" if isinstance(be, int) else be), r["cost_basis"] or "–"]
+        be = r.break_even_requests
+        cells = [r.num_train_examples, r.seed, r.system, r.prompt_variant,
+                 *(fmt(r.metric(m)) for m in metrics), usd(r.training_cost_usd), usd(r.cost_per_1k_requests_usd),
+                 "–" if be is None else (f"{be:,}" if isinstance(be, int) else be), r.cost_basis or "–"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines += ["", "Local systems are priced by the machine's price per hour times measured wall time: training, and "
               "the evaluation's wall time per request at the batch size or concurrency it ran with (see "
@@ -233,7 +158,7 @@ def cost_lines(rows: list[dict], task: Task, ctx: dict, has_plot: bool) -> list[
     return lines
 
 
-def side_by_side(rows: list[dict], task: Task) -> list[str]:
+def side_by_side(rows: list[ResultRow], task: Task) -> list[str]:
     """Headline metrics and probe accuracy per training size and temperature: where forgetting shows."""
     metrics = list(task.headline or (m.name for m in task.metrics))
     probes = probe_metrics(rows)
@@ -243,17 +168,15 @@ def side_by_side(rows: list[dict], task: Task) -> list[str]:
              "the same temperature): a fine-tune that gains the task but loses probe accuracy has forgotten. "
              "Means over the eval examples and over the probes.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in sorted(rows, key=lambda r: (r["backend"], r["num_train_examples"], r["prompt_variant"], r["temperature"], r["seed"])):
-        cells = [r["num_train_examples"], r["prompt_variant"] + ("" if r["backend"] == "hf" else f" ({r['backend']})"),
-                 f"{r['temperature']:g}", *(_fmt(r.get(m)) for m in metrics), *(_fmt(r.get(p)) for p in probes)]
+    for r in sorted(rows, key=lambda r: (r.system, r.num_train_examples, r.prompt_variant, r.temperature, r.seed)):
+        cells = [r.num_train_examples, r.prompt_variant + ("" if r.system == "hf" else f" ({r.system})"),
+                 f"{r.temperature:g}", *(fmt(r.metric(m)) for m in metrics), *(fmt(r.metric(p)) for p in probes)]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return lines
 
 
 def pairwise_lines(found: list[dict], stale: list[str]) -> list[str]:
     """The double-blind pairwise judgements (eval/pairwise_runs.read_comparisons) of the experiment."""
-    from .pairwise_runs import describe, pooled, rate_text
-
     lines = ["", f"Stale pairwise judgements left out (a side was evaluated again since; `ftscale run` judges them "
              f"again): {', '.join(stale)}."] if stale else []
     if not found:
@@ -268,50 +191,48 @@ def pairwise_lines(found: list[dict], stale: list[str]) -> list[str]:
     return lines
 
 
-def _with_interval(row: dict, metric: str, cache: dict) -> str | None:
+def _with_interval(row: ResultRow, metric: str, cache: dict) -> str | None:
     """`mean [low, high]` of one evaluation's score; the mean alone when it has no per-example values. A
-    probe column (`probes.<metric>`) reads the row's `probes_generations` when the row names that file."""
-    source, name = row, metric
-    if metric.startswith("probes."):
-        source, name = {"generations": row.get("probes_generations")}, metric.removeprefix("probes.")
-    values = list(item_scores(source, name, cache).values())
-    if row.get(metric) is None or not values:
-        return _fmt(row.get(metric))
+    probe column (`probes.<metric>`) reads the probes' generations."""
+    value = row.metric(metric)
+    values = list(item_scores(row.metric_generations(metric), metric.removeprefix("probes."), cache).values())
+    if value is None or not values:
+        return fmt(value)
     _, low, high = mean_interval(values)
-    return f"{row[metric]:.3f} [{low:.3f}, {high:.3f}]"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def _baselines(r: dict, rows: list[dict], metric: str, higher: bool) -> list[tuple[str, list[dict]]]:
+def _baselines(r: ResultRow, rows: list[ResultRow], metric: str, higher: bool) -> list[tuple[str, list[ResultRow]]]:
     """What a fine-tune row is compared with: the untrained base with the same prompt, and the best-scoring
     other prompt of the base (same backend and temperature), each with all its seeds."""
-    base = [b for b in rows if b["num_train_examples"] == 0 and b["backend"] == r["backend"]
-            and b["temperature"] == r["temperature"] and b.get(metric) is not None]
-    by_variant: dict[str, list[dict]] = {}
+    base = [b for b in rows if b.num_train_examples == 0 and b.system == r.system
+            and b.temperature == r.temperature and b.metric(metric) is not None]
+    by_variant: dict[str, list[ResultRow]] = {}
     for b in base:
-        by_variant.setdefault(b["prompt_variant"], []).append(b)
-    out = [(f"base, {r['prompt_variant']} prompt", by_variant.pop(r["prompt_variant"]))] \
-        if r["prompt_variant"] in by_variant else []
+        by_variant.setdefault(b.prompt_variant, []).append(b)
+    out = [(f"base, {r.prompt_variant} prompt", by_variant.pop(r.prompt_variant))] \
+        if r.prompt_variant in by_variant else []
     if by_variant:
         sign = 1 if higher else -1
-        best = max(by_variant, key=lambda v: sign * sum(b[metric] for b in by_variant[v]) / len(by_variant[v]))
+        best = max(by_variant, key=lambda v: sign * sum(b.metric(metric) for b in by_variant[v]) / len(by_variant[v]))
         out.append((f"best prompted base, {best} prompt", by_variant[best]))
     return out
 
 
-def against_base(rows: list[dict], task: Task, cache: dict) -> list[str]:
+def against_base(rows: list[ResultRow], task: Task, cache: dict) -> list[str]:
     """Each fine-tune against the untrained base, item by item (eval.stats.paired_difference), Holm-adjusted
     across the training sizes of one backend, prompt, temperature, metric and baseline."""
     metrics = [m for m in task.metrics if m.name in (task.headline or (task.metrics[0].name,))]
     found = []
     for m in metrics:
         for r in rows:
-            trained = r["num_train_examples"] > 0 and r.get(m.name) is not None
-            a = item_scores(r, m.name, cache) if trained else {}
+            trained = r.num_train_examples > 0 and r.metric(m.name) is not None
+            a = item_scores(r.generations, m.name, cache) if trained else {}
             for name, base in _baselines(r, rows, m.name, m.higher_is_better) if a else []:
-                maps = [item_scores(b, m.name, cache) for b in base]
+                maps = [item_scores(b.generations, m.name, cache) for b in base]
                 x, y, ids, dropped = align([a], [mp for mp in maps if mp])
                 if ids:
-                    found.append(((m.name, r["backend"], r["prompt_variant"], r["temperature"], name), r,
+                    found.append(((m.name, r.system, r.prompt_variant, r.temperature, name), r,
                                   paired_difference(x, y), dropped, m.higher_is_better))
     if not found:
         return []
@@ -334,18 +255,18 @@ def against_base(rows: list[dict], task: Task, cache: dict) -> list[str]:
         p = adjusted[i]
         verdict = ("indistinguishable" if d.contains_zero() or p >= ALPHA
                    else "better" if (d.diff > 0) == higher else "worse")
-        lines.append(f"| {r['num_train_examples']} | {r['seed']} | {backend} | {variant} | {t:g} | {metric} | {name} | "
+        lines.append(f"| {r.num_train_examples} | {r.seed} | {backend} | {variant} | {t:g} | {metric} | {name} | "
                      f"{d.text()} | {p_text(p)} | {d.n_items}" + (f" ({dropped} unshared left out)" if dropped else "")
                      + f" | {verdict} |")
     return lines
 
 
-def markdown(rows: list[dict], task: Task, title: str, exp_dir: Path, cost_ctx: dict | None = None,
+def markdown(rows: list[ResultRow], task: Task, title: str, exp_dir: Path, cost_ctx: dict | None = None,
              has_cost_plot: bool = False, pairwise: tuple[list[dict], list[str]] = ([], []),
              train_source: str | None = None) -> str:
     names = [m.name for m in task.metrics]
     probes = probe_metrics(rows)
-    several_t = len({r["temperature"] for r in rows}) > 1
+    several_t = len({r.temperature for r in rows}) > 1
     head = (["train examples", "seed", "backend", "prompt"] + (["temperature"] if several_t else []) + ["eval examples"]
             + names + probes
             + ["failed", "median latency (s)", "mean output tokens", "train time (s)", "train tokens/s"])
@@ -361,19 +282,21 @@ def markdown(rows: list[dict], task: Task, title: str, exp_dir: Path, cost_ctx: 
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     scores: dict = {}
     for r in rows:
-        cells = [r["num_train_examples"], r["seed"], r["backend"], r["prompt_variant"],
-                 *([f"{r['temperature']:g}"] if several_t else []), r["n_eval"],
+        e2e = r.latency.e2e_s if r.latency else None
+        cells = [r.num_train_examples, r.seed, r.system, r.prompt_variant,
+                 *([f"{r.temperature:g}"] if several_t else []), r.n_eval,
                  *(_with_interval(r, n, scores) for n in names),
-                 *(_with_interval(r, p, scores) for p in probes), r["failed"],
-                 r["median_latency_s"], r["mean_output_tokens"], r["train_wall_time_s"], r["train_tokens_per_s"]]
-        lines.append("| " + " | ".join(_fmt(c, 1 if i >= len(cells) - 2 else 3) for i, c in enumerate(cells)) + " |")
-    unscorable = [r for r in rows if r["not_scorable"]]
+                 *(_with_interval(r, p, scores) for p in probes), r.failed,
+                 e2e.p50 if e2e else None, r.mean_output_tokens, r.train_wall_time_s, r.train_tokens_per_s]
+        lines.append("| " + " | ".join(fmt(c, ".1f" if i >= len(cells) - 2 else ".3f") for i, c in enumerate(cells))
+                     + " |")
+    unscorable = [r for r in rows if r.not_scorable]
     if unscorable:
         lines += ["", "Not scorable (left out of that metric's mean: the reference lacks a field the metric needs, "
                   "or a judge's reply did not parse): " + "; ".join(
-                      f"n={r['num_train_examples']} {r['backend']} {r['prompt_variant']}"
-                      + (f" t={r['temperature']:g}" if several_t else "") + ": "
-                      + ", ".join(f"{k} {v}" for k, v in r["not_scorable"].items()) for r in unscorable) + "."]
+                      f"n={r.num_train_examples} {r.system} {r.prompt_variant}"
+                      + (f" t={r.temperature:g}" if several_t else "") + ": "
+                      + ", ".join(f"{k} {v}" for k, v in r.not_scorable.items()) for r in unscorable) + "."]
     lines += against_base(rows, task, scores)
     if probes or several_t:
         lines += side_by_side(rows, task)
@@ -392,8 +315,6 @@ def markdown(rows: list[dict], task: Task, title: str, exp_dir: Path, cost_ctx: 
 
 def cost_spec_of(exp_dir: Path, overrides: dict | None = None) -> CostSpec:
     """The experiment's `cost` section (defaults where it has none), with overrides on top."""
-    from ftscale.config import load_validated
-
     path = Path(exp_dir) / "experiment.yaml"
     if not path.is_file():
         return CostSpec.model_validate(overrides or {})
@@ -410,21 +331,15 @@ class _CostOnly(BaseModel):
 
 def _train_source(exp_dir: Path) -> str | None:
     """The teacher of the experiment's training file, where `ftscale distill` recorded one."""
-    from ftscale.data.distill import training_source
-
     path = exp_dir / "experiment.yaml"
     train = (yaml.safe_load(path.read_text()).get("data") or {}).get("train") if path.is_file() else None
     return training_source(train) if isinstance(train, str) else None
 
 
-def write_report(exp_dir: Path, task: Task, cost: CostSpec | None = None, rows: list[dict] | None = None,
+def write_report(exp_dir: Path, task: Task, cost: CostSpec | None = None, rows: list[ResultRow] | None = None,
                  hidden: list[tuple[Path, str]] | None = None) -> Path:
     """summary.md, results.json, scaling.png and cost.png of an experiment; `rows` and `hidden`: its
     `audit()`, when the caller has it already."""
-    from ftscale.experiment import expected_for_dir
-
-    from .pairwise_runs import read_comparisons
-
     exp_dir = Path(exp_dir)
     if rows is None:
         rows, hidden = audit(exp_dir, expected_for_dir(exp_dir))
@@ -438,7 +353,8 @@ def write_report(exp_dir: Path, task: Task, cost: CostSpec | None = None, rows: 
     plot(rows, task, exp_dir / "scaling.png")
     has_cost_plot = plot_cost(rows, task, exp_dir / "cost.png", cost_ctx)
     pairwise = read_comparisons(exp_dir)
-    write_json(exp_dir / "results.json", {"cost": cost_ctx, "rows": rows, "pairwise": pairwise[0],
+    write_json(exp_dir / "results.json", {"cost": cost_ctx, "rows": [r.as_json() for r in rows],
+                                          "pairwise": pairwise[0],
                                           "not_shown": [{"folder": str(f), "reason": r} for f, r in hidden]})
     text = markdown(rows, task, f"{exp_dir.name}: scaling summary", exp_dir, cost_ctx, has_cost_plot, pairwise,
                     _train_source(exp_dir))

@@ -1,5 +1,5 @@
-"""The project's statistics in one place: intervals of a rate or a mean, percentiles, and paired comparisons
-of two systems evaluated on the same items.
+"""The project's statistics in one place: intervals of a rate or a mean, percentiles, a median's absolute
+deviation, and paired comparisons of two systems evaluated on the same items.
 
 Every system is scored on the same eval items, so two systems are compared item by item (paired): the
 variation between items is shared and drops out, and both systems' own sampling noise is kept (neither side
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +54,13 @@ def t_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[flo
         return mean, None, None
     half = float(_st.t.ppf(1.0 - (1.0 - confidence) / 2.0, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
     return mean, mean - half, mean + half
+
+
+def median_and_mad(values: list[float]) -> tuple[float, float]:
+    """The median of `values` and their median absolute deviation from it (MAD, not rescaled to a normal's
+    standard deviation)."""
+    med = statistics.median(values)
+    return med, statistics.median(abs(v - med) for v in values)
 
 
 def is_binary(values) -> bool:
@@ -231,10 +240,9 @@ def per_example(generations: str | Path, metric: str) -> dict[str, float]:
     return out if seen_metric else {}
 
 
-def item_scores(row: dict, metric: str, cache: dict) -> dict[str, float]:
-    """`per_example` of a report row's evaluation (its `generations` path), read once per `cache`; empty when
-    the row has no generations file on disk."""
-    path = row.get("generations")
+def item_scores(path: str | Path | None, metric: str, cache: dict) -> dict[str, float]:
+    """`per_example` of an evaluation's generations file, read once per `cache`; empty when there is no such
+    file on disk."""
     if (path, metric) not in cache:
         cache[(path, metric)] = per_example(path, metric) if path and Path(path).is_file() else {}
     return cache[(path, metric)]
@@ -250,3 +258,20 @@ def align(a_seeds: list[dict[str, float]], b_seeds: list[dict[str, float]]) -> t
     ids = [i for i in maps[0] if i in shared]
     dropped = len(set().union(*maps)) - len(ids)
     return [[m[i] for i in ids] for m in a_seeds], [[m[i] for i in ids] for m in b_seeds], ids, dropped
+
+
+def cohen_kappa(pairs_of_labels) -> float:
+    """Cohen's kappa of two raters over the same items: (p_o - p_e) / (1 - p_e), with p_o the
+    observed agreement and p_e = Σ_label p1(label)·p2(label) the agreement expected by chance.
+    NaN when undefined (no items, or both raters always gave one and the same label)."""
+    pairs = list(pairs_of_labels)
+    n = len(pairs)
+    if n == 0:
+        return math.nan
+    po = sum(a == b for a, b in pairs) / n
+    c1 = Counter(a for a, _ in pairs)
+    c2 = Counter(b for _, b in pairs)
+    pe = sum(c1[label] * c2[label] for label in c1) / (n * n)
+    if pe == 1:
+        return math.nan
+    return (po - pe) / (1 - pe)

@@ -13,12 +13,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+import yaml
+
 from . import completion
 from .chatdata import sha256_records
 from .config import ExperimentConfig
 from .atomic import write_text
 from .rundir import TRAIN_METRICS, eval_dir, probe_dir
 from .stepinputs import model_identity, openai_train_inputs, task_identity, train_inputs
+from .train import divergence, tracking
 
 
 def sampling_of(cfg: ExperimentConfig, task=None):
@@ -115,8 +118,8 @@ def eval_jobs(cfg: ExperimentConfig, cell: Path, task, pool: list[dict], example
     jobs = []
     common = {"examples_sha256": sha256_records(examples), "pool_sha256": sha256_records(pool),
               "few_shot_k": cfg.eval.few_shot_k, "answerer": answerer.identity}
-    task_id = task_identity(task, cfg.task)
-    probe_id = task_identity(probes[0], cfg.eval.probes.task) if probes else None
+    task_id = task_identity(task)
+    probe_id = task_identity(probes[0]) if probes else None
     # without eval.temperatures, the one temperature sampling_of resolves (the task's default if the config sets none)
     for t in cfg.eval.temperatures or [sampling_of(cfg, task).temperature]:
         label = eval_label(answerer.label, t)
@@ -150,7 +153,7 @@ def run_evals(cell: Path, jobs: list[EvalJob], answerer: Answerer, pool: list[di
     todo = [j for j in jobs if completion.done(j.out_dir, j.inputs, upstream) is None]
     if not todo:
         return []
-    backend, failures = answerer.make(), []
+    backend, failures, tracked = answerer.make(), [], {}
     for job in todo:
         completion.begin(job.out_dir)
         result = evaluate(job.task, job.examples, pool, backend, job.sampling, job.variant, job.out_dir, few_shot_k)
@@ -162,8 +165,12 @@ def run_evals(cell: Path, jobs: list[EvalJob], answerer: Answerer, pool: list[di
             log(f"{where}: FAILED, {failures[-1].error}; not recorded as done, the next run asks again")
             continue
         completion.finish(job.out_dir, "eval", job.inputs, ["generations.jsonl", SCORES, TIMING], upstream)
+        tracked |= tracking.eval_metrics(job.label, "probes" if job.out_dir.name.startswith("probes") else job.variant,
+                                         result["metrics"])
         log(f"{where}: " + ", ".join(f"{k}={v:.3f}" if v is not None else f"{k}=n/a"
                                      for k, v in result["metrics"].items()))
+    if tracked:
+        tracking.log_run(cell, tracked)  # the cell's tracker run, when its config asks for one
     return failures
 
 
@@ -173,6 +180,7 @@ def ensure_trained(cfg: ExperimentConfig, n: int, cell: Path, log=print, acceler
     rec = completion.done(cell, inputs)
     if rec is not None:
         log(f"{cell.name}: training already done, reusing {cell / 'adapter' if n else 'the base model'}")
+        tracking.prepare(cfg, cell, tracking.input_facts(inputs))  # its evaluations go to this config's trackers
         return rec
     if completion.read(cell) is not None or (cell / "config.yaml").is_file():
         log(f"{cell.name}: config changed since the last run (or its training did not finish); training again")
@@ -199,11 +207,17 @@ def _train_under_accelerate(cfg: ExperimentConfig, n: int, cell: Path, accelerat
 
     from .errors import StepsFailed
 
-    cfg_file = write_text(cell / "launch-config.yaml", cfg.cell_yaml(n))
+    launch = yaml.safe_load(cfg.cell_yaml(n))
+    # how the training is watched is left out of the cell's config: the launched process needs it
+    launch["train"] |= {"report_to": cfg.train.report_to, "watchdog": cfg.train.watchdog.model_dump(mode="json")}
+    cfg_file = write_text(cell / "launch-config.yaml", yaml.safe_dump(launch, sort_keys=False))
     cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(accelerate_config),
            "-m", "ftscale.train.sft", "--config", str(cfg_file), "--output_dir", str(cell)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
+        diverged = divergence.read(cell)
+        if diverged is not None:
+            raise divergence.Diverged(f"{cell}: training {divergence.reason(diverged)}")
         raise StepsFailed(f"accelerate launch failed ({proc.returncode}): {proc.stderr[-2000:]}")
 
 
@@ -238,6 +252,9 @@ def audit_cell(cell: Path, expected: dict[Path, str] | None = None) -> tuple[lis
     train = completion.valid(cell)
     train_stale = cell in expected and (train is None or train["inputs_sha256"] != expected[cell])
     shown, hidden = [], []
+    diverged = divergence.read(cell) if train is None else None
+    if diverged is not None:  # no evaluation of it exists to show: the cell itself is listed, with the reason
+        hidden.append((cell, divergence.reason(diverged)))
     for folder in sorted(p for p in cell.iterdir() if p.is_dir() and p.name.startswith(("eval-", "probes"))):
         rec = completion.read(folder)
         failed = completion.read(folder, FAILED)

@@ -55,12 +55,21 @@ def text_lines(path: str | Path):
 
 def parse_line(line: str, where: str, kind: str) -> dict:
     """Parse and validate one line of a `train` or `eval` file; raise DataError naming `where`."""
+    return check_record(load_line(line, where), where, kind)
+
+
+def load_line(line: str, where: str):
+    """The JSON value of one line of a JSONL file; an empty line or bad JSON raises DataError naming `where`."""
     if not line.strip():
         raise DataError(f"{where}: empty line")
     try:
-        rec = json.loads(line)
+        return json.loads(line)
     except json.JSONDecodeError as e:
         raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+
+
+def check_record(rec, where: str, kind: str) -> dict:
+    """`rec` as one example of a `train` or `eval` file (a converted one included); raise DataError naming `where`."""
     if not isinstance(rec, dict) or "messages" not in rec:
         raise DataError(f"{where}: expected an object with a 'messages' list")
     _check_messages(rec["messages"], where, need_assistant_last=(kind == "train"))

@@ -12,16 +12,19 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_serializer, model_validator
 
-from ftscale.eval.backends import ModelSpec
+from ftscale.data.formats import CANONICAL, Format, convert_file, converted_path
+from ftscale.eval.task_types import Task
+from ftscale.eval.tasks import get_task
+from ftscale.eval.tasks.check import refuse_missing_references
+from ftscale.train.chat_template_check import template_text
 
+from . import paths
+from .chatdata import read_jsonl
 from .errors import ConfigError
-from .yamlfile import line_of, load_yaml, parse_value
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+from .modelspec import ModelSpec
+from .strict import Strict, load_validated
 
 
 def _nearest(value: str, valid: list[str]) -> str:
@@ -74,13 +77,22 @@ class LoraSpec(Strict):
 
 def peft_lora_config(lora: LoraSpec):
     """The PEFT LoraConfig of a `train.lora` section."""
-    from peft import LoftQConfig, LoraConfig
+    from peft import LoftQConfig, LoraConfig  # imported when called: peft is slow to import
 
     init = True if lora.init_lora_weights == "default" else lora.init_lora_weights
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
                       task_type="CAUSAL_LM", use_dora=lora.use_dora, use_rslora=lora.use_rslora,
                       init_lora_weights=init, modules_to_save=lora.modules_to_save,
                       loftq_config=LoftQConfig(loftq_bits=4) if init == "loftq" else {})
+
+
+class WatchdogSpec(Strict):
+    """When the training loss says the run diverged: it is stopped, and the cell marked diverged."""
+
+    enabled: bool = Field(True, description="stop a training whose loss turns NaN/Inf or spikes, and mark its cell diverged")
+    spike_factor: float = Field(4.0, gt=1.0, description="a logged loss above this multiple of the early level is a spike")
+    patience: int = Field(3, ge=1, description="consecutive spiking logging steps that stop the run (NaN/Inf stops at once)")
+    early_steps: int = Field(5, ge=1, description="the early level: the median of the first N logged losses")
 
 
 class TrainSpec(Strict):
@@ -106,13 +118,65 @@ class TrainSpec(Strict):
     use_liger_kernel: bool = Field(False, description="Liger's fused Triton kernels (CUDA; pip install liger-kernel)")
     optim: Literal["adamw_torch_fused", "adamw_torch", "paged_adamw_8bit"] = Field(
         "adamw_torch_fused", description="transformers' default; paged_adamw_8bit: bitsandbytes' paged 8-bit AdamW (CUDA)")
+    chat_template: str | None = Field(
+        None, description="the chat template examples are formatted with: null = the tokenizer's own; for a base model "
+                          "without one, a name in configs/chat_templates.yaml (chatml) or a path to a .jinja file")
     logging_steps: int = Field(1, ge=1)
     save_steps: int | None = Field(None, ge=1, description="checkpoint every N steps; a rerun resumes from the last")
+    # How a training is watched, not what it makes: left out of every dump (the cell's config, the
+    # sweep's cell key, the training's inputs), so switching them never redoes or orphans a step.
+    report_to: list[Literal["tensorboard", "trackio", "wandb", "mlflow", "none"]] = Field(
+        default_factory=lambda: ["none"], exclude=True,
+        description="experiment trackers the training, its config and its evaluations are logged to: tensorboard "
+                    "(<cell>/tensorboard/), trackio (<experiment>/trackio/), wandb, mlflow (their own environment "
+                    "variables), or none")
+    watchdog: WatchdogSpec = Field(default_factory=WatchdogSpec, exclude=True,
+                                   description="stop a diverging training (NaN/Inf or spiking loss)")
+    stop_check: int = Field(8, ge=0, exclude=True,
+                            description="after training, greedy answers to this many eval prompts must end their turn "
+                                        "within eval.max_new_tokens (a warning if not); 0 = no check")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker_is_a_list(cls, v):
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("name a tracker, or none")
+        if "none" in v and len(v) > 1:
+            raise ValueError("none goes alone")
+        if len(set(v)) != len(v):
+            raise ValueError("a tracker is listed twice")
+        return v
+
+    @field_validator("chat_template")
+    @classmethod
+    def _named_or_a_jinja_file(cls, v: str | None) -> str | None:
+        if v is not None:
+            template_text(v)  # ValueError: unknown name, or no such file
+        return v
+
+    @model_serializer(mode="wrap")
+    def _no_template_left_out(self, handler):
+        # added after training records existed: left out of every dump while unset, so that the cells
+        # and trainings made before it (with the tokenizer's own template) keep their keys and inputs
+        out = handler(self)
+        if out.get("chat_template", "set") is None:
+            del out["chat_template"]
+        return out
+
+    @property
+    def trackers(self) -> list[str]:
+        """The trackers asked for; none is the empty list."""
+        return [t for t in self.report_to if t != "none"]
 
     @field_validator("lr_scheduler")
     @classmethod
     def _scheduler(cls, v: str) -> str:
-        from transformers.trainer_utils import SchedulerType
+        from transformers.trainer_utils import SchedulerType  # slow to import: only when a config is checked
 
         valid = [s.value for s in SchedulerType]
         if v not in valid:
@@ -133,6 +197,27 @@ class DataSpec(Strict):
     train: Path | None = Field(None, description="training pool, OpenAI chat fine-tuning JSONL (default: the task's)")
     eval: Path | None = Field(None, description="held-out eval set: messages without the answer, id, reference (default: the task's)")
     seed: int = Field(0, description="seed of the shuffle that nested subsets are cut from")
+    format: Format = Field(CANONICAL, description="data.train's format: openai_chat, alpaca, sharegpt or prompt_completion "
+                                                  "(converted once to chat JSONL in output_dir/task-data/); data.eval is "
+                                                  "always chat JSONL")
+    # (the file, its format) data.train was converted from: load_config points data.train at the converted
+    # file, which write_task_data writes
+    _converted_from: tuple[Path, str] | None = PrivateAttr(None)
+
+    @field_validator("train", "eval")
+    @classmethod
+    def _user_file_else_shipped(cls, v):
+        """A relative path that is not in the working folder may name a shipped dataset (data/...)."""
+        return None if v is None else paths.shipped(v)
+
+    @model_serializer(mode="wrap")
+    def _canonical_left_out(self, handler):
+        # added after cells existed: left out of every dump while canonical (always, once loaded), so the cells
+        # and trainings made before it keep their keys
+        out = handler(self)
+        if out.get("format") == CANONICAL:
+            del out["format"]
+        return out
 
 
 class ProbeSpec(Strict):
@@ -231,6 +316,8 @@ class ExperimentConfig(Strict):
     openai: OpenAISpec = OpenAISpec()
     cost: CostSpec = CostSpec()
     output_dir: Path = Field(Path("runs"), description="experiments write to output_dir/name/")
+    # (the `task` it was resolved from, the task): load_config resolves it once, for whoever uses it
+    _task: tuple[str, Task] | None = PrivateAttr(None)
 
     @field_validator("num_train_examples")
     @classmethod
@@ -264,6 +351,11 @@ class ExperimentConfig(Strict):
     def experiment_dir(self) -> Path:
         return self.output_dir / self.name
 
+    @property
+    def task_data_dir(self) -> Path:
+        """Where the datasets that tasks name are written as chat JSONL (<task>/<train|eval>.jsonl)."""
+        return self.output_dir / "task-data"
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
@@ -273,107 +365,76 @@ class ExperimentConfig(Strict):
                               sort_keys=False)
 
 
-def apply_overrides(data: dict, overrides: dict[str, str]) -> dict:
-    """Set dotted keys (`train.lora.r`) in a nested mapping; values are parsed as YAML."""
-    for dotted, raw in overrides.items():
-        node = data
-        *parents, last = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--{dotted}: '{key}' is not a section of the config")
-        if not last:
-            raise ConfigError(f"--{dotted}: an override names a key, e.g. --train.seed 3")
-        node[last] = parse_value(raw) if isinstance(raw, str) else raw
-    return data
-
-
-def _field_names(model) -> set[str]:
-    names = set()
-    for name, field in model.model_fields.items():
-        names.add(name)
-        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            names |= _field_names(field.annotation)
-    return names
-
-
-def _key_path(err: dict, names: set[str], lines: dict) -> tuple:
-    """The config keys of an error's location, without the union members pydantic adds ('list[int]')."""
-    if err["type"] == "extra_forbidden":
-        return tuple(err["loc"])  # the last part is the user's unknown key
-    out = []
-    for part in err["loc"]:
-        # a field name or a key of the file (a mapping's own keys, e.g. model names in a price table)
-        if isinstance(part, str) and part not in names and (*out, part) not in lines:
-            break
-        out.append(part)
-    return tuple(out)
-
-
-def _format_errors(path: Path, lines: dict, err: ValidationError, overridden: set[str], model) -> str:
-    out, names = [], _field_names(model)
-    for e in err.errors():
-        loc = _key_path(e, names, lines)
-        key = ".".join(str(x) for x in loc) or "(top level)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif e["type"] == "missing":
-            msg = "required key is missing"
-        elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        source = f"--{key} (command line)" if key in overridden else None
-        if source is None:
-            line = line_of(lines, loc)
-            source = f"{path}:{line}" if line else str(path)
-        shown = e["type"] not in ("missing", "extra_forbidden") and not isinstance(e.get("input"), (dict, type(None)))
-        detail = f" (got {e['input']!r})" if shown else ""
-        out.append(f"{source}: {key}: {msg}{detail}")
-    return "\n".join(out)
-
-
-def load_validated(path: str | Path, model: type[BaseModel], overrides: dict[str, str] | None = None):
-    """Load a YAML file (plus dotted overrides) into `model`; raise ConfigError naming file, line, key."""
-    path = Path(path)
-    data, lines = load_yaml(path)
-    overrides = overrides or {}
-    apply_overrides(data, overrides)
+def load_config(path: str | Path, overrides: dict[str, str] | None = None,
+                overlays: list[str | Path] | tuple = ()) -> ExperimentConfig:
+    """Load, overlay, override and validate an experiment config; raise ConfigError naming file, line, key.
+    Overlays (a tune's best.yaml) are merged over the file in turn, the dotted overrides last.
+    Its task is resolved once and kept with it (config_task). Data files it does not name are its
+    task's: a file is checked where it is, a dataset's file only named (write_task_data writes it), as is
+    the chat JSONL a data.train in another format (data.format) is converted to."""
+    path = paths.find_config(path, "experiments")
+    cfg = load_validated(path, ExperimentConfig, overrides, overlays)
+    if cfg.data.format != CANONICAL:
+        _read_converted(cfg, path)
     try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(path, lines, e, set(overrides), model)) from None
-
-
-def load_config(path: str | Path, overrides: dict[str, str] | None = None) -> ExperimentConfig:
-    """Load, override and validate an experiment config; raise ConfigError naming file, line, key.
-    Data files it does not name come from its task's YAML (a dataset is written out as JSONL)."""
-    cfg = load_validated(path, ExperimentConfig, overrides)
+        task = config_task(cfg)
+    except KeyError:
+        task = None  # refused, with the known tasks, where the task is used (experiment.task_for)
     if cfg.data.train is None or cfg.data.eval is None:
-        from ftscale.eval.tasks.yaml_task import data_files, find_task_file, load_spec
-
-        task_file = find_task_file(cfg.task)
-        if task_file is None:
+        if task is None:
             raise ConfigError(f"{path}: data.train, data.eval: required: task {cfg.task!r} names no data of its own")
-        train, eval_ = data_files(load_spec(task_file), task_file, cfg.output_dir / "task-data")
-        if cfg.data.train is None and train is None:
+        if cfg.data.train is None and task.data.train is None:
             raise ConfigError(f"{path}: data.train: task {cfg.task!r} has no training pool (a probe set is asked, "
                               "not trained on: name it under eval.probes)")
-        cfg.data.train = cfg.data.train or train
-        cfg.data.eval = cfg.data.eval or eval_
-    _check_eval_references(cfg)
+        cfg.data.train = cfg.data.train or task.data.file("train", cfg.task_data_dir)
+        cfg.data.eval = cfg.data.eval or task.data.file("eval", cfg.task_data_dir)
+    if task is not None and "eval" not in _from_datasets(cfg, task):  # a dataset is checked once written
+        _check_eval_references(cfg, task)
     return cfg
 
 
-def _check_eval_references(cfg: ExperimentConfig) -> None:
-    """Every eval example holds what the task's evaluators read: refused here, not after generation."""
-    from ftscale.chatdata import read_jsonl
-    from ftscale.eval.tasks import get_task
-    from ftscale.eval.tasks.check import refuse_missing_references
+def config_task(cfg: ExperimentConfig) -> Task:
+    """The config's task: the one load_config resolved, else resolved now (KeyError: no such task)."""
+    if cfg._task is None or cfg._task[0] != cfg.task:
+        cfg._task = (cfg.task, get_task(cfg.task))
+    return cfg._task[1]
 
-    try:
-        task = get_task(cfg.task)
-    except KeyError:
-        return  # an unknown task is refused, with the known ones, where the task is looked up
+
+def _read_converted(cfg: ExperimentConfig, path: Path) -> None:
+    """A data.train in another format: the config reads its conversion to chat JSONL (in task_data_dir,
+    written by write_task_data) and says so (format openai_chat), so that its dump loads as it is."""
+    if cfg.data.train is None:
+        raise ConfigError(f"{path}: data.format: {cfg.data.format} is the format of the data.train the config names, "
+                          "and it names none (a task's training pool has its own data.format, in the task file)")
+    cfg.data._converted_from = (cfg.data.train, cfg.data.format)
+    cfg.data.train = converted_path(cfg.data.train, cfg.data.format, cfg.task_data_dir)
+    cfg.data.format = CANONICAL
+
+
+def _from_datasets(cfg: ExperimentConfig, task: Task) -> list[str]:
+    """The kinds of data (train, eval) the config takes from its task's written files (datasets, conversions)."""
+    return [kind for kind in ("train", "eval")
+            if task.data.is_written(kind) and getattr(cfg.data, kind) == task.data.file(kind, cfg.task_data_dir)]
+
+
+def write_task_data(cfg: ExperimentConfig) -> None:
+    """Write out the training file the config names in another format, converted, and the datasets (or
+    conversions) the config takes from its task (to task_data_dir, once), then refuse an eval set lacking
+    what the evaluators read: what loading the config leaves to whoever first needs the files."""
+    if cfg.data._converted_from is not None:
+        convert_file(*cfg.data._converted_from, cfg.data.train)
+    if cfg._task is None:  # no task resolved: its data are the files it names
+        return
+    task = cfg._task[1]
+    kinds = _from_datasets(cfg, task)
+    for kind in kinds:
+        task.data.write(kind, cfg.task_data_dir)
+    if "eval" in kinds:
+        _check_eval_references(cfg, task)
+
+
+def _check_eval_references(cfg: ExperimentConfig, task: Task) -> None:
+    """Every eval example holds what the task's evaluators read: refused here, not after generation."""
     refuse_missing_references(task, cfg.data.eval, read_jsonl(cfg.data.eval, "eval"))
 
 

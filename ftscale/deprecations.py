@@ -12,8 +12,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from .config import Strict, load_validated
-from .paths import ROOT
+from .paths import shipped
+from .strict import Strict, load_validated
 
 DEFAULT = "configs/openai_deprecations.yaml"
 
@@ -61,8 +61,6 @@ class DeprecationTable(Strict):
 
 
 def load_deprecations(path: str | Path = DEFAULT) -> DeprecationTable:
-    """A relative path is looked up from the working directory, then from the checkout."""
-    path = Path(path)
-    if not path.is_absolute() and not path.exists() and (ROOT / path).is_file():
-        path = ROOT / path
+    """A relative path is looked up from the working directory, then among the shipped files."""
+    path = shipped(path)
     return load_validated(path, DeprecationTable)

@@ -9,36 +9,29 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
-import importlib.util
 import platform
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-from .atomic import write_json
+from ftscale.train import doctor_gpu as g
 
-OK, MISSING, BROKEN, SKIPPED = "ok", "missing", "broken", "skipped"
+from . import models
+from .atomic import write_json
+from .doctor_check import BROKEN, MISSING, OK, SKIPPED, Check, guarded, has_module
+from .errors import ConfigError
+from .provenance import machine
+
+# torch and packaging are imported inside the checks that use them: `ftscale doctor` must start, and
+# report them missing or broken, where they are not installed or do not import.
+
 NO_CUDA = "no CUDA device (torch.cuda.is_available() is False)"
 
 # Pinned packages that only the CUDA path uses: missing on a CPU machine is reported, not a failure
 # (vLLM, FlashAttention and Liger are optional everywhere and checked on their own).
 GPU_ONLY = {"bitsandbytes"}
-
-
-@dataclass
-class Check:
-    name: str
-    status: str  # ok / missing / broken / skipped
-    measured: dict = field(default_factory=dict)
-    fix: str = ""
-    group: str = "environment"
-    required: bool = True  # a required check that is not ok fails the command
-
-    @property
-    def failed(self) -> bool:
-        return self.required and self.status in (MISSING, BROKEN)
 
 
 def _dist_version(name: str) -> tuple[str, str] | None:
@@ -149,8 +142,6 @@ def check_sdpa_flash() -> Check:
 
 
 def check_embedded_model() -> Check:
-    from . import models
-
     path = models.local_dir("smollm2-135m")
     if not (path / models.MANIFEST).is_file():
         return Check("embedded_model", MISSING, {"path": str(path)}, "ftscale models prepare smollm2-135m "
@@ -201,8 +192,6 @@ def write_report(checks: list[Check], path: Path) -> Path:
     """Every figure of every check, and the machine, in one JSON file."""
     failed = [c.name for c in checks if c.failed]
     try:
-        from .provenance import machine
-
         where = machine()
     except ImportError:  # no torch: the report still says what is missing
         where = {"platform": platform.platform(), "processor": platform.processor() or platform.machine()}
@@ -218,14 +207,10 @@ def default_output() -> Path:
 def run(gpu: bool, out: Path | None = None, model: str = "llama-3.1-8b", seq_len: int = 2048, steps: int = 5,
         warmup: int = 2, n: int = 100, limit: int = 100, margin: float | None = None, log=print) -> int:
     """`ftscale doctor [--gpu]`: report, write the JSON, return the exit code (0 ok, 1 a check failed)."""
-    from .errors import ConfigError
-
     if seq_len < 16 or steps < 1 or warmup < 0 or n < 1 or limit < 1 or not (margin is None or 0 <= margin <= 1):
         raise ConfigError("doctor: --seq-len >= 16, --steps >= 1, --warmup >= 0, --examples >= 1, --eval-limit >= 1, "
                           "0 <= --margin <= 1")
     if gpu:
-        from . import models
-
         if model not in models.registry() or not models.load_spec(model).architecture:
             with_arch = [m for m in models.registry() if models.load_spec(m).architecture]
             raise ConfigError(f"doctor --model {model}: needs a name in configs/models/ with an `architecture:` "
@@ -245,11 +230,6 @@ def run(gpu: bool, out: Path | None = None, model: str = "llama-3.1-8b", seq_len
     return 1 if failed else 0
 
 
-def has_module(name: str) -> bool:
-    """Installed, without importing it (torch may be missing, and imports cost seconds)."""
-    return importlib.util.find_spec(name) is not None
-
-
 def _cuda() -> bool:
     try:
         import torch
@@ -259,8 +239,6 @@ def _cuda() -> bool:
 
 
 def _gpu_checks(work: Path, model, seq_len, steps, warmup, n, limit, margin, log) -> list[Check]:
-    from ftscale.train import doctor_gpu as g
-
     if not _cuda():
         return g.skipped(NO_CUDA, [g.speed_name(*p) for p in g.speed_plan(has_module("liger_kernel"))])
     missing = [m for m in ("bitsandbytes", "trl", "datasets") if not has_module(m)]
@@ -270,15 +248,3 @@ def _gpu_checks(work: Path, model, seq_len, steps, warmup, n, limit, margin, log
     checks = guarded("correctness", "correctness", lambda: g.correctness_checks(
         work, n, limit, g.SERVE_MARGIN if margin is None else margin, log))
     return checks + g.speed_checks(model, seq_len, steps, warmup, work / "bench", log)
-
-
-def guarded(name: str, group: str, fn) -> list[Check]:
-    """Run a group of checks; a crash becomes a broken check with its traceback in the JSON, so
-    the figures measured before it, and the checks after it, are kept."""
-    import traceback
-
-    try:
-        return fn()
-    except Exception as e:
-        return [Check(name, BROKEN, {"error": f"{type(e).__name__}: {e}"[:500], "traceback": traceback.format_exc()},
-                      "a crash, not a measurement: its traceback is in the JSON", group=group)]

@@ -1,45 +1,44 @@
-"""Run an experiment: for each training size, train (or reuse) an adapter, evaluate it, report.
-
-Every step is skipped when its completion record names exactly the inputs it would be made from
-now (ftscale/cellrunner.py), so a killed run started again picks up where it stopped, and a
-changed config redoes exactly the steps it changes.
+"""What an experiment config asks for: its task (every prompt variant checked), its general-ability
+probes, and the inputs digest of every step it owes (what the report compares completion records with,
+so that a cell left from an earlier config is never shown as this one's).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
-from tqdm.auto import tqdm
 
-from .atomic import write_text
-from .cellrunner import ensure_trained, eval_jobs, hf_answerer, run_evals
+from . import completion
+from .cellrunner import eval_jobs, hf_answerer
 from .chatdata import read_jsonl
-from .config import ExperimentConfig
-from .errors import ConfigError, FtscaleError, StepsFailed
-from .models import check_for_training
+from .config import ExperimentConfig, config_task, write_task_data
+from .errors import ConfigError, FtscaleError
+from .eval.tasks import get_task, with_judge
 from .rundir import cell_dir
+from .stepinputs import train_inputs
 
 
 def task_for(cfg: ExperimentConfig, variants: list[str] | None = None):
-    """The config's task, with every prompt variant that will be asked for checked up front."""
-    from ftscale.eval.tasks import get_task
-
+    """The config's task (resolved once, by load_config), with every prompt variant that will be asked for
+    checked up front; the datasets the config takes from it are written out here, for the run that follows."""
     try:
-        task = get_task(cfg.task)
+        task = config_task(cfg)
     except KeyError as e:
         raise ConfigError(f"task: {e.args[0]}") from None
-    if cfg.eval.judge is not None:
-        from ftscale.eval.tasks import with_judge
+    write_task_data(cfg)
+    return _as_configured(task, cfg, variants or cfg.eval.prompt_variants + cfg.eval.baseline_variants)
 
+
+def _as_configured(task, cfg: ExperimentConfig, variants: list[str]):
+    """The task with the config's judge and pairwise limit; a prompt variant it lacks is refused."""
+    if cfg.eval.judge is not None:
         task = with_judge(task, cfg.eval.judge)
     if cfg.eval.pairwise_limit is not None and task.pairwise is not None:
         task = replace(task, pairwise=task.pairwise.model_copy(update={"limit": cfg.eval.pairwise_limit}))
-    wanted = variants or cfg.eval.prompt_variants + cfg.eval.baseline_variants
-    unknown = [v for v in wanted if v not in task.prompt_variants]
+    unknown = [v for v in variants if v not in task.prompt_variants]
     if unknown:
         raise ConfigError(f"prompt variants {unknown} are unknown to task {task.name!r} "
                           f"(it has {', '.join(task.prompt_variants)})")
@@ -48,64 +47,20 @@ def task_for(cfg: ExperimentConfig, variants: list[str] | None = None):
 
 def load_probes(cfg: ExperimentConfig) -> tuple | None:
     """(probe task, probe examples) of `eval.probes`, or None."""
-    from ftscale.eval.tasks.yaml_task import data_files, find_task_file, load_spec
-
     spec = cfg.eval.probes
     if spec is None:
         return None
-    path = find_task_file(spec.task)
-    if path is None:
-        raise ConfigError(f"eval.probes.task: no task YAML {spec.task!r} (a name in configs/tasks/ or a path)")
-    _, eval_path = data_files(load_spec(path), path, cfg.output_dir / "task-data")
-    return task_for(cfg.model_copy(update={"task": str(path)}), ["default"]), read_jsonl(eval_path, "eval")[: spec.limit]
-
-
-def run_experiment(cfg: ExperimentConfig, log=print) -> Path:
-    """Every size: train (or reuse) and evaluate through the cell runner, then the summary. Failed
-    evaluations are listed in the summary and raise StepsFailed (exit 1) once all the rest is done."""
-    from ftscale.eval.report import audit, write_report
-
-    from ftscale.eval.tasks.check import refuse_overlap
-
-    task = task_for(cfg)
-    refuse_overlap(cfg.data.train, cfg.data.eval)  # before any training: scores on seen examples mean nothing
-    check_for_training(cfg)  # the model, its chat template and LoRA targets: refused before the first cell
-    pool = read_jsonl(cfg.data.train, "train")
-    examples = read_jsonl(cfg.data.eval, "eval")[: cfg.eval.limit]
-    probes = load_probes(cfg)
-    exp_dir = cfg.experiment_dir
-    write_text(exp_dir / "experiment.yaml", cfg.to_yaml())
-    start = time.perf_counter()
-    failures = []
-    bar = tqdm(cfg.sizes, desc=f"{cfg.name}", unit="cell")
-    for n in bar:
-        bar.set_postfix_str(f"n={n}")
-        cell = cell_dir(exp_dir, n, cfg.train.seed)
-        ensure_trained(cfg, n, cell, log=log)
-        variants = cfg.eval.prompt_variants + (cfg.eval.baseline_variants if n == 0 else [])
-        answerer = hf_answerer(cfg, cell / "adapter" if n > 0 else None)
-        jobs = eval_jobs(cfg, cell, task, pool, examples, variants, answerer, probes)
-        failures += run_evals(cell, jobs, answerer, pool, cfg.eval.few_shot_k, log=log)
-    rows, hidden = audit(exp_dir, expected_inputs(cfg, task, pool, examples, probes))
-    if rows and task.pairwise is not None:
-        from ftscale.eval.pairwise_runs import run_comparisons
-
-        run_comparisons(exp_dir, task.pairwise, rows, log=log)
-    if rows:
-        report = write_report(exp_dir, task, cfg.cost, rows, hidden)
-        log(f"done in {time.perf_counter() - start:.0f} s: {report}")
-    if failures:
-        raise StepsFailed(f"{len(failures)} evaluation(s) failed and were not recorded as done "
-                          "(run the same command again to redo them):\n" + "\n".join(f.line() for f in failures))
-    return exp_dir / "summary.md"
+    try:
+        task = get_task(spec.task)
+    except KeyError:
+        raise ConfigError(f"eval.probes.task: no task YAML {spec.task!r} (a name in configs/tasks/ or a path)") from None
+    eval_path = task.data.write("eval", cfg.task_data_dir)
+    return _as_configured(task, cfg, ["default"]), read_jsonl(eval_path, "eval")[: spec.limit]
 
 
 def expected_inputs(cfg: ExperimentConfig, task, pool: list[dict], examples: list[dict], probes) -> dict[Path, str]:
     """The inputs digest of every step `ftscale run` of this config owes (folder -> digest): what the
     report compares records with, so a cell left from an earlier config is never shown as this one's."""
-    from . import completion
-    from .stepinputs import train_inputs
-
     out = {}
     for n in cfg.sizes:
         cell = cell_dir(cfg.experiment_dir, n, cfg.train.seed)

@@ -31,9 +31,11 @@ import openai
 
 from .atomic import write_json, write_jsonl, write_text
 from .chatdata import json_lines, parse_line, sha256_file
+from .data.distill import ask_cached, cache_key, load_cache
 from .datacheck import check_file
 from .deprecations import DEFAULT, load_deprecations
 from .errors import DataError, FtscaleError
+from .eval.backends import Request, Sampling, make_backend
 from .openai_org import STILL_POSSIBLE, client, job_of, list_jobs, refused
 
 MANIFEST = "capture.json"
@@ -147,9 +149,6 @@ def _retired_error(errors: list[tuple[str, str]]) -> bool:
 def ask_fine_tune(model_id: str, examples: list[dict], out: Path, base_url: str | None, sampling, batch_size: int,
                   concurrency: int, progress: bool, backend=None) -> tuple[dict[str, dict], list[tuple[str, str]]]:
     """The fine-tune's answer to every example, through distill's cache: (id -> cache record, failures)."""
-    from ftscale.data.distill import ask_cached, cache_key, load_cache
-    from ftscale.eval.backends import Request, make_backend
-
     cache_path = out / CACHE
     cache = load_cache(cache_path)
     keys = {ex["id"]: cache_key(model_id, "capture", "", json.dumps(ex["messages"], ensure_ascii=False))
@@ -193,8 +192,6 @@ def capture(model_id: str, out: str | Path, *, base_url: str | None = None, trai
             deprecations: str = DEFAULT, log=print, backend=None) -> dict:
     """Capture a fine-tune (see the module's docstring); returns the manifest. `failed` > 0 means
     some prompts are still unanswered: running again asks only those."""
-    from ftscale.eval.backends import Sampling
-
     _require_ft(model_id)
     out = Path(out)
     table = load_deprecations(deprecations)

@@ -31,7 +31,7 @@ def default_sizes(n_train: int) -> list[int]:
 
 
 def _answers_are_json(folder: Path) -> bool:
-    from ftscale.eval.evaluators import first_json_object
+    from ftscale.eval.json_output import first_json_object
 
     outputs = [rec["output"] for _, rec in json_lines(folder / CAPTURED)]
     return bool(outputs) and sum(first_json_object(o) is not None for o in outputs) * 2 > len(outputs)

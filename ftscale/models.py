@@ -127,7 +127,8 @@ def check_chat_template(tokenizer, ref: str) -> None:
     """Training and evaluation format every example with the tokenizer's chat template."""
     if not getattr(tokenizer, "chat_template", None):
         raise FtscaleError(f"model {ref!r} has no chat template (a base model, not a chat model): pick a chat/instruct "
-                           "model, or set one in its tokenizer_config.json (`chat_template`)")
+                           "model, or set one in its tokenizer_config.json (`chat_template`), or name one to train "
+                           "it with: --train.chat_template chatml")
 
 
 def check_target_modules(target_modules: str | list[str], config, ref: str) -> None:
@@ -155,8 +156,9 @@ def check_target_modules(target_modules: str | list[str], config, ref: str) -> N
                           f"(its linear layers: {', '.join(leaves)}; or all-linear)")
 
 
-def check_for_generation(ref: str) -> str:
-    """A model asked to answer chat requests: reachable (hub) or present, with a chat template. Returns the path."""
+def check_for_generation(ref: str, chat_template: str | None = None) -> str:
+    """A model asked to answer chat requests: reachable (hub) or present, with a chat template (its own,
+    or `chat_template` named for it). Returns the path."""
     from transformers import AutoTokenizer
 
     path = resolve(ref, check=True)
@@ -165,7 +167,8 @@ def check_for_generation(ref: str) -> str:
     except (OSError, ValueError) as e:  # a folder without a usable tokenizer, a broken config.json
         raise FtscaleError(f"model {ref!r}: its tokenizer does not load from {path} ({type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
-    check_chat_template(tokenizer, ref)
+    if chat_template is None:
+        check_chat_template(tokenizer, ref)
     return path
 
 
@@ -174,7 +177,7 @@ def check_for_training(cfg) -> str:
     load: reachable (hub) or present, a chat template, the LoRA target modules. Returns the path."""
     from transformers import AutoConfig
 
-    path = check_for_generation(cfg.model)
+    path = check_for_generation(cfg.model, cfg.train.chat_template)
     check_target_modules(cfg.train.lora.target_modules, AutoConfig.from_pretrained(path), cfg.model)
     return path
 

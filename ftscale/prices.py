@@ -9,9 +9,9 @@ from pathlib import Path
 
 from pydantic import Field
 
-from .config import Strict, load_validated
 from .errors import ConfigError
-from .paths import ROOT
+from .paths import shipped
+from .strict import Strict, load_validated
 
 DATE = r"^\d{4}-\d{2}(-\d{2})?$"
 
@@ -86,8 +86,6 @@ class PriceTable(Strict):
 
 
 def load_prices(path: str | Path) -> PriceTable:
-    """A relative path is looked up from the working directory, then from the checkout (configs/...)."""
-    path = Path(path)
-    if not path.is_absolute() and not path.exists() and (ROOT / path).is_file():
-        path = ROOT / path
+    """A relative path is looked up from the working directory, then among the shipped files (configs/...)."""
+    path = shipped(path)
     return load_validated(path, PriceTable)

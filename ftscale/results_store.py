@@ -1,6 +1,7 @@
 """The sweep's cell states: files in each cell's folder are the truth; results.db is an index of them.
 
-Each cell's folder holds `cell.json` (running / failed, with host, pid, attempts and the error) and,
+Each cell's folder holds `cell.json` (running / failed / diverged, with host, pid, attempts and the
+error, or for a diverged training the step, loss and knobs to turn) and,
 once every step is done, `cell.done.json`: a completion record (ftscale/completion.py) naming the
 cell's key, its training record and each evaluation record. A cell is done only while that record
 still matches them. Jobs on several nodes write only their own cell's files (an atomic rename each),
@@ -25,13 +26,15 @@ from .atomic import write_json
 
 STATE = "cell.json"
 DONE = "cell.done.json"
-STATUSES = ("done", "running", "failed", "pending")
+STATUSES = ("done", "running", "failed", "diverged", "pending")
+# the statuses whose cell.json carries an error: what went wrong, for the report and --status
+WITH_ERROR = ("failed", "diverged")
 
 SCHEMA = """
 CREATE TABLE cells (
     key TEXT PRIMARY KEY, kind TEXT NOT NULL, system TEXT NOT NULL, n INTEGER NOT NULL, seed INTEGER NOT NULL,
     epochs REAL NOT NULL, run_dir TEXT NOT NULL UNIQUE, config TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed', 'diverged')),
     error TEXT, attempts INTEGER NOT NULL, completions INTEGER NOT NULL,
     started REAL, finished REAL, duration_s REAL, host TEXT, pid INTEGER
 )
@@ -54,9 +57,10 @@ def mark_running(run_dir: Path, key: str) -> None:
                                        "host": socket.gethostname(), "pid": os.getpid(), "error": None})
 
 
-def mark_failed(run_dir: Path, error: str) -> None:
+def mark_failed(run_dir: Path, error: str, status: str = "failed") -> None:
+    """`status`: failed, or diverged (the training was stopped by the divergence watchdog)."""
     state = _state(run_dir)
-    write_json(Path(run_dir) / STATE, state | {"status": "failed", "error": error, "finished": time.time()})
+    write_json(Path(run_dir) / STATE, state | {"status": status, "error": error, "finished": time.time()})
 
 
 def mark_done(run_dir: Path, key: str, steps: list[Path]) -> None:
@@ -101,7 +105,7 @@ def cell_status(run_dir: Path, key: str) -> dict:
     if status == "running" and state.get("host") == socket.gethostname() and not _alive(state.get("pid")):
         status = "pending"
     started, finished = state.get("started"), done["finished"] if done else state.get("finished")
-    return {"status": status, "error": state.get("error") if status == "failed" else None,
+    return {"status": status, "error": state.get("error") if status in WITH_ERROR else None,
             "attempts": state.get("attempts", 0),
             "completions": done["completions"] if done else state.get("completions", 0),
             "started": started, "finished": finished,

@@ -8,17 +8,19 @@ Anything else (the cost section, an evaluation knob for a training) does not inv
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
+from ftscale.train.chat_template_check import template_text
+
+from . import models
 from .chatdata import nested_subset, read_jsonl, sha256_file, sha256_records
 from .config import ExperimentConfig
+from .errors import FtscaleError
 
 
 def model_identity(ref: str) -> dict:
     """A model reference and, for a local checkpoint, the hash of what names its weights."""
-    from . import models
-    from .errors import FtscaleError
-
     out = {"ref": ref}
     try:
         path = Path(models.resolve(ref))
@@ -40,7 +42,13 @@ def train_inputs(cfg: ExperimentConfig, n: int, pool: list[dict] | None = None) 
     return inputs | {
         "train": _train_section(cfg), "data_seed": cfg.data.seed,
         "data_sha256": sha256_file(cfg.data.train), "subset_sha256": sha256_records(nested_subset(pool, n, cfg.data.seed)),
-    }
+    } | _chat_template(cfg)
+
+
+def _chat_template(cfg: ExperimentConfig) -> dict:
+    """A template named for training changes what is trained: its text counts (a .jinja file may be edited)."""
+    spec = cfg.train.chat_template
+    return {} if spec is None else {"chat_template_sha256": hashlib.sha256(template_text(spec).encode()).hexdigest()}
 
 
 # Knobs added after training records existed: they count only when set, so that records made
@@ -67,11 +75,8 @@ def openai_train_inputs(cfg: ExperimentConfig, n: int, pool: list[dict] | None =
                      "subset_sha256": sha256_records(nested_subset(pool, n, cfg.data.seed))}
 
 
-def task_identity(task, ref: str) -> dict:
+def task_identity(task) -> dict:
     """A task by its name, its YAML's hash where it has one, its metrics and its judges."""
-    from .eval.tasks.yaml_task import find_task_file
-
-    path = find_task_file(ref)
-    return {"name": task.name, "file_sha256": sha256_file(path) if path else None,
+    return {"name": task.name, "file_sha256": task.file_sha256,
             "metrics": [m.name for m in task.metrics],
             "judges": [[prefix, params.model_dump(mode="json")] for _, params, prefix in task.judges]}

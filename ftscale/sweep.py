@@ -16,18 +16,27 @@ from __future__ import annotations
 
 import statistics
 import traceback
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from .apikey import mask
 from .atomic import write_text
-from .cellrunner import (Answerer, captured_answerer, endpoint_answerer, ensure_captured, ensure_openai, ensure_trained,
-                         eval_jobs, hf_answerer, run_evals)
+from .cellrunner import (Answerer, audit_cell, captured_answerer, endpoint_answerer, ensure_captured, ensure_openai,
+                         ensure_trained, eval_jobs, hf_answerer, run_evals)
 from .chatdata import read_jsonl
 from .errors import FtscaleError, StepsFailed
+from .eval.cost import add_costs
+from .eval.pairwise_runs import run_comparisons
+from .eval.result_row import ResultRow, loss_curve, result_rows
+from .eval.tasks import Task
+from .experiment import load_probes, task_for
 from .models import check_for_training
+from .prices import load_prices
 from .results_store import ResultsStore, is_done, mark_done, mark_failed, mark_running
+from .serve.evaluate_on_vllm import evaluate_on_vllm
+from .train.divergence import Diverged
 from .sweepconfig import Cell, expand, load_sweep
 
 STORE = "results.db"
@@ -35,8 +44,6 @@ STORE = "results.db"
 
 class Runner:
     def __init__(self, sweep_path: str | Path, log=print):
-        from .experiment import load_probes, task_for
-
         self.sweep_path = Path(sweep_path)
         self.sweep, self.base = load_sweep(sweep_path)
         self.cells = expand(self.sweep, self.base)
@@ -101,6 +108,12 @@ class Runner:
             return True
         except KeyboardInterrupt:
             raise
+        except Diverged as e:  # the training was stopped: the cell is diverged, with the step, loss and knobs
+            mark_failed(cell.run_dir, str(e), status="diverged")
+            self.log(str(e))
+            if fail_fast:
+                raise FtscaleError(f"cell {cell.run_dir} diverged (--fail-fast): {e}") from e
+            return False
         except Exception as e:  # one failed cell must not stop the others
             detail = mask(f"{type(e).__name__}: {e}")  # a provider's error may quote the key
             mark_failed(cell.run_dir, detail + "\n" + mask(traceback.format_exc(limit=5)))
@@ -141,25 +154,19 @@ class Runner:
         fine-tune (each seed) against every untrained system at the same temperature."""
         if self.task.pairwise is None:
             return
-        from .eval.pairwise_runs import run_comparisons
-
-        rows, _, _ = sweep_rows(self.sweep.sweep_dir)
-        run_comparisons(self.sweep.sweep_dir, self.task.pairwise, [r for r in rows if r["status"] == "done"], log=self.log)
+        # the finished cells' rows only: no other cell's, and no costs, are needed to judge them
+        rows = [r for c in self.cells if is_done(c.run_dir, c.key) for r in _cell_rows(c, "done")]
+        run_comparisons(self.sweep.sweep_dir, self.task.pairwise, rows, log=self.log)
 
     def _evaluate_on_vllm(self, cells: list[Cell], fail_fast: bool) -> None:
         """One server per base model, every adapter of that base loaded as a LoRA module."""
-        from .serve.server import server_for
-        from .stepinputs import model_identity
-
         cfg = cells[0].cfg
         adapters = {c.run_dir.name: c.run_dir for c in cells if c.n > 0}
         log_path = self.sweep.sweep_dir / "vllm" / f"{cfg.model.replace('/', '_')}.log"
-        with server_for(cfg, adapters or None, log_path) as server:
+        with evaluate_on_vllm(cfg, log_path, adapters) as vllm:
             for cell in cells:
-                name = cell.run_dir.name if cell.n > 0 else server.served_name
-                served = {"model": model_identity(cell.cfg.model), "adapter": cell.n > 0,
-                          "precision": cell.cfg.eval.precision, "serve": cell.cfg.serve.model_dump(mode="json")}
-                answerer = endpoint_answerer(name, server.base_url, cell.cfg.serve.concurrency, label="vllm", served=served)
+                answerer = vllm.answerer(cell.cfg, cell.cfg.serve.concurrency,
+                                         lora=cell.run_dir.name if cell.n > 0 else None)
                 self._guarded(cell, lambda c=cell, a=answerer: mark_done(c.run_dir, c.key, self.evaluate(c, a)), fail_fast)
 
 
@@ -183,10 +190,11 @@ def status(sweep_path: str | Path) -> str:
     else:
         eta_text = "ETA unknown until a cell finishes"
     lines = [f"{sweep.name} ({sweep.sweep_dir}): {len(cells)} cells: {counts['done']} done, {counts['running']} running, "
-             f"{counts['failed']} failed, {counts['pending']} left; {eta_text}"]
+             f"{counts['failed']} failed, " + (f"{counts['diverged']} diverged, " if counts["diverged"] else "")
+             + f"{counts['pending']} left; {eta_text}"]
     for r in mine:
-        if r["status"] in ("failed", "running"):
-            what = (r["error"] or "").splitlines()[0] if r["status"] == "failed" else f"on {r['host']} pid {r['pid']}"
+        if r["status"] in ("failed", "diverged", "running"):
+            what = (r["error"] or "").splitlines()[0] if r["status"] != "running" else f"on {r['host']} pid {r['pid']}"
             lines.append(f"  {r['status']}: {r['system']} n={r['n']} seed={r['seed']} ({r['run_dir']}): {what}")
     return "\n".join(lines)
 
@@ -246,36 +254,35 @@ def submit(sweep_path: str | Path, cluster: str, timeout_min: int, partition: st
     return jobs
 
 
-def _latency(generations: Path) -> dict | None:
-    import json
+@dataclass
+class SweepResults:
+    """A sweep's rows (every cell, finished or not), its task, and the cost context of its finished rows
+    (None when none finished)."""
 
-    from .serve.latency import percentile
-
-    recs = [json.loads(line) for line in open(generations)]
-    ttft = [r["ttft_s"] for r in recs if r.get("ttft_s") is not None and r["error"] is None]
-    e2e = [r["latency_s"] for r in recs if r.get("latency_s") is not None and r["error"] is None]
-    if not e2e:
-        return None
-    return {"ttft_p50": percentile(ttft, 50) if ttft else None, "ttft_p90": percentile(ttft, 90) if ttft else None,
-            "e2e_p50": percentile(e2e, 50), "e2e_p90": percentile(e2e, 90)}
+    rows: list[ResultRow]
+    task: Task
+    cost: dict | None
 
 
-def _loss(run_dir: Path) -> list[float] | None:
-    import json
+def _cell_rows(cell: Cell, status: str, error: str | None = None) -> list[ResultRow]:
+    """A cell's rows: a finished cell's shown evaluations, as the sweep names them; one row per temperature
+    and prompt variant of a cell that did not finish, marked with its status and without values."""
+    facts = {"in_sweep": True, "is_reference": cell.kind != "train", "error": error,
+             # the untrained base is a reference line of its own, not a point of the fine-tune's curve
+             "system": f"{cell.system} base" if cell.kind == "base" else cell.system,
+             "status": status if status != "pending" else "missing"}
+    # every cell's folders are audited, done or not: one edited after its record is refused here
+    shown = audit_cell(cell.run_dir)[0] if (cell.run_dir / "config.yaml").is_file() else []
+    if status == "done":
+        return [replace(r, **facts) for r in result_rows(cell.run_dir, shown)]
+    return [ResultRow(**facts, backend=cell.backend, model=cell.cfg.model, num_train_examples=cell.n, seed=cell.seed,
+                      prompt_variant=v, temperature=t, run_dir=str(cell.run_dir), loss=loss_curve(cell.run_dir))
+            for t in cell.temperatures for v in cell.variants]
 
-    path = run_dir / "loss.jsonl"
-    return [json.loads(line)["loss"] for line in open(path)] if path.is_file() else None
 
-
-def sweep_rows(sweep_dir: Path) -> tuple[list[dict], object, object]:
-    """Every cell of the sweep as report rows: finished cells with their scores, the others marked
-    with their status and error (never dropped)."""
-    from .cellrunner import audit_cell
-    from .eval.cost import add_costs
-    from .eval.report import cell_rows
-    from .experiment import task_for
-    from .prices import load_prices
-
+def sweep_rows(sweep_dir: Path) -> SweepResults:
+    """Every cell of the sweep as report rows: finished cells with their scores and costs, the others
+    marked with their status and error (never dropped)."""
     sweep_dir = Path(sweep_dir)
     sweep, base = load_sweep(sweep_dir / "sweep.yaml")
     cells = expand(sweep, base)
@@ -283,37 +290,22 @@ def sweep_rows(sweep_dir: Path) -> tuple[list[dict], object, object]:
     store = ResultsStore.rebuild(sweep_dir / STORE, cells)
     records = {r["key"]: r for r in store.all()}
     store.close()
-    done, rows = [], []
+    rows = []
     for cell in cells:
         rec = records.get(cell.key) or {"status": "pending", "error": None}
-        # the untrained base is a reference line of its own, not a point of the fine-tune's curve
-        system = f"{cell.system} base" if cell.kind == "base" else cell.system
-        common = {"system": system, "run_dir": str(cell.run_dir), "reference": cell.kind != "train",
-                  "status": rec["status"] if rec["status"] != "pending" else "missing", "error": rec["error"]}
-        # every cell's folders are audited, done or not: one edited after its record is refused here
-        shown = audit_cell(cell.run_dir)[0] if (cell.run_dir / "config.yaml").is_file() else []
-        if rec["status"] == "done":
-            for r in cell_rows(cell.run_dir, shown):
-                r |= common | {"loss": _loss(cell.run_dir), "latency": _latency(Path(r["generations"]))}
-                done.append(r)
-                rows.append(r)
-        else:
-            for t in cell.temperatures:
-                for v in cell.variants:
-                    rows.append(common | {"num_train_examples": cell.n, "seed": cell.seed, "prompt_variant": v,
-                                          "temperature": t, "backend": cell.backend, "model": cell.cfg.model,
-                                          "loss": _loss(cell.run_dir), "latency": None,
-                                          **{m.name: None for m in task.metrics}})
-    cost_ctx = add_costs(done, load_prices(base.cost.prices), base.cost) if done else None
-    return rows, task, cost_ctx
+        rows += _cell_rows(cell, rec["status"], rec["error"])
+    done = [r for r in rows if r.status == "done"]
+    cost = add_costs(done, load_prices(base.cost.prices), base.cost) if done else None
+    return SweepResults(rows, task, cost)
 
 
 def write_report(sweep_dir: Path, command: str) -> tuple[Path, Path]:
+    # not at the top: the report loads matplotlib (about a second) that `ftscale sweep --status` never needs
     from .eval.sweep_report import write_sweep_report
 
-    rows, task, cost_ctx = sweep_rows(sweep_dir)
+    results = sweep_rows(sweep_dir)
     made_by = Path(sweep_dir) / "command.txt"
     if made_by.is_file():
         command = made_by.read_text().strip() + "\n" + command
-    return write_sweep_report(Path(sweep_dir), rows, task, cost_ctx,
+    return write_sweep_report(Path(sweep_dir), results.rows, results.task, results.cost,
                               {"command": command, "sweep_dir": str(sweep_dir), "store": str(Path(sweep_dir) / STORE)})

@@ -17,6 +17,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from . import paths
 from .config import ExperimentConfig, Strict, load_config, load_validated
 from .errors import ConfigError
 
@@ -52,6 +53,8 @@ class Reference(Strict):
 class SweepConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     base: Path = Field(description="the experiment config every cell starts from")
+    overlays: list[Path] = Field(default_factory=list, description="YAML files of experiment keys merged over the "
+                                 "base in turn, before `overrides` (a tune's best.yaml)")
     overrides: dict[str, str | int | float | bool | None] = Field(
         default_factory=dict, description="dotted experiment keys set for every cell (eval.limit: 100)")
     systems: list[System] = Field(min_length=1)
@@ -106,8 +109,9 @@ def _slug(text: str) -> str:
 def load_sweep(path: str | Path) -> tuple[SweepConfig, ExperimentConfig]:
     """The sweep and its base experiment, both validated; unknown models, tasks, variants or metrics
     fail here, before any cell runs."""
-    sweep = load_validated(path, SweepConfig)
-    base = load_config(sweep.base, {k: ("null" if v is None else str(v)) for k, v in sweep.overrides.items()})
+    sweep = load_validated(paths.find_config(path, "sweeps"), SweepConfig)
+    base = load_config(sweep.base, {k: ("null" if v is None else str(v)) for k, v in sweep.overrides.items()},
+                       sweep.overlays)
     from .experiment import task_for
     from .models import registry
 

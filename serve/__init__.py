@@ -1,1 +1,1 @@
-"""Serving: vLLM servers for base models and LoRA adapters (see the serving issue)."""
+"""Serving: vLLM servers for base models and LoRA adapters, and the benchmarks measured through them."""

@@ -10,22 +10,19 @@ from pathlib import Path
 
 from ftscale.atomic import write_json, write_jsonl
 from ftscale.chatdata import read_jsonl
+from ftscale.eval.backends import Request, Sampling
 
 from .latency import measure
 
 
 def _requests(prompts: Path) -> list:
     """vLLM's custom dataset sends each prompt as the one user message; so do we."""
-    from ftscale.eval.backends import Request
-
     rows = [json.loads(line) for line in Path(prompts).read_text().splitlines()]  # written by crosscheck() itself
     return [Request(str(i), [{"role": "user", "content": r["prompt"]}]) for i, r in enumerate(rows)]
 
 
 def _measure_ours(base_url: str, model: str, prompts: Path, output_len: int, concurrency: int) -> dict:
     """ignore_eos fixes the output length on both sides, so the two measure the very same work."""
-    from ftscale.eval.backends import Sampling
-
     sampling = Sampling(temperature=0.0, max_new_tokens=output_len, ignore_eos=True)
     return measure(base_url, model, _requests(prompts), sampling, concurrency)
 
@@ -69,6 +66,22 @@ def crosscheck(cfg, base_url: str, model: str, tokenizer: str, out_dir: Path, nu
               "completed": {"ftscale": ours["requests"] - ours["failed"], "vllm": theirs["completed"]}}
     write_json(out_dir / "crosscheck.json", result)
     return result
+
+
+def run_crosscheck(cfg, out_dir: Path | None, num_prompts: int, concurrency: int, output_len: int) -> dict:
+    """A server for the config's model, measured both ways; in `out_dir` (default: <experiment dir>/crosscheck)."""
+    # imported here: this module is also the measuring client, run in a fresh process whose heap must
+    # stay small (its garbage-collection pauses would count as latency)
+    from ftscale.config import write_task_data
+    from ftscale.models import resolve
+
+    from .evaluate_on_vllm import evaluate_on_vllm
+
+    write_task_data(cfg)  # the prompts come from the eval set, which a hub dataset writes out first
+    out_dir = Path(out_dir or cfg.experiment_dir / "crosscheck")
+    with evaluate_on_vllm(cfg, out_dir / "vllm-server.log") as vllm:
+        return crosscheck(cfg, vllm.base_url, vllm.model(), resolve(cfg.model), out_dir, num_prompts, concurrency,
+                          output_len)
 
 
 if __name__ == "__main__":  # our side of the comparison, run by crosscheck() in a fresh process

@@ -16,45 +16,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import statistics
 import time
 from pathlib import Path
 
 from ftscale.atomic import write_json, write_text
 from ftscale.chatdata import read_jsonl
-from ftscale.eval.stats import percentile
+from ftscale.eval.backends import Request, make_backend
+from ftscale.eval.latency import latency_of
 from ftscale.rundir import adapter_dir
-
-PERCENTILES = (50, 90, 99)
-
-
-def stats(values: list[float]) -> dict | None:
-    if not values:
-        return None
-    return {"mean": statistics.fmean(values), **{f"p{p}": percentile(values, p) for p in PERCENTILES}}
-
-
-def summarize(generations, wall_s: float) -> dict:
-    ok = [g for g in generations if g.error is None]
-    tpot = [(g.latency_s - g.ttft_s) / (g.output_tokens - 1) for g in ok if g.output_tokens > 1 and g.ttft_s is not None]
-    return {
-        "requests": len(generations), "failed": len(generations) - len(ok), "wall_s": wall_s,
-        "ttft_s": stats([g.ttft_s for g in ok if g.ttft_s is not None]), "tpot_s": tpot and stats(tpot),
-        "itl_s": stats([x for g in ok for x in g.extra.get("itl_s", [])]),
-        "e2e_s": stats([g.latency_s for g in ok]), "output_tokens": stats([g.output_tokens for g in ok]),
-        "input_tokens": stats([g.input_tokens for g in ok]),
-        "requests_per_s": len(ok) / wall_s, "output_tokens_per_s": sum(g.output_tokens for g in ok) / wall_s,
-    }
 
 
 def measure(base_url: str, model: str, requests, sampling, concurrency: int) -> dict:
-    from ftscale.eval.backends import make_backend
-
     backend = make_backend("openai", name="vllm", model=model, base_url=base_url, concurrency=concurrency, progress=False)
     backend.generate(requests[:concurrency], sampling)  # warm-up: first-request costs are not latency
     start = time.perf_counter()
     generations = backend.generate(requests, sampling)
-    return summarize(generations, time.perf_counter() - start)
+    return latency_of(generations, time.perf_counter() - start).as_dict()
 
 
 def speedup(base: dict, ft: dict) -> dict:
@@ -79,11 +56,13 @@ def _row(system: str, level: int, r: dict) -> str:
 
 
 def run_latency_benchmark(cfg, adapter: str | Path, levels: list[int], num_prompts: int, out_dir: Path | None = None) -> Path:
-    from ftscale.eval.backends import Request
+    # imported here, not at the top: crosscheck's measuring client imports this module in a fresh
+    # process whose heap must stay small (its garbage-collection pauses would count as latency)
     from ftscale.cellrunner import sampling_of
+    from ftscale.eval.report import write_report
     from ftscale.experiment import task_for
-    from ftscale.serve.server import server_for
-    from ftscale.train.merge import merged_beside
+
+    from .evaluate_on_vllm import FT, evaluate_on_vllm
 
     adapter = adapter_dir(adapter)
     out_dir = Path(out_dir or adapter.parent / "latency")
@@ -100,21 +79,21 @@ def run_latency_benchmark(cfg, adapter: str | Path, levels: list[int], num_promp
     results: dict[str, dict[int, dict]] = {}
     equal: dict[str, dict] = {}
 
-    def run(system, server, model, variant):
-        results[system] = {c: measure(server.base_url, model, prompts(variant), sampling, c) for c in levels}
+    def run(system, vllm, model, variant):
+        results[system] = {c: measure(vllm.base_url, model, prompts(variant), sampling, c) for c in levels}
 
     # Three servers, one after another: a server started with --enable-lora wraps every linear
     # layer, which slows the base model too, so the base is measured on a plain server.
-    with server_for(cfg, None, out_dir / "vllm-base.log") as server:
-        run("base, long prompt", server, server.served_name, long_variant)
-        run("base, short prompt", server, server.served_name, "default")
-    with server_for(cfg, {"ft": adapter}, out_dir / "vllm-lora.log") as server:
-        run("LoRA, short prompt", server, "ft", "default")
-        run("base on the LoRA-enabled server, short prompt", server, server.served_name, "default")
-        equal["LoRA"] = measure(server.base_url, "ft", prompts("default"), fixed, 1)
-    with server_for(cfg, None, out_dir / "vllm-merged.log", model=str(merged_beside(adapter))) as server:
-        run("merged, short prompt", server, server.served_name, "default")
-        equal["merged"] = measure(server.base_url, server.served_name, prompts("default"), fixed, 1)
+    with evaluate_on_vllm(cfg, out_dir / "vllm-base.log") as vllm:
+        run("base, long prompt", vllm, vllm.model(), long_variant)
+        run("base, short prompt", vllm, vllm.model(), "default")
+    with evaluate_on_vllm(cfg, out_dir / "vllm-lora.log", {FT: adapter}) as vllm:
+        run("LoRA, short prompt", vllm, FT, "default")
+        run("base on the LoRA-enabled server, short prompt", vllm, vllm.model(), "default")
+        equal["LoRA"] = measure(vllm.base_url, FT, prompts("default"), fixed, 1)
+    with evaluate_on_vllm(cfg, out_dir / "vllm-merged.log", merged=adapter) as vllm:
+        run("merged, short prompt", vllm, vllm.model(), "default")
+        equal["merged"] = measure(vllm.base_url, vllm.model(), prompts("default"), fixed, 1)
 
     speedups = {c: {"LoRA": speedup(results["base, long prompt"][c], results["LoRA, short prompt"][c]),
                     "merged": speedup(results["base, long prompt"][c], results["merged, short prompt"][c])}
@@ -141,7 +120,5 @@ def run_latency_benchmark(cfg, adapter: str | Path, levels: list[int], num_promp
     written = write_text(out_dir / "latency.md", "\n".join(lines))
     experiment = adapter.parent.parent
     if out_dir == adapter.parent / "latency" and (experiment / "experiment.yaml").is_file():
-        from ftscale.eval.report import write_report
-
         write_report(experiment, task)  # the experiment's summary gets a latency section
     return written

@@ -32,7 +32,7 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 def has_cuda() -> bool:
-    import torch
+    import torch  # seconds to import, and every command imports this module at start-up
 
     return torch.cuda.is_available()
 
@@ -197,6 +197,8 @@ class VLLMServer:
         """Stop the whole process group: SIGTERM, then SIGKILL whatever is left."""
         if self.proc is None:
             return
+        # imported here: every command imports this module at start-up, `ftscale doctor` too, which
+        # must run (and report psutil missing) where psutil is not installed
         import psutil
 
         try:
@@ -232,7 +234,7 @@ class VLLMServer:
 def server_for(cfg, adapters: dict[str, str | Path] | None, log_path: Path, model: str | None = None,
                port: int | None = None, host: str = "127.0.0.1") -> VLLMServer:
     """A server for an experiment config's model (or `model`), with its serve.* settings."""
-    from ftscale.device import resolve_dtype
+    from ftscale.device import resolve_dtype  # imports torch: seconds, paid only when a server is built
 
     s = cfg.serve
     dtype = str(resolve_dtype(cfg.eval.precision)).removeprefix("torch.")

@@ -7,8 +7,13 @@ import time
 from pathlib import Path
 
 from ftscale.atomic import write_json
+from ftscale.cellrunner import sampling_of
 from ftscale.chatdata import read_jsonl
+from ftscale.eval.backends import Request, make_backend
+from ftscale.experiment import task_for
 from ftscale.rundir import adapter_dir
+
+from .evaluate_on_vllm import FT, evaluate_on_vllm
 
 
 def headline_means(task, scores: list[dict]) -> dict[str, float | None]:
@@ -21,14 +26,10 @@ def headline_means(task, scores: list[dict]) -> dict[str, float | None]:
 
 
 def run_throughput_benchmark(cfg, adapter: str | Path | None, num_prompts: int, concurrency: int,
-                             out_dir: Path) -> dict:
-    from ftscale.eval.backends import Request, make_backend
-    from ftscale.cellrunner import sampling_of
-    from ftscale.experiment import task_for
-    from ftscale.serve.server import server_for
-    from ftscale.train.merge import merged_beside
-
+                             out_dir: Path | None = None) -> dict:
+    """Written to `out_dir` (default: <experiment dir>/throughput)."""
     adapter = adapter_dir(adapter) if adapter else None
+    out_dir = out_dir or cfg.experiment_dir / "throughput"
     task = task_for(cfg)
     examples = read_jsonl(cfg.data.eval, "eval")[:num_prompts]
     requests = [Request(e["id"], e["messages"]) for e in examples]
@@ -48,15 +49,11 @@ def run_throughput_benchmark(cfg, adapter: str | Path | None, num_prompts: int, 
                       dtype=cfg.eval.precision)
     results["hf, batch 1"] = timed(hf)
     del hf
-    with server_for(cfg, {"ft": adapter} if adapter else None, out_dir / "vllm-throughput.log") as server:
-        model = "ft" if adapter else server.served_name
-        vllm = make_backend("openai", name="vllm", model=model, base_url=server.base_url, concurrency=concurrency)
-        results[f"vllm, concurrency {concurrency}"] = timed(vllm)
+    with evaluate_on_vllm(cfg, out_dir / "vllm-throughput.log", {FT: adapter} if adapter else None) as vllm:
+        results[f"vllm, concurrency {concurrency}"] = timed(vllm.answerer(cfg, concurrency, FT if adapter else None).make())
     if adapter:  # vLLM's LoRA kernels are slow on a CPU; the merged checkpoint is the same function
-        with server_for(cfg, None, out_dir / "vllm-throughput-merged.log", model=str(merged_beside(adapter))) as server:
-            vllm = make_backend("openai", name="vllm-merged", model=server.served_name, base_url=server.base_url,
-                                concurrency=concurrency)
-            results[f"vllm merged, concurrency {concurrency}"] = timed(vllm)
+        with evaluate_on_vllm(cfg, out_dir / "vllm-throughput-merged.log", merged=adapter) as vllm:
+            results[f"vllm merged, concurrency {concurrency}"] = timed(vllm.answerer(cfg, concurrency, label="vllm-merged").make())
     hf_wall = results["hf, batch 1"]["wall_s"]
     summary = {"model": cfg.model, "adapter": str(adapter) if adapter else None, "num_prompts": len(requests),
                "results": results,

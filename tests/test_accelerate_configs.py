@@ -78,11 +78,15 @@ def test_fsdp_configs_are_lora_ready():
         # rank 0 reads the checkpoint; accelerate refuses this without sync_module_states (FSDP1)
         assert f["fsdp_cpu_ram_efficient_loading"] and f["fsdp_sync_module_states"], name
     assert fsdp["fsdp_config"]["fsdp_use_orig_params"] is True
-    # QLoRA: bf16 mixed precision, matching sft.py's bnb_4bit_quant_storage=torch.bfloat16
+    # QLoRA: bf16 mixed precision, matching the 4-bit base's bf16 quant storage that sft.py trains on
     assert qlora["mixed_precision"] == "bf16"
     assert "--train.quantization 4bit" in (CONFIG_DIR / "fsdp_qlora.yaml").read_text().splitlines()[0]
-    sft = (ROOT / "train" / "sft.py").read_text()
-    assert "bnb_4bit_quant_storage=torch.bfloat16" in sft, "fsdp_qlora.yaml assumes bf16 quant storage in sft.py"
+    import torch
+
+    from ftscale.quantization import bnb_config
+
+    assert bnb_config().bnb_4bit_quant_storage == torch.bfloat16, "fsdp_qlora.yaml assumes bf16 quant storage"
+    assert "bnb_config()" in (ROOT / "train" / "sft.py").read_text(), "sft.py must load the 4-bit base from it"
 
 
 def test_cpu_ddp_starts_two_processes():

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
 from ftscale.config import CostSpec
 from ftscale.errors import ConfigError
 from ftscale.eval.cost import add_costs, break_even, system_cost
+from ftscale.eval.result_row import ResultRow
 from ftscale.prices import load_prices
 
 from conftest import ROOT
@@ -33,12 +35,13 @@ def test_every_price_is_dated_and_sourced(table):
     assert table.model("some-other-model") is None
 
 
-def _row(**kw):
-    row = {"backend": "hf", "model": "smollm2-135m", "num_train_examples": 100, "prompt_variant": "default",
-           "train_wall_time_s": 360.0, "train_machine": {"cpu_threads": 2}, "eval_wall_time_s": 50.0,
-           "eval_requests": 200, "eval_machine": {"cpu_threads": 2}, "mean_input_tokens": 60.0,
-           "mean_output_tokens": 40.0, "trained_tokens": None, "estimated_billed_tokens": None}
-    return row | kw
+def _row(**kw) -> ResultRow:
+    row = {"system": "hf", "backend": "hf", "model": "smollm2-135m", "num_train_examples": 100, "seed": 42,
+           "prompt_variant": "default", "temperature": 0.0, "train_wall_time_s": 360.0,
+           "train_machine": {"cpu_threads": 2}, "eval_wall_time_s": 50.0, "eval_requests": 200,
+           "eval_machine": {"cpu_threads": 2}, "mean_input_tokens": 60.0, "mean_output_tokens": 40.0,
+           "trained_tokens": None, "estimated_billed_tokens": None}
+    return ResultRow(**(row | kw))
 
 
 def test_local_systems_cost_their_measured_wall_time(table):
@@ -59,17 +62,19 @@ def test_local_systems_cost_their_measured_wall_time(table):
 
 
 def test_openai_systems_cost_tokens(table):
-    ft = _row(backend="openai gpt-4.1-mini-2025-04-14", model="ft:gpt-4.1-mini-2025-04-14:o::s:1", trained_tokens=30_000)
+    ft = _row(system="openai gpt-4.1-mini-2025-04-14", backend="openai", model="ft:gpt-4.1-mini-2025-04-14:o::s:1",
+              trained_tokens=30_000)
     c = system_cost(ft, table, CostSpec())
     assert c["training_cost_usd"] == pytest.approx(30_000 * 5.00 / 1e6)
     assert c["cost_per_request_usd"] == pytest.approx((60 * 0.80 + 40 * 3.20) / 1e6)
     # before the job reports its tokens, the pre-launch estimate, said so
-    c = system_cost(ft | {"trained_tokens": None, "estimated_billed_tokens": 28_000}, table, CostSpec())
+    c = system_cost(replace(ft, trained_tokens=None, estimated_billed_tokens=28_000), table, CostSpec())
     assert c["training_cost_usd"] == pytest.approx(28_000 * 5.00 / 1e6) and "estimate" in c["cost_basis"]
     # cached input at its own price
-    c = system_cost(_row(backend="openai gpt-4.1", model="gpt-4.1"), table, CostSpec(cached_input_fraction=0.5))
+    c = system_cost(_row(system="openai gpt-4.1", backend="openai", model="gpt-4.1"), table,
+                    CostSpec(cached_input_fraction=0.5))
     assert c["cost_per_request_usd"] == pytest.approx((30 * 2.00 + 30 * 0.50 + 40 * 8.00) / 1e6)
-    c = system_cost(_row(backend="openai x", model="unknown-model"), table, CostSpec())
+    c = system_cost(_row(system="openai x", backend="openai", model="unknown-model"), table, CostSpec())
     assert c["cost_per_request_usd"] is None and "no price for 'unknown-model'" in c["cost_basis"]
 
 
@@ -89,12 +94,12 @@ def test_the_reference_is_measured_when_evaluated_else_estimated_from_the_base(t
     assert ctx["reference_cost_per_1k_requests_usd"] == pytest.approx(1000 * estimated)
     assert "estimated" in ctx["reference_basis"] and ctx["prices_checked"] == table.checked
     per_request = 50 / 200 / 3600 * table.local_hardware["cpu"].hourly_usd
-    assert tuned["break_even_requests"] == math.ceil(tuned["training_cost_usd"] / (estimated - per_request))
-    measured = _row(backend="openai gpt-4.1", model="gpt-4.1-2025-04-14", prompt_variant="few_shot",
+    assert tuned.break_even_requests == math.ceil(tuned.training_cost_usd / (estimated - per_request))
+    measured = _row(system="openai gpt-4.1", backend="openai", model="gpt-4.1-2025-04-14", prompt_variant="few_shot",
                     mean_input_tokens=500.0, mean_output_tokens=30.0)
     ctx = add_costs([base_long, tuned, measured], table, CostSpec())
     assert ctx["reference_cost_per_1k_requests_usd"] == pytest.approx((500 * 2.00 + 30 * 8.00) / 1e3)
-    assert "measured" in ctx["reference_basis"] and measured["break_even_requests"] is None
+    assert "measured" in ctx["reference_basis"] and measured.break_even_requests is None
 
 
 def test_a_bad_price_table_is_refused_with_file_line_and_key(tmp_path):

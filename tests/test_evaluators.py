@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from ftscale.eval.evaluators import (
-    EVALUATORS, ParamsError, confusion_matrix, get_evaluator, judge_scores, parse_judgement, parse_params,
-    render_judge_prompt)
+from ftscale.eval.evaluators import EVALUATORS, ParamsError, get_evaluator, parse_params
+from ftscale.eval.llm_judge import judge_scores, parse_judgement, render_judge_prompt
+from ftscale.eval.match_evaluators import confusion_matrix
 
 
 def run(name: str, raw: dict | None, output: str, reference: dict | None = None, prefix: str | None = None) -> dict:
@@ -277,6 +277,31 @@ def test_refusal(raw, output, refused):
     assert run("refusal", raw, output)["refusal"] == refused
 
 
+# --- reference_answer ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("output, reference, expected", [
+    ('{"answer": 33, "explanation": "x"}', {"answer": 33, "type": "number"}, 1.0),
+    ('Sure! {"answer": "33.0004"} and more', {"answer": 33}, 1.0),  # the first object, in prose, a number as text
+    ('[{"answer": 33}]', {"answer": 33}, 1.0),  # the first object, inside other JSON
+    ('{"answer": 34}', {"answer": 33}, 0.0),
+    ('{"answer": true}', {"answer": 1}, 0.0),
+    ('{"answer": " thursday. "}', {"answer": "Thursday", "type": "string"}, 1.0),
+    ('{"answer": "Friday"}', {"answer": "Thursday", "type": "string"}, 0.0),
+    ('{"result": 33}', {"answer": 33}, 0.0),
+    ("33", {"answer": 33}, 0.0),  # no JSON object: asked for and not given
+    ('{"answer": 33}', {"type": "number"}, None),  # no reference answer: not scorable
+])
+def test_reference_answer(output, reference, expected):
+    assert run("reference_answer", {}, output, reference)["reference_answer"] == expected
+
+
+def test_reference_answer_needs_the_answer_in_every_example():
+    evaluator = get_evaluator("reference_answer")
+    assert evaluator.needs(parse_params("reference_answer", {})) == ("answer",) and evaluator.needs_all
+    with pytest.raises(ValueError, match="field: unknown parameter"):
+        parse_params("reference_answer", {"field": "x"})
+
+
 # --- the registry and parameter checking ----------------------------------------------------------
 
 def test_unknown_parameter_keys_refused_naming_the_known_ones():
@@ -315,4 +340,4 @@ def test_unknown_evaluator_lists_the_known_ones():
     with pytest.raises(KeyError, match="exact"):
         parse_params("exact", {})
     assert {"exact_match", "json_schema", "json_fields", "regex", "choice", "llm_judge", "length",
-            "refusal"} <= EVALUATORS.keys()
+            "refusal", "reference_answer"} <= EVALUATORS.keys()

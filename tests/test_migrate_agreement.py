@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from ftscale.eval.evaluators import both_orders, get_evaluator, parse_params
+from ftscale.eval.agreement_evaluators import both_orders
+from ftscale.eval.evaluators import get_evaluator, parse_params
 
 
 def score(name: str, output: str, captured, **params) -> dict:

@@ -3,20 +3,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
 from ftscale.chatdata import read_jsonl
-from ftscale.errors import ConfigError
+from ftscale.config import load_config
+from ftscale.errors import ConfigError, DataError
+from ftscale.eval.diagnostic_evaluators import DEFAULT_REFUSAL_MARKERS
 from ftscale.eval.evaluate import rescore
-from ftscale.eval.evaluators import DEFAULT_REFUSAL_MARKERS
 from ftscale.eval.tasks import get_task
 from ftscale.eval.tasks.check import check_task
+from ftscale.experiment import task_for
 
 from conftest import BIN, ROOT
 
@@ -162,7 +166,12 @@ def test_overlap_and_missing_reference_fields(tmp_path):
     assert task.score(evals[0], '{"city": "Lyon"}')["json_fields.city"] is None
 
 
-def test_datasets_from_disk_and_parquet_load_through_the_same_path(tmp_path):
+SYSTEM = "Extract the order as JSON."
+
+
+def _dataset_sources(tmp_path) -> dict:
+    """The first 40 training orders as a parquet file, the first 10 eval orders saved to disk: a task's
+    `data` section naming them as datasets."""
     from datasets import Dataset, DatasetDict
 
     train = read_jsonl(ORDERS / "train.jsonl", "train")[:40]
@@ -174,11 +183,15 @@ def test_datasets_from_disk_and_parquet_load_through_the_same_path(tmp_path):
                                                                      json.dumps(r["reference"]["fields"]))["customer"] for r in recs]}
     Dataset.from_dict(rows(train, True)).to_parquet(tmp_path / "train.parquet")
     DatasetDict({"test": Dataset.from_dict(rows(evals, False))}).save_to_disk(tmp_path / "ds")
-    system = "Extract the order as JSON."
-    data = {"train": {"path": "parquet", "data_files": str(tmp_path / "train.parquet"), "split": "train",
-                      "system_prompt": system, "columns": {"user": "text", "assistant": "order"}},
-            "eval": {"path": str(tmp_path / "ds"), "split": "test", "system_prompt": system,
+    return {"train": {"path": "parquet", "data_files": str(tmp_path / "train.parquet"), "split": "train",
+                      "system_prompt": SYSTEM, "columns": {"user": "text", "assistant": "order"}},
+            "eval": {"path": str(tmp_path / "ds"), "split": "test", "system_prompt": SYSTEM,
                      "columns": {"user": "text", "id": "uid", "reference": {"answer": "cust"}}}}
+
+
+def test_datasets_from_disk_and_parquet_load_through_the_same_path(tmp_path):
+    data, system = _dataset_sources(tmp_path), SYSTEM
+    evals = read_jsonl(ORDERS / "eval.jsonl", "eval")[:10]
     path = _write_task(tmp_path, [{"type": "exact_match", "field": "answer"}], extra={"data": data})
     report = check_task(path, tmp_path / "task-data")
     assert report.ok, report.format()
@@ -196,12 +209,99 @@ def test_datasets_from_disk_and_parquet_load_through_the_same_path(tmp_path):
     assert not report.ok and f"{tmp_path / 'missing.jsonl'}: file not found" in report.format()
 
 
-def test_the_formatting_task_in_yaml_form_agrees_with_the_built_in():
-    builtin, from_yaml = get_task("formatting"), get_task(str(ROOT / "configs" / "tasks" / "formatting-yaml.yaml"))
-    example = read_jsonl(ROOT / "data" / "formatting" / "eval.jsonl", "eval")[1]  # answer 42
-    outputs = ['{"answer": 42, "explanation": "9 x 8 - 30."}', '{"answer": 41, "explanation": "x"}',
-               'Sure! {"answer": 42, "explanation": "x"}', '{"answer": "42", "explanation": ""}', "42", "{}"]
-    for out in outputs:
-        a, b = builtin.score(example, out), from_yaml.score(example, out)
-        assert a["format_ok"] == b["valid_json"], out
-        assert a["answer_correct"] == b["answer.answer"], out
+def test_the_formatting_task_is_its_yaml_file_scored_by_its_rules():
+    path = ROOT / "configs" / "tasks" / "formatting.yaml"
+    task = get_task("formatting")
+    assert task.file_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert [m.name for m in task.metrics] == ["format_ok", "answer_correct", "both"]
+    assert task.reference_needs == (("answer_correct", "answer", True),)  # refused before generation if absent
+    example = read_jsonl(ROOT / "data" / "formatting" / "eval.jsonl", "eval")[1]
+    assert example["reference"]["answer"] == 42
+    outputs = {'{"answer": 42, "explanation": "9 x 8 - 30."}': (1, 1, 1), '{"answer": 41, "explanation": "x"}': (1, 0, 0),
+               'Sure! {"answer": 42, "explanation": "x"}': (0, 1, 0), '{"answer": "42", "explanation": ""}': (0, 1, 0),
+               '{"answer": 42.04, "explanation": "within 0.1%"}': (1, 1, 1), "42": (0, 0, 0), "{}": (0, 0, 0)}
+    for out, expected in outputs.items():
+        s = task.score(example, out)
+        assert (s["format_ok"], s["answer_correct"], s["both"]) == expected, out
+
+
+def test_a_dataset_is_written_by_the_run_that_needs_it_not_by_loading_the_config(tmp_path):
+    path = _write_task(tmp_path, [{"type": "exact_match", "field": "answer"}], extra={"data": _dataset_sources(tmp_path)})
+    exp = {"name": "hub", "task": str(path), "model": "smollm2-135m", "num_train_examples": [0, 8],
+           "output_dir": str(tmp_path / "runs")}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
+    cfg = load_config(tmp_path / "exp.yaml")
+    written = tmp_path / "runs" / "task-data" / "orders-test"
+    assert (cfg.data.train, cfg.data.eval) == (written / "train.jsonl", written / "eval.jsonl")
+    assert not (tmp_path / "runs").exists()  # loading the config named the files and wrote nothing
+    assert task_for(cfg).name == "orders-test"
+    assert len(read_jsonl(cfg.data.train, "train")) == 40 and len(read_jsonl(cfg.data.eval, "eval")) == 10
+    stamp = cfg.data.eval.stat().st_mtime_ns
+    task_for(cfg)  # the same task object: written once
+    assert cfg.data.eval.stat().st_mtime_ns == stamp
+
+
+def _orders_with_answers(tmp_path, lacking: int) -> Path:
+    """The first 6 eval orders with the customer as `answer`, the first `lacking` of them without it."""
+    records = read_jsonl(ORDERS / "eval.jsonl", "eval")[:6]
+    for i, r in enumerate(records):
+        if i >= lacking:
+            r["reference"]["answer"] = r["reference"]["fields"]["customer"]
+    path = tmp_path / "eval-answers.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_an_evaluator_needing_a_field_in_every_example_refuses_one_lacking_it(tmp_path):
+    path = _write_task(tmp_path, [{"type": "reference_answer"}], eval_path=_orders_with_answers(tmp_path, 1))
+    report = check_task(path, tmp_path / "task-data")
+    assert not report.ok
+    assert "evaluator 'reference_answer' needs reference field 'answer' in every eval example; 1 lack it (order-0000)" \
+        in report.format()
+    exp = {"name": "x", "task": str(path), "model": "smollm2-135m", "num_train_examples": [0],
+           "output_dir": str(tmp_path / "runs")}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
+    with pytest.raises(DataError, match="reference lacks 'answer' needed by evaluator 'reference_answer'"):
+        load_config(tmp_path / "exp.yaml")  # before any generation
+    path = _write_task(tmp_path, [{"type": "reference_answer"}], eval_path=_orders_with_answers(tmp_path, 0))
+    assert check_task(path, tmp_path / "task-data").ok
+
+
+def test_all_of_descriptions_and_the_experiments_few_shot_count(tmp_path):
+    evaluators = [{"type": "json_schema", "name": "valid_json", "schema_path": str(SCHEMA), "description": "an order"},
+                  {"type": "json_fields", "name": "field", "fields": ["customer", "city"]}, {"type": "length", "name": "words"}]
+    variants = {"default": {}, "few_shot": {"few_shot": "eval.few_shot_k"}, "two": {"few_shot": 2}}
+    path = _write_task(tmp_path, evaluators, extra={"all_of": {"usable": ["valid_json", "field.city"]},
+                                                    "prompt_variants": variants, "headline": ["usable"]})
+    task = get_task(str(path))
+    described = {m.name: m.description for m in task.metrics}
+    assert described["valid_json"] == "an order" and described["usable"] == "valid_json and field.city"
+    assert task.headline == ("usable",) and task.metrics[-1].name == "usable"
+    example = read_jsonl(ORDERS / "eval.jsonl", "eval")[0]
+    fields = dict(example["reference"]["fields"])
+    assert task.score(example, json.dumps(fields))["usable"] == 1.0
+    assert task.score(example, json.dumps(fields | {"city": "Lyon"}))["usable"] == 0.0
+    assert task.score(example, "{" + json.dumps(fields))["usable"] == 0.0  # not one JSON object
+    del example["reference"]["fields"]["city"]
+    assert task.score(example, json.dumps(fields))["usable"] is None  # field.city not scorable: nor is usable
+    pool = read_jsonl(ORDERS / "train.jsonl", "train")
+    for variant, k, shots in (("few_shot", 5, 5), ("few_shot", 1, 1), ("two", 5, 2), ("default", 5, 0)):
+        messages = task.build_messages(example, variant, pool, k, 0)
+        assert len(messages) == len(example["messages"]) + 2 * shots, (variant, k)
+
+
+@pytest.mark.parametrize("all_of, message", [
+    ({"words": ["valid_json", "field.city"]}, "'words' is a metric of the evaluators already"),
+    ({"usable": ["valid_json"]}, "name at least two metrics to combine"),
+    ({"usable": ["valid_json", "judge"]}, "['judge'] are not metrics of the evaluators (a judge's metrics cannot be "
+                                          "combined"),
+    ({"usable": ["valid_json", "field.town"]}, "['field.town'] are not metrics of the evaluators"),
+])
+def test_all_of_refused_naming_file_line_and_key(tmp_path, all_of, message):
+    evaluators = [{"type": "json_schema", "name": "valid_json", "schema_path": str(SCHEMA)},
+                  {"type": "json_fields", "name": "field", "fields": ["city"]}, {"type": "length", "name": "words"},
+                  next(e for e in ALL_EVALUATORS if e["type"] == "llm_judge")]
+    path = _write_task(tmp_path, evaluators, extra={"all_of": all_of})
+    name = next(iter(all_of))
+    line = path.read_text().splitlines().index(f"  {name}:") + 1
+    assert f"{path}:{line}: all_of.{name}: {message}" in _check_error(path, tmp_path)

@@ -17,6 +17,7 @@ import math
 import re
 import shutil
 import sqlite3
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from ftscale.errors import FtscaleError
-from ftscale.eval import rating
+from ftscale.eval import rating, stats
 
 
 
@@ -134,17 +135,17 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 def test_wilson_textbook_values():
-    lo, hi = rating.wilson(8, 10)
+    lo, hi = stats.wilson(8, 10)
     assert (round(lo, 3), round(hi, 3)) == (0.490, 0.943)
-    lo, hi = rating.wilson(0, 10)
+    lo, hi = stats.wilson(0, 10)
     assert lo == 0.0 and round(hi, 3) == 0.278
-    lo, hi = rating.wilson(10, 10)
+    lo, hi = stats.wilson(10, 10)
     assert round(lo, 3) == 0.722 and hi == 1.0
-    lo, hi = rating.wilson(50, 100)
+    lo, hi = stats.wilson(50, 100)
     assert (round(lo, 4), round(hi, 4)) == (0.4038, 0.5962)
-    assert rating.wilson(0, 0) == (0.0, 1.0)
+    assert stats.wilson(0, 0) == (0.0, 1.0)
     with pytest.raises(ValueError):
-        rating.wilson(3, 2)
+        stats.wilson(3, 2)
 
 
 def _labels(table: dict[tuple[str, str], int]) -> list[tuple[str, str]]:
@@ -153,18 +154,18 @@ def _labels(table: dict[tuple[str, str], int]) -> list[tuple[str, str]]:
 
 def test_cohen_kappa_textbook_examples():
     # Wikipedia's examples: 50 items, yes/yes 20, yes/no 5, no/yes 10, no/no 15 -> p_o 0.7, p_e 0.5, kappa 0.4
-    assert rating.cohen_kappa(_labels({("y", "y"): 20, ("y", "n"): 5, ("n", "y"): 10, ("n", "n"): 15})) == pytest.approx(0.4)
+    assert stats.cohen_kappa(_labels({("y", "y"): 20, ("y", "n"): 5, ("n", "y"): 10, ("n", "n"): 15})) == pytest.approx(0.4)
     # 100 items, 45/15/25/15 -> p_o 0.60, p_e 0.54, kappa 0.1304
-    assert rating.cohen_kappa(_labels({("y", "y"): 45, ("y", "n"): 15, ("n", "y"): 25, ("n", "n"): 15})) == pytest.approx(0.06 / 0.46)
+    assert stats.cohen_kappa(_labels({("y", "y"): 45, ("y", "n"): 15, ("n", "y"): 25, ("n", "n"): 15})) == pytest.approx(0.06 / 0.46)
     # 100 items, 25/35/5/35 -> p_o 0.60, p_e 0.46, kappa 0.2593
-    assert rating.cohen_kappa(_labels({("y", "y"): 25, ("y", "n"): 35, ("n", "y"): 5, ("n", "n"): 35})) == pytest.approx(0.14 / 0.54)
+    assert stats.cohen_kappa(_labels({("y", "y"): 25, ("y", "n"): 35, ("n", "y"): 5, ("n", "n"): 35})) == pytest.approx(0.14 / 0.54)
     # three categories (A, B, tie): p_o 0.7, p_e = (0.4*0.4 + 0.4*0.3 + 0.2*0.3) = 0.34
     three = _labels({("A", "A"): 3, ("B", "B"): 3, ("tie", "tie"): 1, ("A", "tie"): 1, ("B", "tie"): 1, ("tie", "A"): 1})
-    assert rating.cohen_kappa(three) == pytest.approx((0.7 - 0.34) / (1 - 0.34))
-    assert rating.cohen_kappa([("A", "A"), ("B", "B")]) == pytest.approx(1.0)
-    assert rating.cohen_kappa([("A", "B"), ("B", "A")]) == pytest.approx(-1.0)
-    assert math.isnan(rating.cohen_kappa([]))
-    assert math.isnan(rating.cohen_kappa([("A", "A"), ("A", "A")]))  # chance agreement is 1: undefined
+    assert stats.cohen_kappa(three) == pytest.approx((0.7 - 0.34) / (1 - 0.34))
+    assert stats.cohen_kappa([("A", "A"), ("B", "B")]) == pytest.approx(1.0)
+    assert stats.cohen_kappa([("A", "B"), ("B", "A")]) == pytest.approx(-1.0)
+    assert math.isnan(stats.cohen_kappa([]))
+    assert math.isnan(stats.cohen_kappa([("A", "A"), ("A", "A")]))  # chance agreement is 1: undefined
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,10 +270,12 @@ def test_rating_study_in_chromium(tmp_path):
 
     # a study that does not exist: a clear error naming the path and how to build one
     with pytest.raises(FtscaleError) as err:
-        rating.serve_study(tmp_path / "studies" / "no-such-study")
+        rating.make_server(tmp_path / "studies" / "no-such-study", "127.0.0.1", 0, None)
     assert str(tmp_path / "studies" / "no-such-study") in str(err.value) and "--build" in str(err.value)
 
-    server = rating.serve_study(study_dir)
+    server = rating.make_server(study_dir, "127.0.0.1", 0, None)  # as `ftscale rate` makes it, served here in a thread
+    serving = threading.Thread(target=server.serve_forever, name="ftscale-rating", daemon=True)
+    serving.start()
     host, port = server.server_address[:2]
     assert host == "127.0.0.1" and port > 0
     base = f"http://127.0.0.1:{port}/"
@@ -400,7 +403,7 @@ def test_rating_study_in_chromium(tmp_path):
                 for r1, r2 in itertools.combinations(raters, 2):
                     both = [(clicks[(r1, pid)], clicks[(r2, pid)]) for pid in pairs
                             if (r1, pid) in clicks and (r2, pid) in clicks]
-                    pairwise[(r1, r2)] = (len(both), 100 * sum(a == b for a, b in both) / len(both), rating.cohen_kappa(both))
+                    pairwise[(r1, r2)] = (len(both), 100 * sum(a == b for a, b in both) / len(both), stats.cohen_kappa(both))
                 majority, no_majority = {}, 0
                 for pid in pairs:
                     top = Counter(c for (_, q), c in clicks.items() if q == pid).most_common()
@@ -436,13 +439,15 @@ def test_rating_study_in_chromium(tmp_path):
                 lj = page.query_selector("#llm-judge")
                 assert int(lj.get_attribute("data-n")) == len(judged)
                 assert int(lj.get_attribute("data-agree")) == judge_agree
-                assert float(lj.get_attribute("data-kappa")) == pytest.approx(rating.cohen_kappa(judged), abs=1e-4)
+                assert float(lj.get_attribute("data-kappa")) == pytest.approx(stats.cohen_kappa(judged), abs=1e-4)
                 embedded = json.loads(page.inner_text("#unblind-data"))
                 page.close()
             finally:
                 browser.close()
     finally:
         server.shutdown()
+        server.server_close()
+        serving.join(timeout=10)
 
     # unblind() gives the same numbers
     result = rating.unblind(study_dir)
@@ -451,8 +456,8 @@ def test_rating_study_in_chromium(tmp_path):
     for c in result["comparisons"]:
         w, t, lo = expected[tuple(c["systems"])]
         assert (c["wins"], c["ties"], c["losses"], c["votes"], c["decided"]) == (w, t, lo, w + t + lo, w + lo)
-        assert (c["win_rate"]["lo"], c["win_rate"]["hi"]) == rating.wilson(w, w + t + lo)
-        assert (c["tie_rate"]["lo"], c["tie_rate"]["hi"]) == rating.wilson(t, w + t + lo)
+        assert (c["win_rate"]["lo"], c["win_rate"]["hi"]) == stats.wilson(w, w + t + lo)
+        assert (c["tie_rate"]["lo"], c["tie_rate"]["hi"]) == stats.wilson(t, w + t + lo)
         assert c["win_rate_decided"]["n"] == w + lo
         if w + lo:
             assert c["win_rate_decided"]["rate"] == pytest.approx(w / (w + lo))
@@ -465,7 +470,7 @@ def test_rating_study_in_chromium(tmp_path):
     assert ag["mean_kappa"] == pytest.approx(sum(v[2] for v in pairwise.values()) / 3)
     lj = result["llm_judge"]
     assert (lj["n"], lj["agree"], lj["no_majority"], lj["judged"]) == (len(judged), judge_agree, no_majority, n)
-    assert lj["kappa"] == pytest.approx(rating.cohen_kappa(judged))
+    assert lj["kappa"] == pytest.approx(stats.cohen_kappa(judged))
     assert lj["percent_agreement"] == pytest.approx(100 * judge_agree / len(judged))
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ftscale.data.tone import ORDER_PATTERN, read_queries
+from ftscale.chatdata import json_lines
+from ftscale.data.tone import ORDER_PATTERN
 from ftscale.eval.addresses_problem import addresses_problem
 from ftscale.eval.lexical_tone import lexical_tone
 
@@ -38,7 +39,7 @@ def _replies(path: Path) -> list[str]:
 def test_replies_vary_address_each_query_and_carry_the_tone(tmp_path, persona):
     out = tmp_path / f"{persona}.jsonl"
     _ftscale("distill", "--teacher", f"scripted:{persona}", "--persona", persona, "-n", "1000", "--out", out, "--yes")
-    queries = read_queries(QUERIES)[:1000]
+    queries = [rec for _, rec in json_lines(QUERIES)][:1000]
     replies = _replies(out)
     assert len(replies) == 1000 and len(set(replies)) == 1000
     # phrasings, with every slot value masked: far more than a student could memorise

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from ftscale.errors import DataError
 from ftscale.eval import stats
+from ftscale.eval.latency import latency_of
 from ftscale.eval.report import markdown
+from ftscale.eval.result_row import Probes, ResultRow
 from ftscale.eval.tasks import get_task
 
 # ------------------------------------------------------------------------------------------------ textbook values
@@ -188,17 +191,20 @@ def _row(tmp_path, n, variant, k, seed=42):
     """One evaluation of 200 examples, the first k correct (nested, as with items of graded difficulty)."""
     gen = _write_generations(tmp_path / f"n{n}-{variant}" / "generations.jsonl", [1.0] * k + [0.0] * (200 - k),
                              ("format_ok", "answer_correct"))
-    return {"num_train_examples": n, "seed": seed, "backend": "hf", "prompt_variant": variant, "temperature": 0.0,
-            "n_eval": 200, "format_ok": k / 200, "answer_correct": k / 200, "both": k / 200, "failed": 0,
-            "not_scorable": {}, "median_latency_s": 1.0, "mean_output_tokens": 20.0, "train_wall_time_s": None,
-            "train_tokens_per_s": None, "generations": str(gen)}
+    one_second = latency_of([{"error": None, "latency_s": 1.0, "ttft_s": None, "output_tokens": 20,
+                              "input_tokens": 60}])
+    return ResultRow(system="hf", backend="hf", model="smollm2-135m", num_train_examples=n, seed=seed,
+                     prompt_variant=variant, temperature=0.0, n_eval=200,
+                     metrics={"format_ok": k / 200, "answer_correct": k / 200, "both": k / 200}, failed=0,
+                     not_scorable={}, latency=one_second, mean_output_tokens=20.0, train_wall_time_s=None,
+                     train_tokens_per_s=None, generations=str(gen))
 
 
 def test_summary_shows_intervals_and_paired_differences(tmp_path):
     rows = [_row(tmp_path, 0, "default", 90), _row(tmp_path, 0, "few_shot", 136), _row(tmp_path, 50, "default", 139),
             _row(tmp_path, 100, "default", 170)]
     probes = _write_generations(tmp_path / "probes" / "generations.jsonl", [1.0] * 7 + [0.0] * 3, ("correct",))
-    rows[2] |= {"probes.correct": 0.7, "probes_generations": str(probes)}  # probes asked beside the evaluation
+    rows[2].probes = Probes({"correct": 0.7}, 10, str(probes))  # probes asked beside the evaluation
     md = markdown(rows, get_task("formatting"), "t", tmp_path)
     lo, hi = stats.wilson(139, 200)
     assert f"| 50 | 42 | hf | default | 200 | 0.695 [{lo:.3f}, {hi:.3f}] |" in md
@@ -233,8 +239,9 @@ def test_summary_of_a_graded_lower_is_better_metric_with_failures(tmp_path):
     for n, words, errors in ((0, base_words, {}), (25, base_words - 1.0, {}), (50, base_words - 8.0, {5: "timeout"})):
         gen = _write_generations(tmp_path / f"n{n}" / "generations.jsonl", list(words), ("words",), errors)
         values = list(stats.per_example(gen, "words").values())
-        row = _row(tmp_path, n, "default", 0) | {"n_eval": 120, "words": sum(values) / 120, "generations": str(gen),
-                                                 "failed": len(errors)}
+        row = _row(tmp_path, n, "default", 0)
+        row = replace(row, n_eval=120, metrics=row.metrics | {"words": sum(values) / 120}, generations=str(gen),
+                      failed=len(errors))
         rows.append(row)
     md = markdown(rows, task, "t", tmp_path)
     mean, lo, hi = stats.mean_interval(values)

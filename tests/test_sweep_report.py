@@ -12,10 +12,13 @@ import re
 import shutil
 import struct
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from ftscale.eval.latency import Distribution, Latency
+from ftscale.eval.result_row import ResultRow
 from ftscale.eval.tasks import Metric, Task, get_task
 
 try:
@@ -27,7 +30,7 @@ except ImportError:  # an editable install of another checkout: load this checko
     sys.modules[_spec.name] = sr
     _spec.loader.exec_module(sr)
 
-from ftscale.eval import stats
+from ftscale.eval import convergence, stats
 
 SECTIONS = ["Summary", "Scaling curves", "How much data", "Latency", "Cost", "Seeds and convergence",
             "Temperature", "Sources"]
@@ -37,22 +40,22 @@ SECTIONS = ["Summary", "Scaling curves", "How much data", "Latency", "Cost", "Se
 
 def test_convergence_rule():
     # (a) the loss must fall below 0.9 x its first value (final = mean of the last 3)
-    assert sr.final_loss([3.0, 2.0, 1.0, 1.1, 1.2]) == pytest.approx(1.1)
-    assert sr.convergence_verdict([2.0, 1.5, 1.0, 1.0, 1.0], []) == []
-    flat = sr.convergence_verdict([2.0, 1.9, 1.85, 1.8, 1.83], [])  # final 1.8267 > 0.9 x 2.0 = 1.8
+    assert convergence.final_loss([3.0, 2.0, 1.0, 1.1, 1.2]) == pytest.approx(1.1)
+    assert convergence.convergence_verdict([2.0, 1.5, 1.0, 1.0, 1.0], []) == []
+    flat = convergence.convergence_verdict([2.0, 1.9, 1.85, 1.8, 1.83], [])  # final 1.8267 > 0.9 x 2.0 = 1.8
     assert len(flat) == 1 and "not below 0.9" in flat[0]
-    assert sr.convergence_verdict([2.0, 1.9, 1.7, 1.8, 1.79], []) == []  # final 1.763 < 1.8
-    assert sr.convergence_verdict([2.0], []) != []  # one logged value: no fall
-    assert sr.convergence_verdict([2.0, float("nan"), 1.0], []) == ["the loss curve has a non-finite value"]
+    assert convergence.convergence_verdict([2.0, 1.9, 1.7, 1.8, 1.79], []) == []  # final 1.763 < 1.8
+    assert convergence.convergence_verdict([2.0], []) != []  # one logged value: no fall
+    assert convergence.convergence_verdict([2.0, float("nan"), 1.0], []) == ["the loss curve has a non-finite value"]
     # (b) an outlier among >= 3 seeds: others' median 0.81, MAD 0.01 floored to 0.05: threshold 0.96
-    assert sr.convergence_verdict([2.5, 1.5, 0.95, 0.95, 0.95], [0.80, 0.82]) == []
-    out = sr.convergence_verdict([2.5, 1.5, 0.97, 0.97, 0.97], [0.80, 0.82])
+    assert convergence.convergence_verdict([2.5, 1.5, 0.95, 0.95, 0.95], [0.80, 0.82]) == []
+    out = convergence.convergence_verdict([2.5, 1.5, 0.97, 0.97, 0.97], [0.80, 0.82])
     assert len(out) == 1 and "MAD 0.050" in out[0]
     # a MAD above the floor: others [0.5, 0.8, 1.1] -> median 0.8, MAD 0.3, threshold 1.7
-    assert sr.convergence_verdict([3.0, 2.0, 1.69, 1.69, 1.69], [0.5, 0.8, 1.1]) == []
-    assert sr.convergence_verdict([3.0, 2.0, 1.71, 1.71, 1.71], [0.5, 0.8, 1.1]) != []
+    assert convergence.convergence_verdict([3.0, 2.0, 1.69, 1.69, 1.69], [0.5, 0.8, 1.1]) == []
+    assert convergence.convergence_verdict([3.0, 2.0, 1.71, 1.71, 1.71], [0.5, 0.8, 1.1]) != []
     # fewer than 3 seeds: the outlier test does not apply
-    assert sr.convergence_verdict([2.5, 1.5, 1.5, 1.5, 1.5], [0.8]) == []
+    assert convergence.convergence_verdict([2.5, 1.5, 1.5, 1.5, 1.5], [0.8]) == []
 
 
 # ------------------------------------------------------------------------------------------------ a sweep
@@ -86,48 +89,54 @@ def _words(mean: float) -> list[float]:
     return [mean + (1.0 if i % 2 else -1.0) for i in range(N_ITEMS)]  # graded, mean exactly `mean`
 
 
-def _write_generations(path: Path, row: dict) -> None:
+def _write_generations(path: Path, metrics: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    per_metric = {m: _items(row[m]) for m in METRICS} | {"words": _words(row["words"])}
+    per_metric = {m: _items(metrics[m]) for m in METRICS} | {"words": _words(metrics["words"])}
     with open(path, "w") as f:
         for i in range(N_ITEMS):
             f.write(json.dumps({"id": f"ex{i}", "error": None,
                                 "scores": {m: v[i] for m, v in per_metric.items()}}) + "\n")
 
 
-def _row(base, system, size, seed, t, *, variant="default", status="done", error=None, reference=False):
+def _latency(ttft_p50, ttft_p90, e2e_p50, e2e_p90) -> Latency:
+    """A row's latency; the report reads the p50 and p90 of TTFT and end-to-end."""
+    return Latency(requests=N_ITEMS, failed=0, wall_s=None, ttft_s=Distribution(ttft_p50, ttft_p50, ttft_p90, ttft_p90),
+                   tpot_s=None, itl_s=None, e2e_s=Distribution(e2e_p50, e2e_p50, e2e_p90, e2e_p90), output_tokens=None,
+                   input_tokens=None)
+
+
+def _row(base, system, size, seed, t, *, variant="default", status="done", error=None, reference=False) -> ResultRow:
     quality = {0: 0.0, 25: 0.55, 50: 0.82, 100: 0.93}[size] if not reference else (0.97 if system == GPT else 0.7)
     quality -= 0.04 * (system == QLORA) + (0.05 * size / 100 if t >= 1.0 else 0.0)  # forgetting at T=1
     quality = min(1.0, max(0.0, quality + 0.02 * (seed - 2)))
-    latency = ({"ttft_p50": 0.4, "ttft_p90": 0.6, "e2e_p50": 2.0, "e2e_p90": 3.1} if system == GPT else
-               {"ttft_p50": 0.05, "ttft_p90": 0.08, "e2e_p50": 3.8 if size == 0 else 1.1 + 0.01 * seed,
-                "e2e_p90": 5.0 if size == 0 else 1.5})
+    latency = (_latency(0.4, 0.6, 2.0, 3.1) if system == GPT else
+               _latency(0.05, 0.08, 3.8 if size == 0 else 1.1 + 0.01 * seed, 5.0 if size == 0 else 1.5))
     run_dir = None if status == "missing" else f"runs/sweep-demo/{system.replace(' ', '_')}/n{size:04d}-seed{seed}"
-    row = {
-        "cell": f"n{size:04d}-seed{seed}", "num_train_examples": size, "seed": seed, "prompt_variant": variant,
-        "backend": "openai" if system == GPT else "hf", "model": system, "n_eval": 200, "failed": 0,
-        "not_scorable": {}, "median_latency_s": latency["e2e_p50"], "mean_output_tokens": 44.0 if size == 0 else 21.0,
-        "mean_input_tokens": 65.6, "train_wall_time_s": None if size == 0 else 30.0 * size / 25,
-        "train_tokens_per_s": None, "train_machine": None, "trained_tokens": None, "estimated_billed_tokens": None,
-        "eval_wall_time_s": 70.0, "eval_requests": 200, "eval_machine": None,
-        "generations": f"{base}/{run_dir}/eval-{variant}-t{t:g}/generations.jsonl" if run_dir else None,
-        "training_cost_usd": 0.0 if size == 0 else 0.01 * size / 25,
-        "cost_basis": "gpt-4.1-2025-04-14 token prices" if system == GPT else "cpu at $0.10/h",
-        "cost_per_1k_requests_usd": 0.9 if system == GPT else 0.0097, "break_even_requests": None if system == GPT else 12,
-        "system": system, "temperature": t, "status": status, "error": error, "run_dir": run_dir,
-        "loss": _loss(system, size, seed) if size > 0 and status != "missing" else None,
-        "latency": latency if status == "done" else None, "reference": reference,
-        "format_ok": None, "answer_correct": None, "both": None,
-    }
+    row = ResultRow(
+        cell=f"n{size:04d}-seed{seed}", num_train_examples=size, seed=seed, prompt_variant=variant,
+        backend="openai" if system == GPT else "hf", model=system, n_eval=200, failed=0,
+        not_scorable={}, mean_output_tokens=44.0 if size == 0 else 21.0,
+        mean_input_tokens=65.6, train_wall_time_s=None if size == 0 else 30.0 * size / 25,
+        train_tokens_per_s=None, train_machine=None, trained_tokens=None, estimated_billed_tokens=None,
+        eval_wall_time_s=70.0, eval_requests=200, eval_machine=None,
+        generations=f"{base}/{run_dir}/eval-{variant}-t{t:g}/generations.jsonl" if run_dir else None,
+        training_cost_usd=0.0 if size == 0 else 0.01 * size / 25,
+        cost_basis="gpt-4.1-2025-04-14 token prices" if system == GPT else "cpu at $0.10/h",
+        cost_per_1k_requests_usd=0.9 if system == GPT else 0.0097, break_even_requests=None if system == GPT else 12,
+        system=system, in_sweep=True, temperature=t, status=status, error=error, run_dir=run_dir,
+        loss=_loss(system, size, seed) if size > 0 and status != "missing" else None,
+        latency=latency if status == "done" else None, is_reference=reference,
+        metrics={"format_ok": None, "answer_correct": None, "both": None},
+    )
     if status == "done":  # rates of whole items out of 200, as an evaluation gives them
-        row.update(format_ok=round(quality * N_ITEMS) / N_ITEMS,
-                   answer_correct=round(quality * 0.9 * N_ITEMS) / N_ITEMS,
-                   both=round(quality * 0.85 * N_ITEMS) / N_ITEMS, words=40.0 - 0.2 * size + seed)
-        _write_generations(Path(row["generations"]), row)
+        row.metrics = {"format_ok": round(quality * N_ITEMS) / N_ITEMS,
+                       "answer_correct": round(quality * 0.9 * N_ITEMS) / N_ITEMS,
+                       "both": round(quality * 0.85 * N_ITEMS) / N_ITEMS, "words": 40.0 - 0.2 * size + seed}
+        _write_generations(Path(row.generations), row.metrics)
     return row
 
 
-def sweep_rows(base: Path) -> list[dict]:
+def sweep_rows(base: Path) -> list[ResultRow]:
     """The demo sweep's rows; the finished ones with their generations files written under `base`."""
     rows = []
     for system in (LORA, QLORA):
@@ -206,14 +215,14 @@ def test_report_files_and_content(report):
     conv = md.split("## Seeds and convergence")[1]
     assert "2 of 18 trained cells" in conv
     assert "not below 0.9 x first loss" in conv and "above the other seeds' median" in conv
-    assert sr.CONVERGENCE_RULE in md
+    assert convergence.CONVERGENCE_RULE in md
     # means over the seeds that finished, with n and what did not
     assert "(n=2; 1 failed)" in md and "(n=2; 1 missing)" in md
     assert "price table dated 2025-06" in md and SOURCES["command"] in md
 
 
 def test_report_without_costs_and_one_seed(tmp_path):
-    rows = [r for r in sweep_rows(tmp_path) if r["seed"] == 1 and r["temperature"] == 0.0]
+    rows = [r for r in sweep_rows(tmp_path) if r.seed == 1 and r.temperature == 0.0]
     _, md_path = sr.write_sweep_report(tmp_path, rows, get_task("formatting"), None, SOURCES)
     md = md_path.read_text()
     assert "Costs were not computed" in md
@@ -235,11 +244,12 @@ def test_degenerate_sweeps_still_render(tmp_path):
     lower = Task(name="lengthy", metrics=(Metric("words", "output length", higher_is_better=False),),
                     prompt_variants=("default",), build_messages=task.build_messages, score=task.score)
     rows = sweep_rows(tmp_path)
-    failed = [{**r, "status": "failed", "error": "boom", "format_ok": None, "answer_correct": None, "both": None}
-              for r in rows if not r["reference"]]
-    words = [{**r, "words": None} if r["status"] != "done" else r for r in rows]
-    cases = {"all-failed": (failed, task), "no-references": ([r for r in rows if not r["reference"]], task),
-             "only-references": ([r for r in rows if r["reference"]], task), "empty": ([], task),
+    failed = [replace(r, status="failed", error="boom",
+                      metrics=r.metrics | {"format_ok": None, "answer_correct": None, "both": None})
+              for r in rows if not r.is_reference]
+    words = [replace(r, metrics=r.metrics | {"words": None}) if r.status != "done" else r for r in rows]
+    cases = {"all-failed": (failed, task), "no-references": ([r for r in rows if not r.is_reference], task),
+             "only-references": ([r for r in rows if r.is_reference], task), "empty": ([], task),
              "lower-is-better": (words, lower)}
     for name, (case_rows, case_task) in cases.items():
         html_path, md_path = sr.write_sweep_report(tmp_path / name, case_rows, case_task, None, SOURCES)
@@ -315,7 +325,7 @@ def test_a_one_item_difference_against_an_exact_zero_is_not_reached(tmp_path):
         path = tmp_path / f"{system}-{seed}.jsonl"
         path.write_text("".join(json.dumps({"id": f"e{i}", "error": None, "scores": {m: float(i < k) for m in METRICS}})
                                 + "\n" for i in range(100)))
-        return row | {m: k / 100 for m in METRICS} | {"generations": str(path)}
+        return replace(row, metrics=row.metrics | {m: k / 100 for m in METRICS}, generations=str(path))
 
     rows = [rows_at(LORA.replace("LoRA", "base"), 0, 1, 0, True)] + [rows_at(LORA, 25, s, 1, False) for s in SEEDS]
     _, md_path = sr.write_sweep_report(tmp_path / "out", rows, get_task("formatting"), None, SOURCES)

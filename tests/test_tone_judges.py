@@ -17,7 +17,10 @@ import pytest
 from ftscale.data import distill as distill_mod
 from ftscale.errors import ConfigError, FtscaleError
 from ftscale.eval import judges
-from ftscale.eval.backends import Generation, Request, Sampling, make_backend
+from ftscale.eval.backends import Generation, Request, Sampling, make_backend, make_judge_backend
+from ftscale.eval.evaluate import summarise
+from ftscale.eval.evaluators import get_evaluator, parse_params
+from ftscale.eval.task_types import Task
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -254,18 +257,30 @@ def test_win_rates_counts_and_intervals():
     assert row["tie_ci"] == judges.wilson(1, 10) and row["loss_ci"] == judges.wilson(1, 10)
 
 
-def test_absolute_summary():
-    records = [{"parsed": True, "tone": 8, "addresses_problem": True, "error": None},
-               {"parsed": True, "tone": 4, "addresses_problem": False, "error": None},
-               {"parsed": False, "tone": None, "addresses_problem": None, "error": None},
-               {"parsed": False, "tone": None, "addresses_problem": None, "error": "timeout"}]
-    assert judges.absolute_summary(records) == {"n": 4, "parsed": 2, "unparsable": 1, "failed": 1, "mean_tone": 6.0,
-                                                "addresses_problem_rate": 0.5}
+def test_absolute_judgements_summarised():
+    """The absolute judge's replies as an evaluation summarises them (the tone_judge evaluator's scores,
+    then evaluate.summarise): mean tone and addresses-problem rate over the parsed replies, an
+    unparsable reply apart, a failed judge request as judge_failed."""
+    tone_judge, params = get_evaluator("tone_judge"), parse_params("tone_judge", {"judge": "hf:smollm2-135m"})
+    task = Task(name="tone", metrics=tone_judge.metrics(params, "judge"), prompt_variants=("default",),
+                build_messages=lambda *args: [], score=lambda example, text: {},
+                judges=((tone_judge, params, "judge"),))
+    replies = ["Tone: 8\nAddresses problem: yes", "Tone: 4\nAddresses problem: no", "Tone: 8/10", None]
+    records = [{"scores": tone_judge.judge.scores(text, params, "judge"), "backend": "hf", "model": "m",
+                "prompt_variant": "default", "sampling": {}, "latency_s": 1.0, "ttft_s": 0.1, "input_tokens": 9,
+                "output_tokens": 9, **({"judge_errors": {"judge": "timeout"}} if text is None else {})}
+               for text in replies]
+    summary = summarise(task, records)
+    assert summary["n"] == 4 and summary["judge_failed"] == 1
+    assert summary["metrics"] == {"judge.tone": 6.0, "judge.addresses_problem": 0.5,
+                                  "judge.unparsable": pytest.approx(1 / 3)}
+    # tone: the unparsable and the failed reply; unparsable: the failed one
+    assert summary["not_scorable"] == {"judge.tone": 2, "judge.addresses_problem": 2, "judge.unparsable": 1}
 
 
-def test_make_judge_refuses_unknown_kinds():
+def test_judge_backend_refuses_unknown_kinds():
     with pytest.raises(ValueError, match="hf:<model>"):
-        judges.make_judge("vllm:foo")
+        make_judge_backend("vllm:foo")
 
 
 # --- distillation without a model: cost estimate, confirmation, failures -----------------------------------
@@ -466,7 +481,6 @@ def test_real_judges(hf, distilled):
     neutral = {q["id"]: g.text.strip() for q, g in zip(QUERIES, neutral)}
 
     # the judge-free HEURISTIC baseline, as the tone task's lexical_tone evaluator scores it
-    from ftscale.eval.evaluators import get_evaluator, parse_params
     from ftscale.eval.lexical_tone import DEFAULT_LEXICAL, count_markers
 
     lexical = get_evaluator("lexical_tone")
@@ -486,8 +500,14 @@ def test_real_judges(hf, distilled):
             assert 1 <= r["tone"] <= 10 and isinstance(r["addresses_problem"], bool)
         else:
             assert r["tone"] is None and r["addresses_problem"] is None
-    summary = judges.absolute_summary(absolute)
-    assert summary["n"] == len(items) and summary["parsed"] + summary["unparsable"] == len(items)
+    # the same replies as the tone task's tone_judge evaluator scores them
+    tone_judge, params = get_evaluator("tone_judge"), parse_params("tone_judge", {"judge": "hf:smollm2-135m"})
+    for r in absolute:
+        got = tone_judge.judge.scores(r["judgement"], params, "judge")
+        assert got["judge.unparsable"] == (0.0 if r["parsed"] else 1.0) and got["judge.tone"] == r["tone"]
+        addressed = r["addresses_problem"]
+        assert got["judge.addresses_problem"] == (None if addressed is None else float(addressed))
+    summary = {"n": len(absolute), "parsed": sum(r["parsed"] for r in absolute)}
 
     pairs = [{"id": it["id"], "query": it["query"], "system_x": "distilled", "reply_x": it["reply"],
               "system_y": "neutral", "reply_y": neutral[it["id"]] or "(no reply)"} for it in items]

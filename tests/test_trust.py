@@ -18,6 +18,7 @@ from ftscale import completion
 from ftscale.chatdata import read_jsonl, sha256_file
 from ftscale.config import load_config, parse_overrides
 from ftscale.eval.report import audit
+from ftscale.eval.result_row import ResultRow
 from ftscale.experiment import expected_inputs, load_probes, task_for
 
 from conftest import BIN, MAIN_CONFIG, ROOT, kill_at_change
@@ -44,17 +45,18 @@ def _expected(out: Path, lr: str) -> dict[Path, str]:
                            load_probes(cfg))
 
 
-def _shown_rows_match(exp: Path, expected: dict[Path, str]) -> list[dict]:
+def _shown_rows_match(exp: Path, expected: dict[Path, str]) -> list[ResultRow]:
     """What a report of `exp` would show under `expected`, each row checked against it."""
     rows, _ = audit(exp, expected)
     for r in rows:
-        folder = Path(r["generations"]).parent
+        folder = Path(r.generations).parent
         assert completion.valid(folder)["inputs_sha256"] == expected[folder], folder
         assert completion.valid(folder.parent)["inputs_sha256"] == expected[folder.parent], folder.parent
     return rows
 
 
 def _scores(rows: list[dict]) -> dict:
+    """The scores of results.json's rows, by size and prompt."""
     return {(r["num_train_examples"], r["prompt_variant"]): (r["format_ok"], r["answer_correct"]) for r in rows}
 
 
@@ -84,7 +86,7 @@ def test_run_killed_at_random_moments_with_config_changes_ends_as_a_clean_run(em
     final = _ftscale("run", *_args(out, LR_B))
     assert final.returncode == 0, final.stderr[-3000:]
     rows = _shown_rows_match(exp, expected[LR_B])
-    assert _scores(rows) == _scores(clean_rows)
+    assert _scores([r.as_json() for r in rows]) == _scores(clean_rows)
     assert len(rows) == len(clean_rows)
     adapter = "n0004-seed42/adapter/adapter_model.safetensors"
     assert sha256_file(exp / adapter) == sha256_file(clean_exp / adapter)  # trained under the final config

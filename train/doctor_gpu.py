@@ -8,11 +8,17 @@ run_train_benchmark); the verdicts are plain functions of the measurements, test
 from __future__ import annotations
 
 import gc
+import json
 from pathlib import Path
 
 from ftscale import paths
-from ftscale.doctor import BROKEN, OK, SKIPPED, Check, guarded, has_module
-from ftscale.errors import FtscaleError
+from ftscale.doctor_check import BROKEN, OK, SKIPPED, Check, guarded, has_module
+from ftscale.errors import FtscaleError, StepsFailed
+from ftscale.rundir import cell_dir, eval_dir
+
+# The measuring functions below import the rest of ftscale (and through it torch, pydantic, scipy)
+# when they run: `ftscale doctor` imports this module, and must start and report what is missing
+# on a machine where those are not installed.
 
 # QLoRA's adapter served on the bf16 base (what vLLM does) may lose at most this much format_ok
 # against its answers on the 4-bit base it was trained on.
@@ -94,13 +100,9 @@ def _experiment(quant: str, work: Path, n: int, limit: int):
 
 def _format_ok(cfg, cell: Path, adapter: Path | None, label: str, quantization: str = "none") -> float:
     """Evaluate (greedy, the default prompt) and return format_ok; the generations stay on disk."""
-    import json
-
     from ftscale.cellrunner import eval_jobs, hf_answerer, run_evals
     from ftscale.chatdata import read_jsonl
-    from ftscale.errors import StepsFailed
     from ftscale.experiment import task_for
-    from ftscale.rundir import eval_dir
 
     task = task_for(cfg, ["default"])
     pool, examples = read_jsonl(cfg.data.train, "train"), read_jsonl(cfg.data.eval, "eval")[: cfg.eval.limit]
@@ -114,8 +116,6 @@ def _format_ok(cfg, cell: Path, adapter: Path | None, label: str, quantization: 
 
 def correctness_checks(work: Path, n: int = 100, limit: int = 100, margin: float = SERVE_MARGIN, log=print) -> list[Check]:
     """bf16 LoRA and QLoRA on n examples of the formatting task, each evaluated on `limit` held-out ones."""
-    from ftscale.rundir import cell_dir
-
     from .sft import train
 
     checks, scores = [], {}

@@ -5,6 +5,9 @@
 The merge is computed in float32 and saved in the base checkpoint's dtype, so base,
 adapter-on-base and merged models can be compared on the same server software.
 
+Before it is saved, the merged model answers a few of its run's eval prompts greedily: each answer
+must end its turn within max_new_tokens (a warning if not; the result goes into the manifest).
+
 The target folder is checked before anything is computed: a merge writes into a new or empty
 folder, or (with `--force`) replaces an earlier merge's folder, which its manifest
 (`ftscale-merged.json`, listing every file the merge wrote) identifies. A folder holding anything
@@ -20,6 +23,8 @@ from ftscale.atomic import atomic_dir, write_json
 from ftscale.errors import FtscaleError
 from ftscale.models import resolve
 from ftscale.rundir import TRAIN_METRICS, adapter_dir
+from ftscale.train import stop_check
+from ftscale.train.chat_template_check import ADAPTER_TEMPLATE
 
 MANIFEST = "ftscale-merged.json"
 # what marks a folder as an experiment, a sweep or a run: never a merge target
@@ -74,12 +79,29 @@ def merge(adapter: str | Path, out: str | Path, base: str | None = None, dtype: 
     saved_dtype = getattr(torch, dtype) if dtype else AutoConfig.from_pretrained(path).dtype or torch.float32
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if (adapter / ADAPTER_TEMPLATE).is_file():  # trained with a named template: the checkpoint formats as it did
+        tokenizer.chat_template = (adapter / ADAPTER_TEMPLATE).read_text(encoding="utf-8")
+    checked = _check_stopping(merged, tokenizer, adapter)
     with atomic_dir(out) as tmp:
         merged.to(saved_dtype).save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(path).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-        write_json(tmp / MANIFEST, {"base": base, "adapter": str(adapter), "dtype": str(saved_dtype), "files": files})
+        write_json(tmp / MANIFEST, {"base": base, "adapter": str(adapter), "dtype": str(saved_dtype), "files": files,
+                                    "stop_check": checked})
     return out
+
+
+def _check_stopping(merged, tokenizer, adapter: Path) -> dict:
+    """The merged model (float32, before the cast; the tokenizer and generation config it is saved
+    with) answers its run's eval prompts: each answer must end its turn."""
+    try:
+        prompts, max_new_tokens = stop_check.run_prompts(_run_of(adapter), stop_check.PROMPTS)
+        result = stop_check.check_model(merged, tokenizer, prompts, max_new_tokens, "after merging")
+    except FtscaleError as e:  # no chat template to ask with, an unreadable eval set: the merge goes on
+        return stop_check.skipped("after merging", str(e))
+    stop_check.print_summary(result)
+    return result
 
 
 def merged_beside(adapter: str | Path, base: str | None = None) -> Path:

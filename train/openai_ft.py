@@ -23,7 +23,7 @@ import openai
 from ftscale.apikey import MISSING, mask, openai_client
 from ftscale.atomic import write_json, write_jsonl, write_text
 from ftscale.chatdata import nested_subset, read_jsonl, sha256_file
-from ftscale.config import ExperimentConfig, load_config, parse_overrides
+from ftscale.config import ExperimentConfig, load_config, parse_overrides, write_task_data
 from ftscale.datacheck import check_file
 from ftscale.errors import ConfigError, FtscaleError, run_command
 from ftscale.prices import load_prices
@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def command():
         cfg = load_config(args.config, parse_overrides(rest))
+        write_task_data(cfg)  # a dataset its task names, written out for the training
         n = cfg.single_size()
         launch(cfg, n, args.output_dir or run_dir_for(cfg, n), yes=args.yes)
 

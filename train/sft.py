@@ -10,9 +10,12 @@ the loss is computed on the final assistant turn only. The same code trains on a
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import resource
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,27 +24,30 @@ if __package__ in (None, ""):
     # module such as train/openai_ft.py could shadow an installed package. Import from `ftscale` only.
     sys.path.pop(0)
 
+import torch
+
 from ftscale import completion
 from ftscale.atomic import atomic_dir, atomic_path, write_json, write_jsonl, write_text
 from ftscale.chatdata import nested_subset, read_jsonl, sha256_file, sha256_records, to_prompt_completion
-from ftscale.config import ExperimentConfig, load_config, parse_overrides
+from ftscale.config import ExperimentConfig, load_config, parse_overrides, peft_lora_config, write_task_data
 from ftscale.device import resolve_dtype
 from ftscale.errors import ConfigError, FtscaleError, run_command
-from ftscale.models import resolve
+from ftscale.models import architecture, check_for_training, resolve
 from ftscale.provenance import git_commit, machine, versions
+from ftscale.quantization import bnb_config
 from ftscale.rundir import TRAIN_METRICS, cell_dir
 from ftscale.stepinputs import train_inputs
+from ftscale.train import divergence, stop_check, tracking
+from ftscale.train.chat_template_check import (ADAPTER_TEMPLATE, REPORT, check_before_training, generation_eos_ids,
+                                               print_report, use_template)
+from ftscale.train.watchdog import DivergenceWatchdog
 
 
 def _installed(module: str) -> bool:
-    import importlib.util
-
     return importlib.util.find_spec(module) is not None
 
 
 def attn_implementation(cfg: ExperimentConfig) -> str:
-    import torch
-
     wanted = cfg.train.attn_implementation
     if wanted == "auto":
         return "flash_attention_2" if torch.cuda.is_available() and _installed("flash_attn") else "sdpa"
@@ -50,11 +56,8 @@ def attn_implementation(cfg: ExperimentConfig) -> str:
 
 def check_hardware(cfg: ExperimentConfig) -> None:
     """Refuse what this machine cannot do before anything is loaded: say what is missing and what to install."""
-    import os
-
-    import torch
-
     t, cuda = cfg.train, torch.cuda.is_available()
+    tracking.check_installed(t.trackers)
     if t.quantization == "4bit":
         if not cuda:
             raise ConfigError("train.quantization: 4bit (QLoRA) needs a CUDA GPU: bitsandbytes' nf4 kernels "
@@ -89,8 +92,6 @@ def check_hardware(cfg: ExperimentConfig) -> None:
 
 def load_model(cfg: ExperimentConfig, path: str, random_init: bool = False):
     """The base model as training wants it; out of memory says what to turn."""
-    import torch
-
     try:
         return _load_model(cfg, path, random_init)
     except torch.OutOfMemoryError:
@@ -100,7 +101,6 @@ def load_model(cfg: ExperimentConfig, path: str, random_init: bool = False):
 
 def sft_config(cfg: ExperimentConfig, output_dir: Path, **overrides):
     """TRL's SFTConfig from the experiment's `train` section (the benchmark overrides steps and logging)."""
-    import torch
     from trl import SFTConfig
 
     t = cfg.train
@@ -110,12 +110,12 @@ def sft_config(cfg: ExperimentConfig, output_dir: Path, **overrides):
         "gradient_accumulation_steps": t.gradient_accumulation_steps, "lr_scheduler_type": t.lr_scheduler,
         "warmup_steps": t.warmup_ratio,  # transformers 5 reads a float below 1 as a ratio of all steps
         "weight_decay": t.weight_decay,
-        # TRL truncates in its collator, which padding-free batching without packing bypasses: it
-        # refuses a max_length there, so examples longer than max_length are kept whole
-        "max_length": None if t.padding_free and not t.packing else t.max_length,
+        "max_length": _max_length(cfg),
         "bf16": resolve_dtype(t.precision) == torch.bfloat16, "gradient_checkpointing": t.gradient_checkpointing,
         "logging_steps": t.logging_steps, "save_strategy": "no" if t.save_steps is None else "steps",
         "save_steps": t.save_steps or 500, "report_to": [], "completion_only_loss": True,
+        # the watchdog must see a NaN/Inf loss; transformers otherwise logs the mean of the earlier ones
+        "logging_nan_inf_filter": not t.watchdog.enabled,
         "use_cpu": not torch.cuda.is_available(), "disable_tqdm": False,
         "ddp_find_unused_parameters": False,  # a LoRA uses every adapter weight in each forward pass
         "padding_free": t.padding_free, "packing": t.packing, "packing_strategy": "bfd",
@@ -123,33 +123,23 @@ def sft_config(cfg: ExperimentConfig, output_dir: Path, **overrides):
     } | overrides)
 
 
-def lora_config(cfg: ExperimentConfig):
-    from ftscale.config import peft_lora_config
+def _max_length(cfg: ExperimentConfig) -> int | None:
+    # TRL truncates in its collator, which padding-free batching without packing bypasses: it
+    # refuses a max_length there, so examples longer than max_length are kept whole
+    t = cfg.train
+    return None if t.padding_free and not t.packing else t.max_length
 
+
+def lora_config(cfg: ExperimentConfig):
     return peft_lora_config(cfg.train.lora)
 
 
-def bnb_config():
-    """QLoRA's 4-bit base: nf4, double quantization, bf16 compute. The 4-bit weights are packed into
-    bf16 words (bnb_4bit_quant_storage) so that FSDP, which shards float tensors of one dtype, can
-    shard them beside the bf16 rest of the model; training and the 4-bit evaluation share this."""
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
-
-
 def _under_fsdp() -> bool:
-    import os
-
     return os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"  # set by accelerate launch
 
 
 def load_kwargs(cfg: ExperimentConfig) -> dict:
     """from_pretrained's arguments for the training model."""
-    import torch
-
     # Weights load in fp32 on a CPU and bf16 mixed precision (autocast) computes there; on CUDA
     # they load in bf16 directly.
     dtype = resolve_dtype(cfg.train.precision) if torch.cuda.is_available() else torch.float32
@@ -167,22 +157,17 @@ def load_kwargs(cfg: ExperimentConfig) -> dict:
 
 
 def _load_model(cfg: ExperimentConfig, path: str, random_init: bool = False):
-    import torch
     from transformers import AutoModelForCausalLM
 
     kwargs = load_kwargs(cfg)
     dtype = kwargs["dtype"]
     if random_init:
         # the architecture with random weights: measure speed for any model without its weights
-        from ftscale.models import architecture
-
         config = architecture(cfg.model, path)
         if "quantization_config" not in kwargs:
             with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # initialise where it will train
                 return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=kwargs["attn_implementation"])
         # bitsandbytes quantizes while loading: write the random weights once, load them quantized
-        import tempfile
-
         with tempfile.TemporaryDirectory(prefix="ftscale-random-") as tmp:
             AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(tmp)
             return AutoModelForCausalLM.from_pretrained(tmp, **kwargs)
@@ -196,18 +181,16 @@ OUT_OF_MEMORY = ("out of GPU memory while training (per-device batch {batch}, ma
                  "configs/accelerate/fsdp.yaml on several GPUs")
 
 
-def save_adapter(trainer, path: Path) -> None:
+def save_adapter(trainer, path: Path, keep: tuple[str, ...] = ()) -> None:
     """Every process takes part (FSDP and ZeRO-3 gather their shards), the main one writes; the
-    adapter appears whole or not at all."""
-    import shutil
-
+    adapter appears whole or not at all. `keep` names other files of the trainer's to keep with it."""
     partial = path.with_name(f".{path.name}.partial")
     trainer.save_model(str(partial))
     trainer.accelerator.wait_for_everyone()
     if trainer.accelerator.is_main_process:
         with atomic_dir(path) as tmp:
             for f in partial.iterdir():  # the adapter only: not the trainer's args or a tokenizer copy
-                if f.name.startswith("adapter_") or f.name == "README.md":
+                if f.name.startswith("adapter_") or f.name == "README.md" or f.name in keep:
                     shutil.move(str(f), tmp / f.name)
         shutil.rmtree(partial, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
@@ -216,8 +199,6 @@ def save_adapter(trainer, path: Path) -> None:
 def _replicas_identical(trainer) -> bool:
     """Data parallel: after training on different shards of the data, every process must hold the
     same adapter weights, or its gradients were not averaged."""
-    import torch
-
     params = [p.detach().float().flatten() for p in trainer.model.parameters() if p.requires_grad]
     mine = torch.cat(params).to(trainer.accelerator.device)
     everyone = trainer.accelerator.gather(mine.unsqueeze(0))
@@ -244,8 +225,6 @@ def _plot_loss(history: list[dict], path: Path) -> None:
 
 def _fresh_checkpoints(folder: Path, inputs_sha256: str) -> None:
     """Checkpoints resume only the training that wrote them: others are removed before training."""
-    import shutil
-
     marker = folder / "inputs.sha256"
     if folder.is_dir() and (not marker.is_file() or marker.read_text().strip() != inputs_sha256):
         shutil.rmtree(folder)
@@ -264,11 +243,17 @@ def train(cfg: ExperimentConfig, n: int, run_dir: Path) -> dict:
     check_hardware(cfg)
     run_dir = Path(run_dir)
     inputs = train_inputs(cfg, n, pool)
+    tokenizer, template = _checked_tokenizer(cfg, subset) if n > 0 else (None, None)
     # rank 0 of accelerate launch / torchrun (RANK); the process group does not exist yet here
     main_process = int(os.environ.get("RANK", "0")) == 0
     if main_process:
         completion.begin(run_dir)
+        divergence.clear(run_dir)
         write_text(run_dir / "config.yaml", cfg.cell_yaml(n))
+        tracking.prepare(cfg, run_dir, tracking.input_facts(inputs))
+        if template is not None:
+            print_report(template)
+            write_json(run_dir / REPORT, {"before_training": template})
     base = {"num_train_examples": n, "seed": cfg.train.seed, "data_seed": cfg.data.seed, "model": cfg.model,
             "data_file": str(cfg.data.train), "data_sha256": sha256_file(cfg.data.train),
             "subset_sha256": sha256_records(subset), "git_commit": git_commit(), "versions": versions()}
@@ -277,29 +262,44 @@ def train(cfg: ExperimentConfig, n: int, run_dir: Path) -> dict:
             write_json(run_dir / TRAIN_METRICS, base | {"trained": False})
             completion.finish(run_dir, "train", inputs, [TRAIN_METRICS])
         return base | {"trained": False}
-    metrics = _fit(cfg, run_dir, subset, base, completion.digest(inputs))
+    metrics = _fit(cfg, run_dir, subset, base, completion.digest(inputs), tokenizer, template)
     if main_process:
+        tracking.log_run(run_dir, {f"train/{k}": metrics[k] for k in ("train_loss", "wall_time_s", "train_tokens_per_s")},
+                         step=metrics["steps"])
         completion.finish(run_dir, "train", inputs,
                           [TRAIN_METRICS, "loss.jsonl", *completion.files_under(run_dir, "adapter")])
     return metrics
 
 
-def _fit(cfg: ExperimentConfig, run_dir: Path, subset: list[dict], base: dict, inputs_sha256: str) -> dict:
-    """TRL's SFTTrainer on the subset; the adapter, loss curve and metrics written into run_dir."""
-    import torch
-    from datasets import Dataset
+def _checked_tokenizer(cfg: ExperimentConfig, subset: list[dict]):
+    """(the tokenizer training formats examples with, the report of its chat template's check);
+    a template that is missing, fails on an example or leaves end-of-turn untrained is refused here,
+    before anything is written or loaded."""
     from transformers import AutoTokenizer
+
+    path = resolve(cfg.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    use_template(tokenizer, cfg.train.chat_template)
+    report = check_before_training(tokenizer, subset, model=cfg.model, spec=cfg.train.chat_template,
+                                   max_length=_max_length(cfg), eos_ids=generation_eos_ids(path))
+    return tokenizer, report
+
+
+def _fit(cfg: ExperimentConfig, run_dir: Path, subset: list[dict], base: dict, inputs_sha256: str, tokenizer,
+         template: dict) -> dict:
+    """TRL's SFTTrainer on the subset; the adapter, loss curve and metrics written into run_dir."""
+    from datasets import Dataset
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
     path = resolve(cfg.model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
     model = load_model(cfg, path)
     t = cfg.train
-    args = sft_config(cfg, run_dir / "checkpoints")
+    args = sft_config(cfg, run_dir / "checkpoints", **tracking.sft_options(cfg, run_dir))
     dataset = Dataset.from_list([to_prompt_completion(r) for r in subset])
+    watchdog = DivergenceWatchdog(t.watchdog) if t.watchdog.enabled else None
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=lora_config(cfg))
+                         peft_config=lora_config(cfg), callbacks=[watchdog] if watchdog else None)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     if trainer.accelerator.is_main_process:
@@ -312,6 +312,8 @@ def _fit(cfg: ExperimentConfig, run_dir: Path, subset: list[dict], base: dict, i
     except torch.OutOfMemoryError:
         raise FtscaleError(OUT_OF_MEMORY.format(batch=t.batch_size, length=t.max_length)) from None
     wall = time.perf_counter() - start
+    if watchdog is not None and watchdog.tripped is not None:
+        _stop_diverged(cfg, trainer, run_dir, watchdog.tripped, base)
 
     metrics = base | {
         "trained": True, "wall_time_s": wall, "train_runtime_s": result.metrics["train_runtime"],
@@ -331,13 +333,48 @@ def _fit(cfg: ExperimentConfig, run_dir: Path, subset: list[dict], base: dict, i
     metrics["train_tokens_per_s"] = (metrics["train_tokens"] or 0) / result.metrics["train_runtime"]
     if trainer.accelerator.num_processes > 1 and not trainer.is_fsdp_enabled and not trainer.is_deepspeed_enabled:
         metrics["replicas_identical"] = _replicas_identical(trainer)
-    save_adapter(trainer, run_dir / "adapter")
+    save_adapter(trainer, run_dir / "adapter", keep=(ADAPTER_TEMPLATE,) if t.chat_template else ())
+    _check_stopping(cfg, trainer, tokenizer, run_dir, template)
     if trainer.accelerator.is_main_process:
-        history = trainer.state.log_history
-        write_jsonl(run_dir / "loss.jsonl", [h for h in history if "loss" in h])
-        _plot_loss(history, run_dir / "loss.png")
+        _write_loss_curve(trainer.state.log_history, run_dir)
         write_json(run_dir / TRAIN_METRICS, metrics)
     return metrics
+
+
+def _check_stopping(cfg: ExperimentConfig, trainer, tokenizer, run_dir: Path, template: dict) -> None:
+    """The trained model's greedy answers to eval prompts must end their turn (a warning if not),
+    recorded beside the pre-training check."""
+    if trainer.accelerator.is_main_process and cfg.train.stop_check:
+        if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+            after = stop_check.skipped("after training", "the model is sharded across processes; `ftscale merge` "
+                                                         "checks the merged model")
+        else:
+            prompts = stop_check.eval_prompts(cfg.data.eval, cfg.train.stop_check)
+            after = stop_check.check_model(trainer.model, tokenizer, prompts, cfg.eval.max_new_tokens, "after training")
+            stop_check.print_summary(after)
+        write_json(run_dir / REPORT, {"before_training": template, "after_training": after})
+    trainer.accelerator.wait_for_everyone()
+
+
+def _write_loss_curve(history: list[dict], run_dir: Path) -> None:
+    write_jsonl(run_dir / "loss.jsonl", [h for h in history if "loss" in h])
+    _plot_loss(history, run_dir / "loss.png")
+
+
+def _stop_diverged(cfg: ExperimentConfig, trainer, run_dir: Path, tripped: dict, base: dict) -> None:
+    """The watchdog stopped the training: keep the loss curve and the divergence record, save no
+    adapter and no checkpoint to resume from, and raise (no completion record is written)."""
+    t = cfg.train
+    if trainer.accelerator.is_main_process:
+        _write_loss_curve(trainer.state.log_history, run_dir)
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        rec = divergence.write(run_dir, tripped, t.learning_rate, t.warmup_ratio, t.precision,
+                               base | {"watchdog": t.watchdog.model_dump(mode="json")})
+        tracking.log_run(run_dir, {"train/diverged_at_step": tripped["step"]}, step=tripped["step"])
+    else:
+        rec = tripped | {"advice": divergence.knobs(t.learning_rate, t.warmup_ratio, t.precision)}
+    trainer.accelerator.wait_for_everyone()
+    raise divergence.Diverged(f"{run_dir}: training {divergence.reason(rec)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,11 +386,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def command():
         cfg = load_config(args.config, parse_overrides(rest))
+        write_task_data(cfg)  # a dataset its task names, written out for the training
         n = cfg.single_size()
         run_dir = args.output_dir or cell_dir(cfg.experiment_dir, n, cfg.train.seed)
         if n > 0:
-            from ftscale.models import check_for_training
-
             check_for_training(cfg)  # a wrong model or LoRA target: refused before anything is written
         metrics = train(cfg, n, run_dir)
         from accelerate import PartialState

@@ -1,4 +1,4 @@
-"""The backend contract shared by every way of generating (DESIGN.md, "Backend")."""
+"""The backend contract every way of generating shares: Requests and Sampling in, a Generation per request out."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, 
 
 from ftscale.device import pick_device, resolve_dtype
 from ftscale.models import resolve
+from ftscale.quantization import bnb_config
 
 from .base import Generation, Request, Sampling
 
@@ -57,8 +58,6 @@ class HFBackend:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if quantization == "4bit":  # the base as QLoRA trained on it (CUDA only): measures the train/serve mismatch
-            from ftscale.train.sft import bnb_config
-
             net = AutoModelForCausalLM.from_pretrained(path, quantization_config=bnb_config(), dtype=torch.bfloat16,
                                                        device_map={"": self.device})
         else:

@@ -1,10 +1,11 @@
-"""`ftscale task check <task.yaml>`: everything that can be wrong with a task, before any training.
+"""`ftscale task check <task>`: everything that can be wrong with a task, before any training.
 
 Refused (errors): an unknown evaluator or a wrong parameter (file:line: key), an invalid JSON
 Schema or regex, data that is missing or fails `data check` (file:line: reason), duplicated eval
 ids, eval examples that also appear in the training pool, a reference field that an evaluator
-needs and no eval example has. Reported (warnings): a field that some examples lack (those are
-not scorable for that metric, never counted right or wrong).
+needs and no eval example has (or, for an evaluator that needs it in every example, some example
+lacks). Reported (warnings): a field that some examples lack (those are not scorable for that
+metric, never counted right or wrong).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from pathlib import Path
 
 from ftscale.chatdata import read_jsonl
 from ftscale.datacheck import check_file
-from ftscale.errors import DataError
+from ftscale.errors import ConfigError, DataError
+
+from . import get_task
 
 
 def _prompt_key(rec: dict, normalise: bool) -> str:
@@ -81,15 +84,41 @@ class TaskReport:
                           *(f"warning: {w}" for w in self.warnings)])
 
 
-def check_task(path: Path, out_dir: Path = Path("runs") / "task-data") -> TaskReport:
-    """Check a task YAML and its data. Config errors raise ConfigError (file:line: key); the rest is reported."""
-    from .yaml_task import build_task, data_files, load_spec, parsed_evaluators
+def _ids(ids: list) -> str:
+    return ", ".join(map(str, ids[:5])) + (", ..." if len(ids) > 5 else "")
 
-    spec = load_spec(Path(path))  # unknown keys, evaluators and their parameters: file:line: key
-    task = build_task(spec)
-    report = TaskReport(spec.name)
+
+def _check_references(report: TaskReport, task, eval_path: Path, evals: list[dict]) -> None:
+    """Each reference field an evaluator reads: in every eval example where it must be, else in some
+    (the others are reported: not scorable for that evaluator); the labels a choice evaluator sees."""
+    for name, needed, every in task.reference_needs:
+        lacking = [r["id"] for r in evals if needed not in (r.get("reference") or {})]
+        if len(lacking) == len(evals):
+            report.errors.append(f"{eval_path}: evaluator {name!r} needs reference field {needed!r}, "
+                                 "which no eval example has")
+        elif lacking and every:
+            report.errors.append(f"{eval_path}: evaluator {name!r} needs reference field {needed!r} in every eval "
+                                 f"example; {len(lacking)} lack it ({_ids(lacking)})")
+        elif lacking:
+            report.warnings.append(f"{eval_path}: {len(lacking)} eval examples lack reference field {needed!r} "
+                                   f"({_ids(lacking)}): {name!r} cannot score them; they are counted as not scorable")
+    for evaluator, params, name in task.evaluators:
+        if evaluator.name == "choice":
+            counts = Counter(str((r.get("reference") or {}).get(params.field)) for r in evals)
+            report.profile.append(f"labels of {name!r} in the eval set: "
+                                  + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
+
+
+def check_task(ref: str | Path, out_dir: Path = Path("runs") / "task-data") -> TaskReport:
+    """Check a task (a name in configs/tasks/ or a path to its YAML) and its data. Config errors raise
+    ConfigError (file:line: key); the rest is reported. Only a dataset is written, to out_dir."""
     try:
-        train_path, eval_path = data_files(spec, Path(path), out_dir)
+        task = get_task(str(ref))  # unknown keys, evaluators and their parameters: file:line: key
+    except KeyError as e:
+        raise ConfigError(f"{ref}: {e.args[0]}") from None
+    report = TaskReport(task.name)
+    try:
+        train_path, eval_path = task.data.write("train", out_dir), task.data.write("eval", out_dir)
     except DataError as e:
         report.errors.append(str(e))
         return report
@@ -100,21 +129,7 @@ def check_task(path: Path, out_dir: Path = Path("runs") / "task-data") -> TaskRe
         report.errors += check.errors
         train = read_jsonl(train_path, "train")
         report.errors += overlap(train_path, train, eval_path, evals)
-
-    for evaluator, params, name in parsed_evaluators(spec):  # as the task itself parses them
-        for needed in evaluator.needs(params):
-            lacking = [r["id"] for r in evals if needed not in (r.get("reference") or {})]
-            if len(lacking) == len(evals):
-                report.errors.append(f"{eval_path}: evaluator {name!r} needs reference field {needed!r}, "
-                                     "which no eval example has")
-            elif lacking:
-                report.warnings.append(f"{eval_path}: {len(lacking)} eval examples lack reference field {needed!r} "
-                                       f"({', '.join(map(str, lacking[:5]))}{', ...' if len(lacking) > 5 else ''}): "
-                                       f"{name!r} cannot score them; they are counted as not scorable")
-        if evaluator.name == "choice":
-            counts = Counter(str((r.get("reference") or {}).get(params.field)) for r in evals)
-            report.profile.append(f"labels of {name!r} in the eval set: "
-                                  + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
+    _check_references(report, task, eval_path, evals)
 
     t = check.tokens if check else None
     report.profile[:0] = [

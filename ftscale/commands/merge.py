@@ -1,0 +1,21 @@
+"""`ftscale merge`: merge a LoRA adapter into its base model (train/merge.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ftscale.train.merge import merge
+
+
+def add_parser(sub) -> None:
+    mg = sub.add_parser("merge", help="merge a LoRA adapter into its base model")
+    mg.add_argument("adapter", help="a run directory or its adapter/ folder")
+    mg.add_argument("--out", required=True, type=Path)
+    mg.add_argument("--base", help="base model (default: the one the adapter names)")
+    mg.add_argument("--force", action="store_true",
+                    help="replace an earlier merge in --out (only a folder `ftscale merge` wrote is ever replaced)")
+    mg.set_defaults(fn=run)
+
+
+def run(args) -> None:
+    print(f"merged checkpoint written to {merge(args.adapter, args.out, base=args.base, force=args.force)}")

@@ -1,0 +1,68 @@
+"""`ftscale openai inventory` and `ftscale migrate capture|plan`: off OpenAI fine-tuning
+(ftscale/openai_org.py, ftscale/migrate.py, ftscale/migrate_plan.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    o = sub.add_parser("openai", help="the organisation's OpenAI fine-tunes").add_subparsers(dest="action", required=True)
+    inv = o.add_parser("inventory", help="every fine-tuning job and ft: model, with the day it stops answering")
+    inv.add_argument("--base-url", help="the endpoint the key is paired with (default: OpenAI's)")
+    inv.add_argument("--json", action="store_true")
+    inv.add_argument("--deprecations", default="configs/openai_deprecations.yaml")
+    inv.set_defaults(fn=run_inventory)
+    mig = sub.add_parser("migrate", help="replace an OpenAI fine-tune with a local one: capture, plan")
+    msub = mig.add_subparsers(dest="action", required=True)
+    c = msub.add_parser("capture", help="download a fine-tune's data and record its answers (resumable, cached)")
+    c.add_argument("model", help="the ft: model id")
+    c.add_argument("--out", required=True, type=Path, help="the migration folder, e.g. migrations/acme")
+    c.add_argument("--base-url", help="the endpoint the key is paired with (default: OpenAI's)")
+    c.add_argument("--train", type=Path, help="the training data, when the job's file is gone")
+    c.add_argument("--eval", type=Path, help="chat JSONL of prompts to ask (default: the job's validation file, "
+                                             "else a held-out split of the training file)")
+    c.add_argument("--eval-size", type=int, default=50, help="held-out examples (at most a fifth of the file)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--max-new-tokens", type=int, default=256)
+    c.add_argument("--temperature", type=float, default=0.0)
+    c.add_argument("--batch-size", type=int, default=16, help="requests per batch (the cache is written after each)")
+    c.add_argument("--concurrency", type=int, default=8)
+    c.add_argument("--deprecations", default="configs/openai_deprecations.yaml")
+    p = msub.add_parser("plan", help="write the sweep that trains local replacements and compares them")
+    p.add_argument("folder", type=Path, help="a folder written by `migrate capture`")
+    p.add_argument("--model", required=True, action="append", help="a local model (repeat for several)")
+    p.add_argument("--task", help="a task YAML whose evaluators score (default: agreement with the fine-tune)")
+    p.add_argument("--sizes", help="comma-separated training sizes (default: 0 and halvings of the whole set down to 8)")
+    p.add_argument("--seeds", default="42", help="comma-separated training seeds")
+    p.add_argument("--margin", type=float, default=0.02, help="non-inferiority margin on the headline metric")
+    p.add_argument("--monthly-requests", type=int, default=100_000, help="the traffic the monthly cost is for")
+    p.add_argument("--qlora", action="store_true", help="train 4-bit QLoRA adapters instead of LoRA (CUDA)")
+    p.add_argument("--judge", help="add agreement_judge with this judge (hf:, openai:, openai:M@URL)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an experiment key for every cell (train.epochs=1, eval.max_new_tokens=64)")
+    mig.set_defaults(fn=run_migrate)
+
+
+# The job modules are imported inside the functions below: each imports the openai client, half a
+# second at every start-up of every command.
+def run_inventory(args) -> None:
+    from ftscale import openai_org
+
+    print(openai_org.main(args.base_url, args.json, args.deprecations))
+
+
+def run_migrate(args) -> int:
+    if args.action == "capture":
+        from ftscale.migrate import capture
+
+        m = capture(args.model, args.out, base_url=args.base_url, train=args.train, eval_file=args.eval,
+                    eval_size=args.eval_size, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                    temperature=args.temperature, batch_size=args.batch_size, concurrency=args.concurrency,
+                    deprecations=args.deprecations)
+        return 1 if m["failed"] else 0
+    from ftscale.migrate_plan import plan
+
+    print(plan(args.folder, args.model, task=args.task, sizes=args.sizes, seeds=args.seeds, margin=args.margin,
+               monthly_requests=args.monthly_requests, judge=args.judge, overrides=args.set, qlora=args.qlora))
+    return 0

@@ -1,0 +1,72 @@
+"""Run an experiment: for each training size, train (or reuse) an adapter, evaluate it, report.
+
+Every step is skipped when its completion record names exactly the inputs it would be made from
+now (ftscale/cellrunner.py), so a killed run started again picks up where it stopped, and a
+changed config redoes exactly the steps it changes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .atomic import write_text
+from .cellrunner import ensure_trained, eval_jobs, hf_answerer, run_evals
+from .chatdata import read_jsonl
+from .config import ExperimentConfig
+from .errors import StepsFailed
+from .eval.pairwise_runs import run_comparisons
+from .eval.report import audit, write_report
+from .eval.tasks.check import refuse_overlap
+from .experiment import expected_inputs, load_probes, task_for
+from .models import check_for_training
+from .rundir import cell_dir
+from .train.divergence import Diverged
+from .train.tracking import check_installed
+
+
+def run_experiment(cfg: ExperimentConfig, log=print) -> Path:
+    """Every size: train (or reuse) and evaluate through the cell runner, then the summary. Failed
+    evaluations and diverged trainings are listed in the summary and raise StepsFailed (exit 1) once
+    all the rest is done."""
+    check_installed(cfg.train.trackers)  # a tracker named but not installed: refused before any work
+    task = task_for(cfg)
+    refuse_overlap(cfg.data.train, cfg.data.eval)  # before any training: scores on seen examples mean nothing
+    check_for_training(cfg)  # the model, its chat template and LoRA targets: refused before the first cell
+    pool = read_jsonl(cfg.data.train, "train")
+    examples = read_jsonl(cfg.data.eval, "eval")[: cfg.eval.limit]
+    probes = load_probes(cfg)
+    exp_dir = cfg.experiment_dir
+    write_text(exp_dir / "experiment.yaml", cfg.to_yaml())
+    start = time.perf_counter()
+    failures, diverged = [], []
+    bar = tqdm(cfg.sizes, desc=f"{cfg.name}", unit="cell")
+    for n in bar:
+        bar.set_postfix_str(f"n={n}")
+        cell = cell_dir(exp_dir, n, cfg.train.seed)
+        try:
+            ensure_trained(cfg, n, cell, log=log)
+        except Diverged as e:  # not evaluated; the other cells go on
+            diverged.append(str(e))
+            log(str(e))
+            continue
+        variants = cfg.eval.prompt_variants + (cfg.eval.baseline_variants if n == 0 else [])
+        answerer = hf_answerer(cfg, cell / "adapter" if n > 0 else None)
+        jobs = eval_jobs(cfg, cell, task, pool, examples, variants, answerer, probes)
+        failures += run_evals(cell, jobs, answerer, pool, cfg.eval.few_shot_k, log=log)
+    rows, hidden = audit(exp_dir, expected_inputs(cfg, task, pool, examples, probes))
+    if rows and task.pairwise is not None:
+        run_comparisons(exp_dir, task.pairwise, rows, log=log)
+    if rows:
+        report = write_report(exp_dir, task, cfg.cost, rows, hidden)
+        log(f"done in {time.perf_counter() - start:.0f} s: {report}")
+    problems = [f"{len(failures)} evaluation(s) failed and were not recorded as done (run the same command again "
+                "to redo them):\n" + "\n".join(f.line() for f in failures)] if failures else []
+    if diverged:
+        problems.append(f"{len(diverged)} training(s) diverged and were stopped (not recorded as done):\n"
+                        + "\n".join(diverged))
+    if problems:
+        raise StepsFailed("\n".join(problems))
+    return exp_dir / "summary.md"
