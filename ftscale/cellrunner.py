@@ -22,6 +22,7 @@ from .atomic import write_text
 from .rundir import TRAIN_METRICS, eval_dir, probe_dir
 from .stepinputs import model_identity, openai_train_inputs, task_identity, train_inputs
 from .train import divergence, tracking
+from .train.chat_template_check import template_text
 
 
 def sampling_of(cfg: ExperimentConfig, task=None):
@@ -61,12 +62,15 @@ def hf_answerer(cfg: ExperimentConfig, adapter: Path | None, model: str | None =
     from .eval.backends import make_backend
 
     ref = model or cfg.model
+    template = template_text(cfg.train.chat_template) if cfg.train.chat_template and model is None else None
     identity = {"backend": label, "model": model_identity(ref), "precision": cfg.eval.precision,
                 # the adapter's own identity is the training record every evaluation names as upstream
-                "batch_size": cfg.eval.batch_size, "adapter": adapter is not None, "quantization": quantization}
+                "batch_size": cfg.eval.batch_size, "adapter": adapter is not None, "quantization": quantization,
+                # only when named, so that records made before the option stay valid
+                **({"chat_template": cfg.train.chat_template} if template else {})}
     return Answerer(label, identity, lambda: make_backend("hf", model=ref, adapter=str(adapter) if adapter else None,
                                                           batch_size=cfg.eval.batch_size, dtype=cfg.eval.precision,
-                                                          quantization=quantization, name=label))
+                                                          quantization=quantization, name=label, chat_template=template))
 
 
 def endpoint_answerer(model: str, base_url: str | None, concurrency: int, label: str = "openai",

@@ -39,7 +39,8 @@ def evaluate_one(cfg: ExperimentConfig, backend: str = "hf", adapter: str | None
     concurrency = concurrency or cfg.serve.concurrency
     probes = load_probes(cfg)
     if backend != "openai":
-        check_for_generation(model or cfg.model)  # reachable, with a chat template: before any work
+        # reachable, with a chat template (its own, or the one the training named): before any work
+        check_for_generation(model or cfg.model, cfg.train.chat_template if model is None else None)
     if backend != "openai" and not adapter and not output_dir:
         ensure_trained(cfg, 0, out)  # the untrained base's record (and config.yaml): what its evaluations name
 

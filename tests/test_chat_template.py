@@ -19,6 +19,7 @@ from ftscale.chatdata import read_jsonl, to_prompt_completion
 from ftscale.cli import main
 from ftscale.config import load_config
 from ftscale.errors import ConfigError, FtscaleError
+from ftscale.eval.backends import Request, Sampling, make_backend
 from ftscale.stepinputs import train_inputs
 from ftscale.train import stop_check
 from ftscale.train.chat_template_check import (check_before_training, generation_eos_ids, template_text,
@@ -146,6 +147,11 @@ def test_a_base_model_without_a_template_trains_with_a_named_one(embedded_model,
     assert AutoTokenizer.from_pretrained(merged).chat_template == template_text("chatml")
     manifest = json.loads((merged / "ftscale-merged.json").read_text())
     assert manifest["stop_check"]["where"] == "after merging" and manifest["stop_check"]["max_new_tokens"] == 16
+    # evaluated as it was trained: the adapter carries its template to the in-process backend
+    hf = make_backend("hf", model=str(plain), adapter=str(run / "adapter"), batch_size=2, progress=False)
+    assert hf.tokenizer.chat_template == template_text("chatml")
+    got = hf.generate([Request("q", [{"role": "user", "content": "Say hi."}])], Sampling(max_new_tokens=4))
+    assert got[0].error is None and got[0].output_tokens > 0
 
 
 def test_a_named_template_is_a_training_input_and_no_template_changes_nothing():

@@ -19,18 +19,25 @@ import yaml
 
 from ftscale import paths
 from ftscale.chatdata import read_jsonl
-from ftscale.config import EvalSpec
 from ftscale.errors import FtscaleError
 
 from .chat_template_check import as_ids, end_of_turn, eos_warning
 
 PROMPTS = 8  # the default N (train.stop_check)
-MAX_NEW_TOKENS = EvalSpec().max_new_tokens  # where a run names none
 # asked where no eval set is at hand (a model served without a run's adapter)
 FALLBACK_PROMPTS = ("What is the capital of France?", "What is 2 + 2?", "Which planet is closest to the sun?",
                     "Translate 'thank you' into French.")
 # what became of one answer
 STOPPED, EMITTED, OTHER, RAN_ON = "stopped", "emitted", "other", "ran_on"
+
+
+def default_max_new_tokens() -> int:
+    """The eval config's default, where a run names none."""
+    # imported here: the config loads the task registry and scipy, which `ftscale serve` and `ftscale
+    # doctor` must start without
+    from ftscale.config import EvalSpec
+
+    return EvalSpec().max_new_tokens
 
 
 def eval_prompts(eval_file: str | Path | None, n: int) -> list[list[dict]]:
@@ -45,7 +52,7 @@ def run_prompts(run_dir: Path, n: int) -> tuple[list[list[dict]], int]:
     config = Path(run_dir) / "config.yaml"
     cell = (yaml.safe_load(config.read_text()) or {}) if config.is_file() else {}
     data, evals = cell.get("data") or {}, cell.get("eval") or {}
-    return eval_prompts(data.get("eval"), n), int(evals.get("max_new_tokens") or MAX_NEW_TOKENS)
+    return eval_prompts(data.get("eval"), n), int(evals.get("max_new_tokens") or default_max_new_tokens())
 
 
 def ending(generated: list[int], eos_ids: set[int], eot: int) -> str:
@@ -137,7 +144,7 @@ def check_server(base_url: str, api_key: str, names: list[str], model_path: str,
     from transformers import AutoTokenizer  # seconds to import: paid once the server is up
 
     try:
-        prompts, max_tokens = run_prompts(run, PROMPTS) if run else (eval_prompts(None, PROMPTS), MAX_NEW_TOKENS)
+        prompts, max_tokens = run_prompts(run, PROMPTS) if run else (eval_prompts(None, PROMPTS), default_max_new_tokens())
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         text = tokenizer.decode([end_of_turn(tokenizer)])
         results = check_served(base_url, api_key, names, prompts, max_tokens, text)

@@ -9,6 +9,7 @@ these are plain per-request latencies.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -17,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, 
 from ftscale.device import pick_device, resolve_dtype
 from ftscale.models import resolve
 from ftscale.quantization import bnb_config
+from ftscale.train.chat_template_check import ADAPTER_TEMPLATE
 
 from .base import Generation, Request, Sampling
 
@@ -44,7 +46,7 @@ class HFBackend:
 
     def __init__(self, model: str, adapter: str | None = None, batch_size: int = 16,
                  device: str | None = None, dtype: str = "auto", progress: bool = True, quantization: str = "none",
-                 name: str = "hf"):
+                 name: str = "hf", chat_template: str | None = None):
         from peft import PeftModel  # imported here: peft is heavy and only adapters need it
 
         self.name = name  # "hf-<model>" when it answers for another model than the experiment's
@@ -54,6 +56,12 @@ class HFBackend:
         self.progress = progress
         path = resolve(model)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
+        # a template named for training (train.chat_template) formats prompts as the training did: an
+        # adapter carries it, the untrained base is given it
+        carried = Path(adapter) / ADAPTER_TEMPLATE if adapter else None
+        template = carried.read_text(encoding="utf-8") if carried is not None and carried.is_file() else chat_template
+        if template is not None:
+            self.tokenizer.chat_template = template
         self.tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

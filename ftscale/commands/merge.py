@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ftscale.train.merge import merge
-
 
 def add_parser(sub) -> None:
     mg = sub.add_parser("merge", help="merge a LoRA adapter into its base model")
@@ -18,4 +16,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> None:
+    # imported here: the merge's stop check loads the config and scipy, which `ftscale doctor` must run without
+    from ftscale.train.merge import merge
+
     print(f"merged checkpoint written to {merge(args.adapter, args.out, base=args.base, force=args.force)}")
