@@ -1,9 +1,11 @@
-"""The in-process transformers backend, with an optional PEFT adapter.
+"""The in-process transformers backend, with an optional PEFT adapter, applied unmerged as trained
+(merged into bf16 weights it lost most of a small adapter's effect: docs/benchmarks.md).
 
-Requests are generated in batches (sorted by prompt length to waste little padding). All the
-requests of a batch are submitted together, so their TTFT is the batch's first decoding step and
-each one's end-to-end latency ends when its own end-of-turn token appears; with `batch_size=1`
-these are plain per-request latencies.
+Requests are generated in batches (sorted by prompt length to waste little padding; rows that have
+ended leave the batch: hf_decode.py). All the requests of a
+batch are submitted together, so their TTFT is the batch's first decoding step and each one's
+end-to-end latency ends when its own end-of-turn token appears; with `batch_size=1` these are plain
+per-request latencies.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList, set_seed
+from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
 from ftscale.device import pick_device, resolve_dtype
 from ftscale.models import resolve
@@ -21,24 +23,7 @@ from ftscale.quantization import bnb_config
 from ftscale.train.chat_template_check import ADAPTER_TEMPLATE
 
 from .base import Generation, Request, Sampling
-
-
-class _StepClock(StoppingCriteria):
-    """Notes when the first token of a batch appears and when each row emits end-of-turn."""
-
-    def __init__(self, rows: int, eos_ids: set[int]):
-        self.first: float | None = None
-        self.done: list[float | None] = [None] * rows
-        self.eos_ids = eos_ids
-
-    def __call__(self, input_ids, scores, **kwargs):
-        now = time.perf_counter()
-        if self.first is None:
-            self.first = now
-        for i, tok in enumerate(input_ids[:, -1].tolist()):
-            if self.done[i] is None and tok in self.eos_ids:
-                self.done[i] = now
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+from .hf_decode import StepClock, decode
 
 
 class HFBackend:
@@ -83,32 +68,28 @@ class HFBackend:
                                                       return_dict=False) for r in requests]
         order = sorted(range(len(requests)), key=lambda i: len(encoded[i]))
         results: list[Generation | None] = [None] * len(requests)
+        kwargs = dict(do_sample=False) if sampling.temperature == 0 else dict(
+            do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+        if sampling.ignore_eos:
+            kwargs["min_new_tokens"] = sampling.max_new_tokens
         bar = tqdm(total=len(requests), desc=f"generating ({self.model})", unit="req", disable=not self.progress)
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
-            batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt").to(self.device)
-            clock = _StepClock(len(idx), self.eos_ids)
-            kwargs = dict(do_sample=False) if sampling.temperature == 0 else dict(
-                do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
-            if sampling.ignore_eos:
-                kwargs["min_new_tokens"] = sampling.max_new_tokens
+            clock = StepClock(len(idx), self.eos_ids)
             t0 = time.perf_counter()
-            out = self.net.generate(**batch, max_new_tokens=sampling.max_new_tokens,
-                                    stopping_criteria=StoppingCriteriaList([clock]),
-                                    pad_token_id=self.tokenizer.pad_token_id, **kwargs)
+            answers = decode(self.net, [encoded[i] for i in idx], self.tokenizer.pad_token_id, self.eos_ids,
+                             sampling.max_new_tokens, clock, self.device, **kwargs)
             t_end = time.perf_counter()
-            new = out[:, batch["input_ids"].shape[1]:].tolist()
             for row, i in enumerate(idx):
-                tokens = new[row]
-                stop = next((k for k, t in enumerate(tokens) if t in self.eos_ids), None)
-                kept = tokens if stop is None else tokens[:stop + 1]
+                kept = answers[row]
+                ended = bool(kept) and kept[-1] in self.eos_ids
                 results[i] = Generation(
                     text=self.tokenizer.decode(kept, skip_special_tokens=True),
                     input_tokens=len(encoded[i]),
                     output_tokens=len(kept),
                     ttft_s=(clock.first or t_end) - t0,
                     latency_s=(clock.done[row] or t_end) - t0,
-                    finish_reason="length" if stop is None else "stop",
+                    finish_reason="stop" if ended else "length",
                     extra={"batch_size": len(idx)},
                 )
             bar.update(len(idx))

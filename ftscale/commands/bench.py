@@ -1,4 +1,5 @@
-"""`ftscale bench`: latency, crosscheck and throughput on vLLM (serve/), and a training step (train/bench.py)."""
+"""`ftscale bench`: latency, crosscheck and throughput on vLLM (serve/), a training step (train/bench.py) and the
+main job against an earlier revision (ftscale/bench_main_job.py)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,12 @@ def add_parser(sub) -> None:
     bt.add_argument("--num-prompts", type=positive_int, default=200)
     bt.add_argument("--output-dir", help="default: <experiment dir>/throughput")
     _add_train_parser(bsub)
+    bm = bsub.add_parser("main-job", help="an experiment run by an earlier git revision and by this code, back to back",
+                         epilog="Other arguments are passed to both runs as overrides (--eval.limit 20, ...).")
+    bm.add_argument("--baseline", required=True, help="the git revision to compare with (a commit, tag or branch)")
+    bm.add_argument("--config", default="configs/experiments/formatting-smollm2-cpu.yaml", help="default: the main job")
+    bm.add_argument("--output-dir", type=Path, default=Path("runs/bench-main-job"))
+    bm.set_defaults(fn=run_main_job)
 
 
 def _add_train_parser(bsub) -> None:
@@ -83,6 +90,14 @@ def run_serving(args) -> None:
         from ftscale.serve.throughput import run_throughput_benchmark
 
         print(json.dumps(run_throughput_benchmark(cfg, args.adapter, args.num_prompts, args.concurrency, out), indent=2))
+
+
+def run_main_job(args) -> None:
+    from ftscale.bench_main_job import run_bench, summary
+
+    result = run_bench(args.config, args.baseline, args.output_dir, args.overrides)
+    print(summary(result))
+    print(f"written to {args.output_dir / 'main-job.json'}")
 
 
 def run_train(args) -> None:
