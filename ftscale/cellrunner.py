@@ -205,16 +205,22 @@ def ensure_trained(cfg: ExperimentConfig, n: int, cell: Path, log=print, acceler
     return rec
 
 
+def launch_config(cfg: ExperimentConfig, n: int) -> dict:
+    """The config an `accelerate launch`ed training reads: the cell's, plus how the training is watched
+    and checked (left out of the cell's config, which holds only what decides its results)."""
+    launch = yaml.safe_load(cfg.cell_yaml(n))
+    launch["train"] |= {"report_to": cfg.train.report_to, "watchdog": cfg.train.watchdog.model_dump(mode="json"),
+                        "stop_check": cfg.train.stop_check}
+    return launch
+
+
 def _train_under_accelerate(cfg: ExperimentConfig, n: int, cell: Path, accelerate_config: Path) -> None:
     import subprocess
     import sys
 
     from .errors import StepsFailed
 
-    launch = yaml.safe_load(cfg.cell_yaml(n))
-    # how the training is watched is left out of the cell's config: the launched process needs it
-    launch["train"] |= {"report_to": cfg.train.report_to, "watchdog": cfg.train.watchdog.model_dump(mode="json")}
-    cfg_file = write_text(cell / "launch-config.yaml", yaml.safe_dump(launch, sort_keys=False))
+    cfg_file = write_text(cell / "launch-config.yaml", yaml.safe_dump(launch_config(cfg, n), sort_keys=False))
     cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(accelerate_config),
            "-m", "ftscale.train.sft", "--config", str(cfg_file), "--output_dir", str(cell)]
     proc = subprocess.run(cmd, capture_output=True, text=True)

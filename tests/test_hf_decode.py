@@ -34,7 +34,9 @@ def _whole_batch(backend: HFBackend, requests: list[Request]) -> list[list[int]]
 
 
 def test_pruned_batches_answer_exactly_as_the_whole_batch():
-    backend = HFBackend("smollm2-135m", batch_size=PROMPTS, progress=False)
+    # fp32: in bf16 a matrix product with fewer rows can round differently and flip a near-tie
+    # (1 answer in 1,000 on the main job, docs/benchmarks.md); what is tested here is the cache handling
+    backend = HFBackend("smollm2-135m", batch_size=PROMPTS, progress=False, dtype="fp32")
     requests = _requests()
     reference = _whole_batch(backend, requests)
     ended = [bool(a) and a[-1] in backend.eos_ids for a in reference]

@@ -102,3 +102,19 @@ def test_qlora_loads_one_copy_per_process_and_under_fsdp_as_peft_guide_does(fsdp
     assert quant.load_in_4bit and quant.bnb_4bit_quant_type == "nf4" and quant.bnb_4bit_use_double_quant
     assert quant.bnb_4bit_quant_storage == quant.bnb_4bit_compute_dtype == kwargs["dtype"] == torch.bfloat16
     assert kwargs.get("device_map") == (None if fsdp else {"": 0})
+
+
+def test_an_accelerate_launched_training_is_watched_and_checked_as_configured(tmp_path):
+    """The cell's config leaves out what does not decide its results (tracking, the watchdog, the stop
+    check); the config a sweep hands to `accelerate launch` carries them, and loads back as set."""
+    import yaml
+
+    from ftscale.cellrunner import launch_config
+
+    cfg = load_config(MAIN_CONFIG, {"train.stop_check": "3", "train.report_to": "[tensorboard]",
+                                    "train.watchdog.patience": "7"})
+    assert "stop_check" not in yaml.safe_load(cfg.cell_yaml(25))["train"]
+    path = tmp_path / "launch-config.yaml"
+    path.write_text(yaml.safe_dump(launch_config(cfg, 25)))
+    launched = load_config(path).train
+    assert (launched.stop_check, launched.report_to, launched.watchdog.patience) == (3, ["tensorboard"], 7)

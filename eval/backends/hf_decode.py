@@ -4,8 +4,9 @@
 finished rows decoding padding. Here the batch is decoded `CHUNK` tokens at a time with
 transformers' own `generate`, and the rows that have ended leave the batch (their cache rows with
 them, `Cache.batch_select_indices`) before the next chunk. Each remaining row continues from its
-own cache exactly as before: on the main job all 1,000 greedy answers came out identical to
-decoding the whole batch to the end (docs/benchmarks.md).
+own cache as before; only the number of rows in each matrix product changes, and in bf16 that can
+flip a near-tie: on the main job 999 of 1,000 greedy answers came out identical to decoding the
+whole batch to the end, 1.43x faster (docs/benchmarks.md).
 
 Not done: encoding a prefix shared by all prompts once (the system prompt, the few-shot examples).
 Measured, it saved 10% on the few-shot baseline but changed 79 of 200 greedy answers (another
