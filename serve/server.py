@@ -23,9 +23,11 @@ import urllib.request
 from collections import deque
 from pathlib import Path
 
+from ftscale.atomic import write_text
 from ftscale.errors import FtscaleError
 from ftscale.models import resolve
 from ftscale.rundir import adapter_dir
+from ftscale.train.chat_template_check import ADAPTER_TEMPLATE, template_text
 
 # --max-lora-rank accepts only these values (vllm/config/lora.py)
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -82,7 +84,8 @@ class VLLMServer:
                  host: str = "127.0.0.1", port: int | None = None, served_name: str | None = None,
                  max_model_len: int = 2048, dtype: str = "bfloat16", max_lora_rank: int | None = None,
                  kv_cache_gb: float = 1.0, max_num_seqs: int | None = None, seed: int = 0,
-                 startup_timeout: float = 600.0, extra_args: list[str] | None = None, api_key_env: str | None = None):
+                 startup_timeout: float = 600.0, extra_args: list[str] | None = None, api_key_env: str | None = None,
+                 chat_template: str | Path | None = None):
         self.model_ref = model
         self.model_path = resolve(model)
         self.served_name = served_name or (model if not Path(model).is_dir() else Path(model).name)
@@ -96,7 +99,13 @@ class VLLMServer:
                                "the key clients must send)")
         self.proc: subprocess.Popen | None = None
         self.adapters = {name: adapter_dir(path) for name, path in (adapters or {}).items()}
-        self.args = self._args(max_model_len, dtype, max_lora_rank, kv_cache_gb, max_num_seqs, seed, extra_args or [])
+        # a template named for training (train.chat_template) formats prompts as the training did: an
+        # adapter carries it, or the caller names its file for the base
+        carried = [p / ADAPTER_TEMPLATE for p in self.adapters.values() if (p / ADAPTER_TEMPLATE).is_file()]
+        self.chat_template = Path(chat_template) if chat_template else (carried[0] if carried else None)
+        template = ["--chat-template", str(self.chat_template)] if self.chat_template else []
+        self.args = self._args(max_model_len, dtype, max_lora_rank, kv_cache_gb, max_num_seqs, seed,
+                               template + (extra_args or []))
 
     def _args(self, max_model_len, dtype, max_lora_rank, kv_cache_gb, max_num_seqs, seed, extra) -> list[str]:
         args = ["--model", self.model_path, "--served-model-name", self.served_name, "--max-model-len",
@@ -238,6 +247,10 @@ def server_for(cfg, adapters: dict[str, str | Path] | None, log_path: Path, mode
 
     s = cfg.serve
     dtype = str(resolve_dtype(cfg.eval.precision)).removeprefix("torch.")
+    template = None
+    if cfg.train.chat_template and model is None:  # the base answers in the template its fine-tunes learnt
+        template = write_text(Path(log_path).parent / ADAPTER_TEMPLATE, template_text(cfg.train.chat_template))
     return VLLMServer(model or cfg.model, adapters, log_path=log_path, host=host, port=port,
                       max_model_len=s.max_model_len, dtype=dtype, kv_cache_gb=s.kv_cache_gb,
-                      max_num_seqs=s.max_num_seqs, seed=cfg.eval.seed, startup_timeout=s.startup_timeout_s)
+                      max_num_seqs=s.max_num_seqs, seed=cfg.eval.seed, startup_timeout=s.startup_timeout_s,
+                      chat_template=template)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -20,6 +21,7 @@ from ftscale.cli import main
 from ftscale.config import load_config
 from ftscale.errors import ConfigError, FtscaleError
 from ftscale.eval.backends import Request, Sampling, make_backend
+from ftscale.serve.server import VLLMServer, server_for
 from ftscale.stepinputs import train_inputs
 from ftscale.train import stop_check
 from ftscale.train.chat_template_check import (check_before_training, generation_eos_ids, template_text,
@@ -152,6 +154,13 @@ def test_a_base_model_without_a_template_trains_with_a_named_one(embedded_model,
     assert hf.tokenizer.chat_template == template_text("chatml")
     got = hf.generate([Request("q", [{"role": "user", "content": "Say hi."}])], Sampling(max_new_tokens=4))
     assert got[0].error is None and got[0].output_tokens > 0
+    # and by a vLLM server ftscale starts: it is handed the adapter's template, or the named one for the base
+    served = VLLMServer(str(plain), {"ft": run}, log_path=tmp_path / "vllm" / "server.log")
+    assert served.args[served.args.index("--chat-template") + 1] == str(run / "adapter" / "chat_template.jinja")
+    cfg = load_config(MAIN_CONFIG, {"model": str(plain), "train.chat_template": "chatml"})
+    base = server_for(cfg, None, tmp_path / "vllm-base" / "server.log")
+    assert Path(base.args[base.args.index("--chat-template") + 1]).read_text() == template_text("chatml")
+    assert "--chat-template" not in server_for(load_config(MAIN_CONFIG), None, tmp_path / "plain" / "server.log").args
 
 
 def test_a_named_template_is_a_training_input_and_no_template_changes_nothing():
