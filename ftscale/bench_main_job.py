@@ -4,8 +4,7 @@ A CPU's absolute times drift from day to day; the ratio of two runs made one aft
 the same machine does not. The earlier revision is taken from git (`git archive`) and installed
 into a fresh environment without dependencies (it shares this environment's torch, transformers,
 ...); both run `python -m ftscale run` on the same config from the current folder, the baseline
-first. Each
-run starts from an empty output folder, so nothing is reused. Printed and written to
+first. Each run starts from an empty output folder, so nothing is reused. Printed and written to
 `<output>/main-job.json`: both wall times, the ratio, each row's scores side by side and how many
 answers of each evaluation are identical.
 """
@@ -39,7 +38,7 @@ def install_revision(rev: str, where: Path) -> Path:
     archive = subprocess.run(["git", "-C", str(paths.ROOT), "archive", "--format=tar", rev], capture_output=True)
     if archive.returncode:
         raise FtscaleError(f"--baseline {rev}: {archive.stderr.decode().strip()}")
-    src, venv = where / f"ftscale-{rev}", where / "venv"  # (a folder named src confuses setuptools)
+    src, venv = where / f"ftscale-{rev.replace('/', '-')}", where / "venv"  # (a folder named src confuses setuptools)
     with tarfile.open(fileobj=BytesIO(archive.stdout)) as tar:
         tar.extractall(src, filter="data")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)

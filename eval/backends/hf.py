@@ -2,10 +2,9 @@
 (merged into bf16 weights it lost most of a small adapter's effect: docs/benchmarks.md).
 
 Requests are generated in batches (sorted by prompt length to waste little padding; rows that have
-ended leave the batch: hf_decode.py). All the requests of a
-batch are submitted together, so their TTFT is the batch's first decoding step and each one's
-end-to-end latency ends when its own end-of-turn token appears; with `batch_size=1` these are plain
-per-request latencies.
+ended leave the batch: hf_decode.py). All the requests of a batch are submitted together, so their
+TTFT is the batch's first decoding step and each one's end-to-end latency ends when its own
+end-of-turn token appears; with `batch_size=1` these are plain per-request latencies.
 """
 
 from __future__ import annotations
