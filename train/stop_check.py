@@ -70,22 +70,24 @@ def check_model(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int
     """Greedy answers of a transformers model (a PEFT model too) to `prompts`, judged by the eos ids of
     its generation config, which generate() stops on for whoever uses the model. Generation here also
     ends a row at end-of-turn: past it, an answer that did not stop there has failed already."""
-    import torch  # seconds to import: paid only where a model is checked
+    # seconds to import (torch): paid only where a model is checked
+    import torch
+
+    from ftscale.eval.backends.hf_decode import StepClock, decode
 
     eot = end_of_turn(tokenizer)
     eos_ids = as_ids(model.generation_config.eos_token_id)
     encoded = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=True)
                ["input_ids"] for p in prompts]
-    width, pad = max(map(len, encoded)), tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot
-    ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=model.device)  # left-padded
-    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=model.device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot
+    ends = {*eos_ids, eot}
     was_training = model.training
     model.eval()
-    with torch.inference_mode():
-        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
-                             eos_token_id=sorted({*eos_ids, eot}), pad_token_id=pad, use_cache=True)
+    with torch.inference_mode():  # batched as the evaluation batches, ended rows leaving the batch
+        answers = decode(model, encoded, pad, ends, max_new_tokens, StepClock(len(encoded), ends), model.device,
+                         do_sample=False, eos_token_id=sorted(ends), use_cache=True)
     model.train(was_training)
-    endings = [ending(row[width:].tolist(), set(eos_ids), eot) for row in out]
+    endings = [ending(answer, set(eos_ids), eot) for answer in answers]
     text = tokenizer.decode([eot])
     return summary(endings, where, max_new_tokens, text, eos_warning(text, eot, eos_ids))
 
