@@ -44,8 +44,11 @@ setup-browser:
 		elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends chromium; \
 		else echo "the report tests need Chromium: install Debian's chromium package (apt-get install chromium)" >&2; exit 1; fi; }
 
+# Two workers fill the two cores of the CI machine: one test's imports and waits overlap another's
+# computing. tests/conftest.py keeps each module (and everything that uses the trained adapter) on one worker.
+TEST_WORKERS ?= 2
 test:
-	$(BIN)/pytest -q --durations=25
+	$(BIN)/pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadgroup
 
 # Everything `ftscale doctor --gpu` needs on a machine without the package index, in parts of at
 # most PART_MIB MiB under offline-bundle/ (README: "A GPU machine without the package index").

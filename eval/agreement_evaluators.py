@@ -5,18 +5,13 @@ the reference a local replacement is held to.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field
 
-from ftscale.errors import FtscaleError
-from ftscale.modelspec import ModelSpec
-from ftscale.strict import Strict
-
-from .evaluator_types import Evaluator, JudgeHooks, KeyProblem, as_prompt_text, one_metric
+from .evaluator_types import Evaluator, JudgeHooks, as_prompt_text, one_metric
 from .json_output import first_json_object
-from .judges import JUDGES_DIR, combine, load_judge_prompt, parse_pairwise
+from .judges import JUDGES_DIR, JudgeParams, combine, parse_pairwise
 from .task_types import Metric
 from .text_match import TextMatch, texts_equal, values_equal
 
@@ -70,26 +65,13 @@ AGREEMENT_JSON = Evaluator("agreement_json", AgreementJsonParams, _agreement_jso
                            agreement_json)
 
 
-class AgreementJudgeParams(Strict):
-    judge: ModelSpec = Field(description="hf:<model ref>, openai:<model> or openai:<model>@<base_url>")
+class AgreementJudgeParams(JudgeParams):
+    KIND, PROMPT = "pairwise", JUDGES_DIR / "agreement.yaml"
     order: Literal["local_first", "captured_first"] = Field(
         description="which answer is shown as A; list the evaluator once per order to ask both")
     field: str = Field("captured", description="reference field holding the fine-tune's answer")
     criteria: str = Field("correct, complete, and in the form the request asks for",
                           description="what a good answer is, shown to the judge")
-    prompt: Path | None = Field(None, description="a pairwise judge prompt YAML (default configs/judges/agreement.yaml)")
-    max_new_tokens: int | None = Field(None, ge=1, description="the judge's reply length (default: the prompt file's)")
-    _prompt: Any = PrivateAttr(None)
-
-    @model_validator(mode="after")
-    def _load(self):
-        try:
-            self._prompt = load_judge_prompt("pairwise", self.prompt or JUDGES_DIR / "agreement.yaml")
-        except (FtscaleError, FileNotFoundError) as e:
-            raise KeyProblem("prompt", str(e)) from None
-        if self.max_new_tokens is None:
-            self.max_new_tokens = self._prompt.max_new_tokens
-        return self
 
 
 def agreement_judge_messages(params: AgreementJudgeParams, input_text: Any, output: str, reference: Any) -> list[dict]:

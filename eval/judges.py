@@ -37,15 +37,18 @@ import random
 import re
 import string
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from ftscale import paths
-from ftscale.errors import ConfigError
+from ftscale.errors import ConfigError, FtscaleError
 from ftscale.eval.backends import Backend, Request, Sampling
 from ftscale.eval.stats import wilson
+from ftscale.modelspec import ModelSpec
 from ftscale.strict import Strict, load_validated
+
+from .evaluator_types import KeyProblem
 
 JUDGES_DIR = paths.CONFIGS / "judges"
 
@@ -95,6 +98,27 @@ class JudgePrompt(Strict):
     def render(self, **values: str) -> list[dict]:
         messages = [{"role": "system", "content": self.system}] if self.system else []
         return messages + [{"role": "user", "content": self.prompt.format(**values)}]
+
+
+class JudgeParams(Strict):
+    """The knobs every judge-backed evaluator has: the judge, its prompt file (the subclass's
+    PROMPT by default, of kind KIND) and its reply length (the prompt file's by default)."""
+    KIND: ClassVar[Literal["absolute", "pairwise"]]
+    PROMPT: ClassVar[Path]
+    judge: ModelSpec = Field(description="hf:<model ref> (in-process) or openai:<model>[@<base_url>] (OpenAI, a vLLM server)")
+    prompt: Path | None = Field(None, description="a judge prompt YAML of the evaluator's kind (default: its file in configs/judges/)")
+    max_new_tokens: int | None = Field(None, ge=1, description="the judge's reply length (default: the prompt file's)")
+    _prompt: Any = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _load_prompt(self):
+        try:
+            self._prompt = load_judge_prompt(self.KIND, self.prompt or self.PROMPT)
+        except (FtscaleError, FileNotFoundError) as e:
+            raise KeyProblem("prompt", str(e)) from None
+        if self.max_new_tokens is None:
+            self.max_new_tokens = self._prompt.max_new_tokens
+        return self
 
 
 def load_judge_prompt(kind: Literal["absolute", "pairwise"], path: str | Path | None = None) -> JudgePrompt:

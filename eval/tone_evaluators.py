@@ -4,7 +4,6 @@ tone_judge (the absolute judge of eval/judges.py) and probe_answer (the forgetti
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from pydantic import Field, PrivateAttr, model_validator
@@ -12,12 +11,11 @@ from pydantic import Field, PrivateAttr, model_validator
 from ftscale.data.personas import load_persona
 from ftscale.data.probes import probe_correct
 from ftscale.errors import FtscaleError
-from ftscale.modelspec import ModelSpec
 from ftscale.strict import Strict
 
 from .addresses_problem import addresses_problem
 from .evaluator_types import Evaluator, JudgeHooks, KeyProblem, NoParams, as_prompt_text, no_needs, one_metric
-from .judges import load_judge_prompt, parse_absolute
+from .judges import JUDGES_DIR, JudgeParams, parse_absolute
 from .lexical_tone import lexical_tone
 from .task_types import Metric
 
@@ -62,26 +60,17 @@ ADDRESSES_PROBLEM = Evaluator("addresses_problem", AddressesProblemParams,
 
 # --- tone_judge: the absolute judge of the tone task (eval/judges.py) as an evaluator ------------
 
-class ToneJudgeParams(Strict):
-    judge: ModelSpec = Field(description="hf:<model ref> (in-process) or openai:<model>[@<base_url>] (OpenAI, a vLLM server)")
+class ToneJudgeParams(JudgeParams):
+    KIND, PROMPT = "absolute", JUDGES_DIR / "absolute.yaml"
     persona: str = Field("rude", description="a persona in configs/personas/ (or a path): its judge_rubric is the target tone")
-    prompt: Path | None = Field(None, description="an absolute judge prompt YAML (default configs/judges/absolute.yaml)")
-    max_new_tokens: int | None = Field(None, ge=1, description="the judge's reply length (default: the prompt file's)")
-    _prompt: Any = PrivateAttr(None)
     _rubric: str = PrivateAttr("")
 
     @model_validator(mode="after")
-    def _load(self):
+    def _load_rubric(self):
         try:
             self._rubric = load_persona(self.persona).judge_rubric
         except (FtscaleError, FileNotFoundError) as e:
             raise KeyProblem("persona", str(e)) from None
-        try:
-            self._prompt = load_judge_prompt("absolute", self.prompt)
-        except (FtscaleError, FileNotFoundError) as e:
-            raise KeyProblem("prompt", str(e)) from None
-        if self.max_new_tokens is None:
-            self.max_new_tokens = self._prompt.max_new_tokens
         return self
 
 

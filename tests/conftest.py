@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,61 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MAIN_CONFIG = ROOT / "configs" / "experiments" / "formatting-smollm2-cpu.yaml"
 BIN = Path(sys.executable).parent
+
+# `make test` runs the suite on two pytest-xdist workers. Each worker, and every process it starts,
+# computes on one thread: two workers of two threads each on the two-core CI machine would make
+# OpenMP threads wait on each other instead of working.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+# The groups that take minutes each on the CI machine start first, so the two workers finish together.
+LONGEST_FIRST = ("trained_run", "test_trust.py", "test_tone_experiment.py", "test_sweep.py", "test_scripted_teacher.py")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Under xdist (`--dist loadgroup`) a module's tests stay together on one worker, so its module
+    fixtures are made once. The modules that use the session's trained adapter (and its one vLLM
+    server) form one group, in file order, so the adapter is trained once; a module that names its
+    own group (modules that share something else) keeps it."""
+    shared = {item.path for item in items if "trained_run" in getattr(item, "fixturenames", ())}
+    for item in items:
+        if item.path in shared:
+            item.add_marker(pytest.mark.xdist_group("trained_run"))
+        elif item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.path.name))
+    group = {item: item.get_closest_marker("xdist_group").args[0] for item in items}
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(group[item], len(rank)))  # stable: file order otherwise
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    """xdist names each grouped test `id@group`; where it could not, the groups would scatter."""
+    if node.config.getoption("dist") == "loadgroup" and any("@" not in i for i in ids):
+        raise pytest.UsageError("pytest-xdist could not group the tests (--dist loadgroup): install the "
+                                "pinned test tools, pip install -e '.[test]'")
+
+
+@contextmanager
+def _machine_share(item):
+    """A test marked `quiet` (it compares timings within a bound) runs alone: under xdist every
+    test holds a shared lock on the machine from its setup to its teardown, a quiet one the
+    exclusive lock, so it waits for the other worker's current test and holds the next one back."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    # the workers' temporary folders (--basetemp, set by xdist) share one parent: the run's
+    with open(Path(item.config.getoption("basetemp")).parent / "machine.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if item.get_closest_marker("quiet") else fcntl.LOCK_SH)
+        yield  # closing the file releases the lock
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    with _machine_share(item):
+        return (yield)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -14,6 +14,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# test_install.py and test_offline_bundle.py build ftscale's wheel in the checkout's build/
+# folder: under xdist they share a worker, so one build at a time.
+pytestmark = pytest.mark.xdist_group("builds_the_wheel")
+
 
 def _source_files() -> list[str]:
     """The files a clone holds (tracked, or new and not ignored): the wheel is built from these alone."""

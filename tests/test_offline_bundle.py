@@ -15,6 +15,10 @@ from ftscale.offline_bundle import PART_PREFIX, platforms
 
 from conftest import BIN, ROOT
 
+# test_install.py and test_offline_bundle.py build ftscale's wheel in the checkout's build/
+# folder: under xdist they share a worker, so one build at a time.
+pytestmark = pytest.mark.xdist_group("builds_the_wheel")
+
 PURE = "mdurl==0.1.2"  # a small pure-Python wheel, in pip's cache or the index
 
 
