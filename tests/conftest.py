@@ -17,11 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 MAIN_CONFIG = ROOT / "configs" / "experiments" / "formatting-smollm2-cpu.yaml"
 BIN = Path(sys.executable).parent
 
-# `make test` runs the suite on two pytest-xdist workers. Each worker, and every process it starts,
-# computes on one thread: two workers of two threads each on the two-core CI machine would make
-# OpenMP threads wait on each other instead of working.
+# `make test` runs the suite on pytest-xdist workers. Each worker, and every process it starts,
+# computes on its share of the cores (one thread each for two workers on the two-core CI machine):
+# more threads than cores would make OpenMP threads wait on each other instead of working.
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _share = (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _share)))
 
 
 # The groups that take minutes each on the CI machine start first, so the two workers finish together.
