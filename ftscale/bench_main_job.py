@@ -98,17 +98,18 @@ def compare(old: Path, new: Path) -> list[dict]:
     return table
 
 
-def run_bench(config: str, baseline: str, output: Path, extra: list[str]) -> dict:
-    """Run `config` with revision `baseline`, then with this code; return and write the comparison."""
+def run_bench(config: str, baseline: str, output: Path, extra: list[str], jobs: int = 1) -> dict:
+    """Run `config` with revision `baseline`, then with this code (`--jobs jobs`); return and write
+    the comparison."""
     output.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     with tempfile.TemporaryDirectory(prefix="ftscale-baseline-") as tmp:
         python = install_revision(baseline, Path(tmp))
         old_out, new_out = output.resolve() / f"{stamp}-baseline", output.resolve() / f"{stamp}-this"
         old_s = timed_run(python, config, old_out, extra)
-        new_s = timed_run(sys.executable, config, new_out, extra)
+        new_s = timed_run(sys.executable, config, new_out, [*extra, "--jobs", str(jobs)])
         name = next(new_out.glob("*/results.json")).parent.name  # the experiment's folder
-        result = {"config": config, "baseline": baseline, "this": this_revision(), "date": time.strftime("%Y-%m-%d"),
+        result = {"config": config, "baseline": baseline, "this": this_revision(), "jobs": jobs, "date": time.strftime("%Y-%m-%d"),
                   "machine": {"cpu_threads": os.cpu_count()}, "baseline_s": round(old_s, 1), "this_s": round(new_s, 1),
                   "speedup": round(old_s / new_s, 2), "rows": compare(old_out / name, new_out / name)}
     write_json(output / "main-job.json", result)

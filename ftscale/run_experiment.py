@@ -7,13 +7,14 @@ changed config redoes exactly the steps it changes.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from .atomic import write_text
-from .cellrunner import ensure_trained, eval_jobs, hf_answerer, run_evals
+from .cellrunner import Failure, ensure_trained, eval_jobs, hf_answerer, run_evals
 from .chatdata import read_jsonl
 from .config import ExperimentConfig
 from .errors import StepsFailed
@@ -27,10 +28,52 @@ from .train.divergence import Diverged
 from .train.tracking import check_installed
 
 
-def run_experiment(cfg: ExperimentConfig, log=print) -> Path:
+def longest_first(sizes: list[int]) -> list[int]:
+    """The largest training first, then the base (its baseline prompts make it the next longest),
+    then the rest from large to small: parallel cells then end close together."""
+    order = sorted(sizes, reverse=True)
+    if 0 in order and len(order) > 1:
+        order.remove(0)
+        order.insert(1, 0)
+    return order
+
+
+def _threads(n: int) -> None:
+    """A cell process computes on its share of the cores, as do the processes it starts."""
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    torch.set_num_threads(n)
+
+
+def _run_cell_from(fields: dict, n: int) -> tuple[list[Failure], list[str]]:
+    return run_cell(ExperimentConfig.model_validate(fields), n)
+
+
+def run_cell(cfg: ExperimentConfig, n: int, log=print) -> tuple[list[Failure], list[str]]:
+    """Train (or reuse) the cell of size n and evaluate it: its failed evaluations and, if its
+    training diverged (then nothing is evaluated), the reason. Runs in a process of its own when
+    cells run in parallel, so it reads its inputs itself."""
+    task = task_for(cfg)
+    pool = read_jsonl(cfg.data.train, "train")
+    examples = read_jsonl(cfg.data.eval, "eval")[: cfg.eval.limit]
+    cell = cell_dir(cfg.experiment_dir, n, cfg.train.seed)
+    try:
+        ensure_trained(cfg, n, cell, log=log)
+    except Diverged as e:  # not evaluated; the other cells go on
+        log(str(e))
+        return [], [str(e)]
+    variants = cfg.eval.prompt_variants + (cfg.eval.baseline_variants if n == 0 else [])
+    answerer = hf_answerer(cfg, cell / "adapter" if n > 0 else None)
+    jobs = eval_jobs(cfg, cell, task, pool, examples, variants, answerer, load_probes(cfg))
+    return run_evals(cell, jobs, answerer, pool, cfg.eval.few_shot_k, log=log), []
+
+
+def run_experiment(cfg: ExperimentConfig, log=print, jobs: int = 1) -> Path:
     """Every size: train (or reuse) and evaluate through the cell runner, then the summary. Failed
     evaluations and diverged trainings are listed in the summary and raise StepsFailed (exit 1) once
-    all the rest is done."""
+    all the rest is done. jobs > 1 runs that many cells at once, each in a process of its own on
+    its share of the cores (what is trained and answered is the same, bit for bit)."""
     check_installed(cfg.train.trackers)  # a tracker named but not installed: refused before any work
     task = task_for(cfg)
     refuse_overlap(cfg.data.train, cfg.data.eval)  # before any training: scores on seen examples mean nothing
@@ -42,20 +85,29 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> Path:
     write_text(exp_dir / "experiment.yaml", cfg.to_yaml())
     start = time.perf_counter()
     failures, diverged = [], []
-    bar = tqdm(cfg.sizes, desc=f"{cfg.name}", unit="cell")
-    for n in bar:
-        bar.set_postfix_str(f"n={n}")
-        cell = cell_dir(exp_dir, n, cfg.train.seed)
-        try:
-            ensure_trained(cfg, n, cell, log=log)
-        except Diverged as e:  # not evaluated; the other cells go on
-            diverged.append(str(e))
-            log(str(e))
-            continue
-        variants = cfg.eval.prompt_variants + (cfg.eval.baseline_variants if n == 0 else [])
-        answerer = hf_answerer(cfg, cell / "adapter" if n > 0 else None)
-        jobs = eval_jobs(cfg, cell, task, pool, examples, variants, answerer, probes)
-        failures += run_evals(cell, jobs, answerer, pool, cfg.eval.few_shot_k, log=log)
+    bar = tqdm(cfg.sizes if jobs == 1 else longest_first(cfg.sizes), desc=f"{cfg.name}", unit="cell")
+    if jobs == 1:
+        for n in bar:
+            bar.set_postfix_str(f"n={n}")
+            failed, stopped = run_cell(cfg, n, log)
+            failures += failed
+            diverged += stopped
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_threads,
+                                 initargs=(threads,)) as cells:
+            # the config travels as its fields (its task holds functions, which do not pickle)
+            running = {cells.submit(_run_cell_from, cfg.model_dump(), n): n for n in bar.iterable}
+            for done in as_completed(running):
+                failed, stopped = done.result()
+                failures += failed
+                diverged += stopped
+                bar.set_postfix_str(f"n={running[done]} done")
+                bar.update()
+        bar.close()
     rows, hidden = audit(exp_dir, expected_inputs(cfg, task, pool, examples, probes))
     if rows and task.pairwise is not None:
         run_comparisons(exp_dir, task.pairwise, rows, log=log)

@@ -53,6 +53,7 @@ def add_parser(sub) -> None:
     bm.add_argument("--baseline", required=True, help="the git revision to compare with (a commit, tag or branch)")
     bm.add_argument("--config", default="configs/experiments/formatting-smollm2-cpu.yaml", help="default: the main job")
     bm.add_argument("--output-dir", type=Path, default=Path("runs/bench-main-job"))
+    bm.add_argument("--jobs", type=positive_int, default=1, help="this code's `ftscale run --jobs` (the baseline's: one cell at a time)")
     bm.set_defaults(fn=run_main_job)
 
 
@@ -95,7 +96,7 @@ def run_serving(args) -> None:
 def run_main_job(args) -> None:
     from ftscale.bench_main_job import run_bench, summary
 
-    result = run_bench(args.config, args.baseline, args.output_dir, args.overrides)
+    result = run_bench(args.config, args.baseline, args.output_dir, args.overrides, args.jobs)
     print(summary(result))
     print(f"written to {args.output_dir / 'main-job.json'}")
 
