@@ -58,4 +58,4 @@ offline-bundle:
 	$(BIN)/python -m ftscale.offline_bundle --part-size-mib $(PART_MIB) $(BUNDLE_ARGS)
 
 main-job:
-	$(BIN)/ftscale run configs/experiments/formatting-smollm2-cpu.yaml
+	$(BIN)/ftscale run configs/experiments/formatting-smollm2-cpu.yaml --jobs 2

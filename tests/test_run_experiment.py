@@ -45,3 +45,29 @@ def test_run_writes_summary_plot_and_resumes(tmp_path, embedded_model):
     out = _run(tmp_path, "--train.learning_rate", "1e-4")  # a changed config is not silently reused
     assert "config changed since the last run" in out
     assert adapter.stat().st_mtime_ns != before
+
+
+def test_two_jobs_train_and_answer_exactly_as_one(tmp_path, embedded_model):
+    """`--jobs 2` runs the cells in two processes on half the cores each: the same adapter, byte for
+    byte, the same answers and the same scores as one cell after the other."""
+    _run(tmp_path / "one")
+    _run(tmp_path / "two", "--jobs", "2")
+    one, two = (tmp_path / d / "formatting-smollm2-cpu" for d in ("one", "two"))
+    adapter = "n0008-seed42/adapter/adapter_model.safetensors"
+    assert (one / adapter).read_bytes() == (two / adapter).read_bytes()
+    generations = sorted(p.relative_to(one) for p in one.rglob("generations.jsonl"))
+    assert len(generations) == 3  # the base with both prompts, the adapter
+    for g in generations:
+        answers = [[json.loads(line)["output"] for line in (d / g).read_text().splitlines()] for d in (one, two)]
+        assert answers[0] == answers[1], g
+    rows = [json.loads((d / "results.json").read_text())["rows"] for d in (one, two)]
+    scores = [sorted((r["num_train_examples"], r["prompt_variant"], r["format_ok"], r["answer_correct"]) for r in rs)
+              for rs in rows]
+    assert scores[0] == scores[1] and len(scores[1]) == 3
+
+
+def test_jobs_below_one_are_refused(tmp_path):
+    cmd = [str(BIN / "ftscale"), "run", str(MAIN_CONFIG), "--output_dir", str(tmp_path), "--jobs", "0"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--jobs 0: give 1 or more" in proc.stderr, proc.stderr[-2000:]
+    assert not any(tmp_path.iterdir())
