@@ -27,6 +27,14 @@ from .modelspec import ModelSpec
 from .strict import Strict, load_validated
 
 
+# transformers' SchedulerType values across the pinned range (5.16.1-5.19), spelled out because
+# importing transformers.trainer_utils takes 4 s, which every command that only reads a config (report,
+# an OpenAI or vLLM evaluation) would pay; tests/test_config.py checks the list against transformers.
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+                 "warmup_stable_decay", "greedy")
+
+
 def _nearest(value: str, valid: list[str]) -> str:
     """`did you mean ...?` for a mistyped name, else the valid names."""
     close = difflib.get_close_matches(value, valid, n=3, cutoff=0.5)
@@ -176,11 +184,8 @@ class TrainSpec(Strict):
     @field_validator("lr_scheduler")
     @classmethod
     def _scheduler(cls, v: str) -> str:
-        from transformers.trainer_utils import SchedulerType  # slow to import: only when a config is checked
-
-        valid = [s.value for s in SchedulerType]
-        if v not in valid:
-            raise ValueError(f"unknown scheduler {v!r}; {_nearest(v, valid)}")
+        if v not in LR_SCHEDULERS:
+            raise ValueError(f"unknown scheduler {v!r}; {_nearest(v, list(LR_SCHEDULERS))}")
         return v
 
     @model_validator(mode="after")

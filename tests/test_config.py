@@ -81,3 +81,21 @@ def test_cli_refuses_a_bad_config_before_any_work(tmp_path):
     proc = subprocess.run([str(BIN / "ftscale"), "run", str(path)], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "epochs: unknown key" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_the_scheduler_names_are_transformers_own():
+    """The config checks `train.lr_scheduler` against a list spelled out (importing transformers
+    for it would cost every command 4 s); the list must be exactly the installed transformers'."""
+    from transformers.trainer_utils import SchedulerType
+
+    from ftscale.config import LR_SCHEDULERS
+
+    assert sorted(LR_SCHEDULERS) == sorted(s.value for s in SchedulerType)
+
+
+def test_reading_a_config_imports_no_torch():
+    """`ftscale report` and evaluations against an endpoint only read configs: they start in a second."""
+    code = ("import sys; from ftscale.config import load_config; load_config(sys.argv[1]); "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'trl') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(MAIN_CONFIG)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]

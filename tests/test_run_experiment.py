@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+
+import pytest
 
 from conftest import BIN, MAIN_CONFIG, ROOT
 
@@ -17,8 +20,16 @@ def _run(tmp_path, *extra):
     return proc.stdout
 
 
-def test_run_writes_summary_plot_and_resumes(tmp_path, embedded_model):
-    _run(tmp_path)
+@pytest.fixture(scope="module")
+def one_job(tmp_path_factory, embedded_model):
+    """A tiny run, one cell after the other: the reference both tests below read (and never change)."""
+    out = tmp_path_factory.mktemp("one-job")
+    _run(out)
+    return out
+
+
+def test_run_writes_summary_plot_and_resumes(tmp_path, one_job):
+    shutil.copytree(one_job, tmp_path, dirs_exist_ok=True)  # the resumes below change the run: work on a copy
     exp = tmp_path / "formatting-smollm2-cpu"
     summary = (exp / "summary.md").read_text()
     assert "![scaling](scaling.png)" in summary
@@ -47,12 +58,11 @@ def test_run_writes_summary_plot_and_resumes(tmp_path, embedded_model):
     assert adapter.stat().st_mtime_ns != before
 
 
-def test_two_jobs_train_and_answer_exactly_as_one(tmp_path, embedded_model):
+def test_two_jobs_train_and_answer_exactly_as_one(tmp_path, one_job):
     """`--jobs 2` runs the cells in two processes on half the cores each: the same adapter, byte for
     byte, the same answers and the same scores as one cell after the other."""
-    _run(tmp_path / "one")
-    _run(tmp_path / "two", "--jobs", "2")
-    one, two = (tmp_path / d / "formatting-smollm2-cpu" for d in ("one", "two"))
+    _run(tmp_path, "--jobs", "2")
+    one, two = one_job / "formatting-smollm2-cpu", tmp_path / "formatting-smollm2-cpu"
     adapter = "n0008-seed42/adapter/adapter_model.safetensors"
     assert (one / adapter).read_bytes() == (two / adapter).read_bytes()
     generations = sorted(p.relative_to(one) for p in one.rglob("generations.jsonl"))
