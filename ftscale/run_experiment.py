@@ -38,12 +38,20 @@ def longest_first(sizes: list[int]) -> list[int]:
     return order
 
 
-def _threads(n: int) -> None:
-    """A cell process computes on its share of the cores, as do the processes it starts."""
+def _start_cell_process(n: int) -> None:
+    """A cell process computes on its share of the cores, as do the processes it starts. It imports
+    the trainer and the in-process backend now (5-7 s), while the main process is still checking the
+    model, rather than between two cells."""
     import torch
 
     os.environ["OMP_NUM_THREADS"] = str(n)
     torch.set_num_threads(n)
+    from .eval.backends import hf  # noqa: F401
+    from .train import sft  # noqa: F401
+
+
+def _nothing() -> None:
+    """Submitted once per process so that the pool starts them all at once (it starts one per task)."""
 
 
 def _run_cell_from(fields: dict, n: int) -> tuple[list[Failure], list[str]]:
@@ -77,6 +85,21 @@ def run_experiment(cfg: ExperimentConfig, log=print, jobs: int = 1) -> Path:
     check_installed(cfg.train.trackers)  # a tracker named but not installed: refused before any work
     task = task_for(cfg)
     refuse_overlap(cfg.data.train, cfg.data.eval)  # before any training: scores on seen examples mean nothing
+    if jobs == 1:
+        return _run_cells(cfg, task, log, None)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start_cell_process,
+                             initargs=(threads,)) as cells:
+        for _ in range(jobs):
+            cells.submit(_nothing)
+        return _run_cells(cfg, task, log, cells)
+
+
+def _run_cells(cfg: ExperimentConfig, task, log, cells) -> Path:
+    """The cells one after the other, or in the pool `cells` (longest first), then the summary."""
     check_for_training(cfg)  # the model, its chat template and LoRA targets: refused before the first cell
     pool = read_jsonl(cfg.data.train, "train")
     examples = read_jsonl(cfg.data.eval, "eval")[: cfg.eval.limit]
@@ -85,28 +108,24 @@ def run_experiment(cfg: ExperimentConfig, log=print, jobs: int = 1) -> Path:
     write_text(exp_dir / "experiment.yaml", cfg.to_yaml())
     start = time.perf_counter()
     failures, diverged = [], []
-    bar = tqdm(cfg.sizes if jobs == 1 else longest_first(cfg.sizes), desc=f"{cfg.name}", unit="cell")
-    if jobs == 1:
+    bar = tqdm(cfg.sizes if cells is None else longest_first(cfg.sizes), desc=f"{cfg.name}", unit="cell")
+    if cells is None:
         for n in bar:
             bar.set_postfix_str(f"n={n}")
             failed, stopped = run_cell(cfg, n, log)
             failures += failed
             diverged += stopped
     else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import as_completed
 
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_threads,
-                                 initargs=(threads,)) as cells:
-            # the config travels as its fields (its task holds functions, which do not pickle)
-            running = {cells.submit(_run_cell_from, cfg.model_dump(), n): n for n in bar.iterable}
-            for done in as_completed(running):
-                failed, stopped = done.result()
-                failures += failed
-                diverged += stopped
-                bar.set_postfix_str(f"n={running[done]} done")
-                bar.update()
+        # the config travels as its fields (its task holds functions, which do not pickle)
+        running = {cells.submit(_run_cell_from, cfg.model_dump(), n): n for n in bar.iterable}
+        for done in as_completed(running):
+            failed, stopped = done.result()
+            failures += failed
+            diverged += stopped
+            bar.set_postfix_str(f"n={running[done]} done")
+            bar.update()
         bar.close()
     rows, hidden = audit(exp_dir, expected_inputs(cfg, task, pool, examples, probes))
     if rows and task.pairwise is not None:
