@@ -38,12 +38,18 @@ def longest_first(sizes: list[int]) -> list[int]:
     return order
 
 
-def _start_cell_process(n: int) -> None:
-    """A cell process computes on its share of the cores, as do the processes it starts. It imports
-    the trainer and the in-process backend now (5-7 s), while the main process is still checking the
-    model, rather than between two cells."""
+def _start_cell_process(n: int, started) -> None:
+    """A cell process computes on its share of the cores (its own n of them: the scheduler then never
+    moves it, or its cache, onto another's), as do the processes it starts. It imports the trainer
+    and the in-process backend now (5-7 s), while the main process is still checking the model,
+    rather than between two cells."""
     import torch
 
+    with started.get_lock():  # the how-manyth process of the pool this one is
+        index, started.value = started.value, started.value + 1
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) >= (index + 1) * n:
+        os.sched_setaffinity(0, cores[index * n:(index + 1) * n])
     os.environ["OMP_NUM_THREADS"] = str(n)
     torch.set_num_threads(n)
     from .eval.backends import hf  # noqa: F401
@@ -90,9 +96,10 @@ def run_experiment(cfg: ExperimentConfig, log=print, jobs: int = 1) -> Path:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start_cell_process,
-                             initargs=(threads,)) as cells:
+    threads = max(1, len(os.sched_getaffinity(0)) // jobs)
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_start_cell_process,
+                             initargs=(threads, spawn.Value("i", 0))) as cells:
         for _ in range(jobs):
             cells.submit(_nothing)
         return _run_cells(cfg, task, log, cells)
