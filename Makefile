@@ -45,10 +45,12 @@ setup-browser:
 		else echo "the report tests need Chromium: install Debian's chromium package (apt-get install chromium)" >&2; exit 1; fi; }
 
 # Two workers fill the two cores of the CI machine: one test's imports and waits overlap another's
-# computing. tests/conftest.py keeps each module (and everything that uses the trained adapter) on one worker.
+# computing. tests/conftest.py keeps each module (and everything that uses the trained adapter) on one worker
+# and puts the groups that take minutes first; --no-loadscope-reorder keeps that order (xdist would
+# otherwise start the groups with the most tests first, and a 3-minute module of 6 tests last).
 TEST_WORKERS ?= 2
 test:
-	$(BIN)/pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 # Everything `ftscale doctor --gpu` needs on a machine without the package index, in parts of at
 # most PART_MIB MiB under offline-bundle/ (README: "A GPU machine without the package index").

@@ -47,7 +47,7 @@ def _start_cell_process(n: int, started) -> None:
 
     with started.get_lock():  # the how-manyth process of the pool this one is
         index, started.value = started.value, started.value + 1
-    cores = sorted(os.sched_getaffinity(0))
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []  # Linux only
     if len(cores) >= (index + 1) * n:
         os.sched_setaffinity(0, cores[index * n:(index + 1) * n])
     os.environ["OMP_NUM_THREADS"] = str(n)
@@ -96,7 +96,8 @@ def run_experiment(cfg: ExperimentConfig, log=print, jobs: int = 1) -> Path:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    threads = max(1, len(os.sched_getaffinity(0)) // jobs)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // jobs)
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_start_cell_process,
                              initargs=(threads, spawn.Value("i", 0))) as cells:
