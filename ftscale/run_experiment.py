@@ -60,17 +60,21 @@ def _nothing() -> None:
     """Submitted once per process so that the pool starts them all at once (it starts one per task)."""
 
 
+def _read_inputs(cfg: ExperimentConfig) -> tuple[list[dict], list[dict], tuple | None]:
+    """What every cell is made from besides the task: the training pool, the eval examples, the probes."""
+    return read_jsonl(cfg.data.train, "train"), read_jsonl(cfg.data.eval, "eval")[: cfg.eval.limit], load_probes(cfg)
+
+
 def _run_cell_from(fields: dict, n: int) -> tuple[list[Failure], list[str]]:
-    return run_cell(ExperimentConfig.model_validate(fields), n)
+    """run_cell in a process of its own, which reads its inputs itself."""
+    cfg = ExperimentConfig.model_validate(fields)
+    return run_cell(cfg, n, task_for(cfg), *_read_inputs(cfg))
 
 
-def run_cell(cfg: ExperimentConfig, n: int, log=print) -> tuple[list[Failure], list[str]]:
+def run_cell(cfg: ExperimentConfig, n: int, task, pool: list[dict], examples: list[dict], probes,
+             log=print) -> tuple[list[Failure], list[str]]:
     """Train (or reuse) the cell of size n and evaluate it: its failed evaluations and, if its
-    training diverged (then nothing is evaluated), the reason. Runs in a process of its own when
-    cells run in parallel, so it reads its inputs itself."""
-    task = task_for(cfg)
-    pool = read_jsonl(cfg.data.train, "train")
-    examples = read_jsonl(cfg.data.eval, "eval")[: cfg.eval.limit]
+    training diverged (then nothing is evaluated), the reason."""
     cell = cell_dir(cfg.experiment_dir, n, cfg.train.seed)
     try:
         ensure_trained(cfg, n, cell, log=log)
@@ -79,7 +83,7 @@ def run_cell(cfg: ExperimentConfig, n: int, log=print) -> tuple[list[Failure], l
         return [], [str(e)]
     variants = cfg.eval.prompt_variants + (cfg.eval.baseline_variants if n == 0 else [])
     answerer = hf_answerer(cfg, cell / "adapter" if n > 0 else None)
-    jobs = eval_jobs(cfg, cell, task, pool, examples, variants, answerer, load_probes(cfg))
+    jobs = eval_jobs(cfg, cell, task, pool, examples, variants, answerer, probes)
     return run_evals(cell, jobs, answerer, pool, cfg.eval.few_shot_k, log=log), []
 
 
@@ -109,9 +113,7 @@ def run_experiment(cfg: ExperimentConfig, log=print, jobs: int = 1) -> Path:
 def _run_cells(cfg: ExperimentConfig, task, log, cells) -> Path:
     """The cells one after the other, or in the pool `cells` (longest first), then the summary."""
     check_for_training(cfg)  # the model, its chat template and LoRA targets: refused before the first cell
-    pool = read_jsonl(cfg.data.train, "train")
-    examples = read_jsonl(cfg.data.eval, "eval")[: cfg.eval.limit]
-    probes = load_probes(cfg)
+    pool, examples, probes = _read_inputs(cfg)
     exp_dir = cfg.experiment_dir
     write_text(exp_dir / "experiment.yaml", cfg.to_yaml())
     start = time.perf_counter()
@@ -120,7 +122,7 @@ def _run_cells(cfg: ExperimentConfig, task, log, cells) -> Path:
     if cells is None:
         for n in bar:
             bar.set_postfix_str(f"n={n}")
-            failed, stopped = run_cell(cfg, n, log)
+            failed, stopped = run_cell(cfg, n, task, pool, examples, probes, log)
             failures += failed
             diverged += stopped
     else:
