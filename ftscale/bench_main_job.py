@@ -22,7 +22,7 @@ import time
 from io import BytesIO
 from pathlib import Path
 
-from ftscale import paths
+from ftscale import allocator, paths
 from ftscale.atomic import write_json
 from ftscale.errors import FtscaleError
 
@@ -57,7 +57,9 @@ def install_revision(rev: str, where: Path) -> Path:
 
 def timed_run(python: Path | str, config: str, out: Path, extra: list[str]) -> float:
     """Wall seconds of `ftscale run config` into `out` (which must not exist yet), run from this checkout."""
-    env = dict(os.environ, FTSCALE_MODELS_DIR=str(paths.models_dir()))
+    # as the user started this command: without the tcmalloc `ftscale` added to its own process, which the
+    # baseline's code did not add (this code adds it again itself)
+    env = allocator.without_added(os.environ) | {"FTSCALE_MODELS_DIR": str(paths.models_dir())}
     cwd = Path.cwd()
     # -P: the current folder (a checkout's ftscale/) is not put ahead of the installed package
     cmd = [str(python), "-P", "-m", "ftscale", "run", config, "--output_dir", str(out), *extra]
@@ -110,10 +112,20 @@ def run_bench(config: str, baseline: str, output: Path, extra: list[str], jobs: 
         new_s = timed_run(sys.executable, config, new_out, [*extra, "--jobs", str(jobs)])
         name = next(new_out.glob("*/results.json")).parent.name  # the experiment's folder
         result = {"config": config, "baseline": baseline, "this": this_revision(), "jobs": jobs, "date": time.strftime("%Y-%m-%d"),
-                  "machine": {"cpu_threads": os.cpu_count()}, "baseline_s": round(old_s, 1), "this_s": round(new_s, 1),
+                  "machine": {"cpu_threads": os.cpu_count()}, "allocator": allocators(baseline), "baseline_s": round(old_s, 1), "this_s": round(new_s, 1),
                   "speedup": round(old_s / new_s, 2), "rows": compare(old_out / name, new_out / name)}
     write_json(output / "main-job.json", result)
     return result
+
+
+def allocators(baseline: str) -> dict:
+    """What each run allocated with: tcmalloc where the code preloads it itself (ftscale/allocator.py, since
+    2026-12-07) and it is installed, else what the user preloaded, else the system's."""
+    env = allocator.without_added(os.environ)
+    has_it = subprocess.run(["git", "-C", str(paths.ROOT), "cat-file", "-e", f"{baseline}:ftscale/allocator.py"],
+                            capture_output=True).returncode == 0
+    own = allocator.in_effect(env) if allocator.preloaded(env) else "system"
+    return {"baseline": allocator.in_effect(env) if has_it else own, "this": allocator.in_effect(env)}
 
 
 def this_revision() -> str:
@@ -125,7 +137,8 @@ def this_revision() -> str:
 
 def summary(result: dict) -> str:
     lines = [f"baseline {result['baseline']}: {result['baseline_s']:.0f} s; this ({result['this']}): "
-             f"{result['this_s']:.0f} s; speedup {result['speedup']:.2f}x", ""]
+             f"{result['this_s']:.0f} s; speedup {result['speedup']:.2f}x",
+             "allocator: baseline {baseline}, this {this}".format(**result["allocator"]), ""]
     for row in result["rows"]:
         label = " ".join(str(v) for v in row["row"].values())
         scores = ", ".join(f"{m} {fmt((row['baseline'] or {}).get(m))} -> {fmt(v)}" for m, v in row["this"].items())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from . import allocator
 from .commands import (bench, data, distill, doctor, evaluate, merge, migrate, models, rate, report, run, serve, sweep,
                        task, train, tune)
 from .errors import run_command
@@ -24,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the `ftscale` command (a test calls main with its arguments, in its own process)
+        allocator.reexec()
     args, rest = build_parser().parse_known_args(argv)
     args.overrides = rest
     if args.command == "distill":  # its own parser (data/distill.py) takes the rest, and reports its own errors

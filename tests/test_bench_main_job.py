@@ -7,6 +7,8 @@ import subprocess
 
 import pytest
 
+from ftscale import allocator
+
 from conftest import BIN, MAIN_CONFIG, ROOT
 
 
@@ -24,6 +26,8 @@ def test_the_same_revision_twice_gives_the_same_answers_and_a_ratio(embedded_mod
     assert result["baseline"] == "HEAD" and result["baseline_s"] > 0 and result["this_s"] > 0
     assert result["speedup"] == pytest.approx(result["baseline_s"] / result["this_s"], abs=0.02)  # both rounded
     assert f"speedup {result['speedup']:.2f}x" in proc.stdout
+    # both are this code, which preloads tcmalloc itself where it is installed (the CI's setup installs it)
+    assert result["allocator"]["baseline"] == result["allocator"]["this"] == allocator.in_effect({})
     (row,) = result["rows"]
     assert row["row"]["prompt_variant"] == "default" and (row["identical_answers"], row["examples"]) == (4, 4)
     assert row["baseline"] == row["this"] and "format_ok" in row["this"]
