@@ -62,8 +62,10 @@ setup-malloc:
 # and puts the groups that take minutes first; --no-loadscope-reorder keeps that order (xdist would
 # otherwise start the groups with the most tests first, and a 3-minute module of 6 tests last).
 TEST_WORKERS ?= 2
+# pytest runs on tcmalloc as `ftscale` does (ftscale/allocator.py), where it is installed.
 test:
-	$(BIN)/pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	LD_PRELOAD="$$($(BIN)/python -c 'import os; from ftscale.allocator import preload; print(preload(os.environ))')" \
+		$(BIN)/pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 # Everything `ftscale doctor --gpu` needs on a machine without the package index, in parts of at
 # most PART_MIB MiB under offline-bundle/ (README: "A GPU machine without the package index").

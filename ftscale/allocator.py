@@ -42,15 +42,26 @@ def choice(env) -> str:
     return value
 
 
+def wanted(env) -> str | None:
+    """tcmalloc's library where a process started with `env` should have it added: on Linux, not
+    declined, not loaded yet, and installed."""
+    if not sys.platform.startswith("linux") or choice(env) == "system" or preloaded(env):
+        return None
+    return library()
+
+
+def preload(env) -> str:
+    """LD_PRELOAD for a process started with `env`: the user's own, with tcmalloc in front where wanted."""
+    return ":".join(filter(None, [wanted(env), env.get("LD_PRELOAD")]))
+
+
 def reexec() -> None:
     """Replace this process by the same command line (the interpreter's own options included) with
-    tcmalloc preloaded, where it is wanted, installed and not loaded yet; otherwise return."""
-    if not sys.platform.startswith("linux") or choice(os.environ) == "system" or preloaded(os.environ):
-        return
-    lib = library()
+    tcmalloc preloaded, where it is wanted; otherwise return."""
+    lib = wanted(os.environ)
     if lib is None:
         return
-    env = dict(os.environ, LD_PRELOAD=":".join(filter(None, [lib, os.environ.get("LD_PRELOAD")])), **{ADDED: lib})
+    env = dict(os.environ, LD_PRELOAD=preload(os.environ), **{ADDED: lib})
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
@@ -60,9 +71,7 @@ def in_effect(env) -> str:
     """The allocator a `ftscale` command started with `env` runs on: tcmalloc's library, or "system"."""
     if preloaded(env):
         return next(p for p in env["LD_PRELOAD"].replace(" ", ":").split(":") if "tcmalloc" in p)
-    if not sys.platform.startswith("linux") or choice(env) == "system":
-        return "system"
-    return library() or "system"
+    return wanted(env) or "system"
 
 
 def without_added(env: dict) -> dict:
