@@ -19,6 +19,8 @@ import ctypes.util
 import os
 import sys
 
+from .errors import FtscaleError
+
 LIBRARIES = ("tcmalloc_minimal", "tcmalloc")  # Debian's libtcmalloc-minimal4, then gperftools' full one
 CHOICES = ("tcmalloc", "system")
 # what the re-execution added to LD_PRELOAD, so that a program that must run as the user started it
@@ -38,7 +40,7 @@ def preloaded(env) -> bool:
 def choice(env) -> str:
     value = env.get("FTSCALE_MALLOC", "tcmalloc")
     if value not in CHOICES:
-        raise SystemExit(f"error: FTSCALE_MALLOC={value}: give tcmalloc (the default) or system")
+        raise FtscaleError(f"FTSCALE_MALLOC={value}: give tcmalloc (the default) or system")
     return value
 
 

@@ -112,7 +112,8 @@ def run_bench(config: str, baseline: str, output: Path, extra: list[str], jobs: 
         new_s = timed_run(sys.executable, config, new_out, [*extra, "--jobs", str(jobs)])
         name = next(new_out.glob("*/results.json")).parent.name  # the experiment's folder
         result = {"config": config, "baseline": baseline, "this": this_revision(), "jobs": jobs, "date": time.strftime("%Y-%m-%d"),
-                  "machine": {"cpu_threads": os.cpu_count()}, "allocator": allocators(baseline), "baseline_s": round(old_s, 1), "this_s": round(new_s, 1),
+                  "machine": {"cpu_threads": os.cpu_count()}, "allocator": allocators(baseline),
+                  "baseline_s": round(old_s, 1), "this_s": round(new_s, 1),
                   "speedup": round(old_s / new_s, 2), "rows": compare(old_out / name, new_out / name)}
     write_json(output / "main-job.json", result)
     return result

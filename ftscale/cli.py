@@ -25,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:  # the `ftscale` command (a test calls main with its arguments, in its own process)
-        allocator.reexec()
+    # the `ftscale` command, not a test calling main with its arguments: on tcmalloc (ftscale/allocator.py)
+    if argv is None and (refused := run_command(allocator.reexec)):
+        return refused
     args, rest = build_parser().parse_known_args(argv)
     args.overrides = rest
     if args.command == "distill":  # its own parser (data/distill.py) takes the rest, and reports its own errors

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(allocator.library() is None or not sys.platform.
 # after `ftscale --help` has printed, the process that printed it says what it runs on and with which arguments
 REPORT = ("import atexit, os, sys; given = sys.argv[1:]; atexit.register(lambda: print('MAPPED', 'tcmalloc' in "
           "open('/proc/self/maps').read(), os.environ.get('FTSCALE_PRELOADED'), given)); sys.argv = ['ftscale', '--help']; "
-          "from ftscale.cli import main; main()")
+          "from ftscale.cli import main; raise SystemExit(main())")
 
 
 def run(env: dict) -> subprocess.CompletedProcess:
@@ -38,7 +38,7 @@ def test_system_keeps_glibc_and_anything_else_is_refused():
     done = run({"FTSCALE_MALLOC": "system"})
     assert done.returncode == 0 and done.stdout.splitlines()[-1] == "MAPPED False None ['an-argument']"
     bad = run({"FTSCALE_MALLOC": "jemalloc"})
-    assert bad.returncode == 1 and "FTSCALE_MALLOC=jemalloc: give tcmalloc (the default) or system" in bad.stderr
+    assert bad.returncode == 2 and "error: FTSCALE_MALLOC=jemalloc: give tcmalloc (the default) or system" in bad.stderr
 
 
 def test_a_preload_of_the_users_own_is_kept_and_only_ours_is_taken_off():

