@@ -33,8 +33,14 @@ def library() -> str | None:
     return next((found for name in LIBRARIES if (found := ctypes.util.find_library(name))), None)
 
 
-def preloaded(env) -> bool:
-    return any("tcmalloc" in part for part in env.get("LD_PRELOAD", "").replace(" ", ":").split(":"))
+def _preloads(env) -> list[str]:
+    """LD_PRELOAD's entries (the dynamic loader separates them by colons or spaces)."""
+    return [p for p in env.get("LD_PRELOAD", "").replace(" ", ":").split(":") if p]
+
+
+def preloaded(env) -> str | None:
+    """The tcmalloc already in `env`'s LD_PRELOAD, if any."""
+    return next((p for p in _preloads(env) if "tcmalloc" in p), None)
 
 
 def choice(env) -> str:
@@ -71,9 +77,7 @@ def reexec() -> None:
 
 def in_effect(env) -> str:
     """The allocator a `ftscale` command started with `env` runs on: tcmalloc's library, or "system"."""
-    if preloaded(env):
-        return next(p for p in env["LD_PRELOAD"].replace(" ", ":").split(":") if "tcmalloc" in p)
-    return wanted(env) or "system"
+    return preloaded(env) or wanted(env) or "system"
 
 
 def without_added(env: dict) -> dict:
@@ -81,6 +85,6 @@ def without_added(env: dict) -> dict:
     added = env.get(ADDED)
     if not added:
         return dict(env)
-    rest = [p for p in env.get("LD_PRELOAD", "").split(":") if p and p != added]
+    rest = [p for p in _preloads(env) if p != added]
     out = {k: v for k, v in env.items() if k not in (ADDED, "LD_PRELOAD")}
     return out | ({"LD_PRELOAD": ":".join(rest)} if rest else {})

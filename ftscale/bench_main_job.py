@@ -125,8 +125,8 @@ def allocators(baseline: str) -> dict:
     env = allocator.without_added(os.environ)
     has_it = subprocess.run(["git", "-C", str(paths.ROOT), "cat-file", "-e", f"{baseline}:ftscale/allocator.py"],
                             capture_output=True).returncode == 0
-    own = allocator.in_effect(env) if allocator.preloaded(env) else "system"
-    return {"baseline": allocator.in_effect(env) if has_it else own, "this": allocator.in_effect(env)}
+    return {"baseline": allocator.in_effect(env) if has_it else allocator.preloaded(env) or "system",
+            "this": allocator.in_effect(env)}
 
 
 def this_revision() -> str:
