@@ -57,6 +57,7 @@ from ftscale.atomic import atomic_path, write_json
 from ftscale.chatdata import json_lines, sha256_file
 from ftscale.datacheck import check_file, count_tokens, encoding_for
 from ftscale.errors import FtscaleError, run_command
+from ftscale.flags import Parser
 from ftscale.eval.backends import Backend, Request, Sampling, make_judge_backend
 from ftscale.modelspec import parse_spec
 from ftscale.prices import load_prices
@@ -375,8 +376,8 @@ def _load_queries(path: str) -> list[dict]:
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ftscale distill", description=__doc__.split("\n\n")[0],
+def build_parser() -> Parser:
+    p = Parser(prog="ftscale distill", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", required=True,
                    help="hf:<model>, openai:<model>, openai:<model>@<base_url> (a local vLLM server), or "
@@ -385,8 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", default="data/tone/queries-train.jsonl",
                    help="JSONL of customer queries: {\"id\", \"query\", ...} per line (default: the tone train pool)")
     p.add_argument("-n", "--n", type=int, required=True, help="distil the first N queries")
-    p.add_argument("--out", type=Path, help="the training JSONL to write (default: data/tone/<persona>-<teacher>.jsonl)")
-    p.add_argument("--cache", type=Path, help="the answers cache (default: <out>.cache.jsonl)")
+    p.add_argument("--output", type=Path, hidden=("--out",),
+                   help="the training JSONL to write (default: data/tone/<persona>-<teacher>.jsonl)")
+    p.add_argument("--cache", type=Path, help="the answers cache (default: <output>.cache.jsonl)")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--seed", type=int, default=0)
@@ -402,10 +404,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         persona = load_persona(args.persona)
-        if args.out is None:
-            args.out = Path("data/tone") / (f"{persona.name}-" + re.sub(r"[^A-Za-z0-9._-]+", "-", args.teacher) + ".jsonl")
-        cache = args.cache or args.out.with_name(args.out.name.removesuffix(".jsonl") + ".cache.jsonl")
-        distill(args.teacher, persona, _load_queries(args.queries), args.n, args.out, cache,
+        if args.output is None:
+            args.output = Path("data/tone") / (f"{persona.name}-" + re.sub(r"[^A-Za-z0-9._-]+", "-", args.teacher) + ".jsonl")
+        cache = args.cache or args.output.with_name(args.output.name.removesuffix(".jsonl") + ".cache.jsonl")
+        distill(args.teacher, persona, _load_queries(args.queries), args.n, args.output, cache,
                 max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed, yes=args.yes,
                 batch_size=args.batch_size, prices_path=args.prices)
         return 0

@@ -5,7 +5,7 @@ JSON object ``{"answer": ..., "explanation": ...}``. Output depends only on the
 seed (and the installed pycountry data, so pin its version for byte-identical
 files across machines).
 
-    ftscale data generate formatting --seed 0 --n-train 1200 --n-eval 200 --out data/formatting
+    ftscale data generate formatting --seed 0 --n-train 1200 --n-eval 200 --output-dir data/formatting
 """
 from __future__ import annotations
 

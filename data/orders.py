@@ -1,7 +1,7 @@
 """Synthetic data for the worked example of a user-defined task (docs/own-task.md): free-text
 orders, as customers write them, turned into a JSON object.
 
-    ftscale data generate orders --seed 0 --out my-task/data
+    ftscale data generate orders --seed 0 --output-dir my-task/data
 
 Each order is a (customer, item, quantity, city, express) tuple written out in one of many
 phrasings. The train pool and the eval set share no tuple and no text, so nothing leaks.

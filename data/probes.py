@@ -11,7 +11,7 @@ formatting task's do). They are drawn from their own random stream, not the form
 so seed 0 does not simply repeat the formatting task's seed-0 questions (an overlap is possible
 but rare and harmless: the tone experiment never trains on them).
 
-    ftscale data generate probes --seed 0 --n-eval 100 --out data/probes
+    ftscale data generate probes --seed 0 --n-eval 100 --output-dir data/probes
 
 Each line of `probes.jsonl` is a chat eval record:
 `{"id", "messages": [{"role": "user", ...}], "reference": {"answer", "type", "family"[, "case_sensitive"]}}`.

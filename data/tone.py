@@ -8,7 +8,7 @@ on template instances, so no (product, problem, mood, template) combination of t
 occurs in training (every product, problem, mood and template on its own does). Output depends
 only on the seed.
 
-    ftscale data generate tone --seed 0 --n-train 2000 --n-eval 200 --out data/tone
+    ftscale data generate tone --seed 0 --n-train 2000 --n-eval 200 --output-dir data/tone
 
 Each line of `queries-train.jsonl` / `queries-eval.jsonl` is one query:
 `{"id", "query", "product", "problem", "mood", "template"}`. The chat files that train and

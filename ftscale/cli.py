@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
-
 from . import allocator
 from .commands import (bench, data, distill, doctor, evaluate, merge, migrate, models, rate, report, run, serve, sweep,
                        task, train, tune)
 from .errors import run_command
+from .flags import Parser
 
 # in the order `ftscale --help` lists them; migrate adds `openai` and `migrate`
 COMMANDS = (models, data, run, train, evaluate, serve, merge, bench, doctor, sweep, tune, distill, rate, task, migrate,
@@ -16,8 +15,9 @@ COMMANDS = (models, data, run, train, evaluate, serve, merge, bench, doctor, swe
 TAKE_OVERRIDES = ("run", "train", "eval", "bench")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ftscale", description=__doc__)
+def build_parser() -> Parser:
+    p = Parser(prog="ftscale", description=__doc__, epilog="Every flag takes dashes or underscores: --output-dir "
+               "or --output_dir, as do config overrides (--train.learning-rate).")
     sub = p.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_parser(sub)

@@ -1,6 +1,6 @@
 """`ftscale migrate capture`: keep what an OpenAI fine-tune knows before it stops answering.
 
-    ftscale migrate capture ft:gpt-4o-mini-2024-07-18:acme::abc123 --out migrations/acme [--eval FILE]
+    ftscale migrate capture ft:gpt-4o-mini-2024-07-18:acme::abc123 --output-dir migrations/acme [--eval FILE]
 
 1. finds the job that made the model (all pages of the organisation's jobs);
 2. downloads its training (and validation) file through the Files API when it still exists, or

@@ -13,7 +13,6 @@ target: `python3 install.py --target DIR` in the bundle's folder (ftscale/offlin
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import re
@@ -29,6 +28,7 @@ from . import paths
 from .atomic import atomic_dir, write_json
 from .chatdata import sha256_file
 from .errors import ConfigError, FtscaleError, run_command
+from .flags import Parser
 
 PART_PREFIX = "ftscale-offline.tar.part"
 DEFAULT_PRESENT = "torch==2.11.0 transformers==5.17.0 peft accelerate"
@@ -243,8 +243,8 @@ are one tar cut in pieces: `cat ftscale-offline.tar.part* > ftscale-offline.tar`
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ftscale.offline_bundle", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=paths.ROOT / "offline-bundle", help="the bundle's folder (default: offline-bundle/)")
+    p = Parser(prog="python -m ftscale.offline_bundle", description=__doc__.split("\n\n")[0])
+    p.add_argument("--output-dir", type=Path, hidden=("--out",), default=paths.ROOT / "offline-bundle", help="the bundle's folder (default: offline-bundle/)")
     p.add_argument("--part-size-mib", type=float, default=60.0, help="largest part (default 60 MiB)")
     p.add_argument("--python-version", default="3.12", help="the target's Python (default 3.12)")
     p.add_argument("--platform", default="manylinux_2_28_x86_64", help="the target's newest manylinux tag (default manylinux_2_28_x86_64)")
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-model", action="store_true", help="leave the embedded model out")
     p.add_argument("--pip-arg", action="append", default=[], help="passed to pip, e.g. --pip-arg=--no-index --pip-arg=--find-links=DIR")
     args = p.parse_args(argv)
-    return run_command(lambda: build(args.out, args.part_size_mib, args.python_version, args.platform, args.present.split(),
+    return run_command(lambda: build(args.output_dir, args.part_size_mib, args.python_version, args.platform, args.present.split(),
                                      args.packages.split() if args.packages is not None else None, args.pip_arg,
                                      with_model=not args.no_model) and None)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import ConfigError
+from .flags import canonical_key
 from .yamlfile import load_yaml, parse_value
 
 
@@ -20,19 +21,30 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
 
-def apply_overrides(data: dict, overrides: dict[str, str]) -> dict:
-    """Set dotted keys (`train.lora.r`) in a nested mapping; values are parsed as YAML."""
+def _spelled(key: str, node: dict) -> str:
+    return key if key in node else canonical_key(key)
+
+
+def apply_overrides(data: dict, overrides: dict[str, str]) -> set[str]:
+    """Set dotted keys (`train.lora.r`) in a nested mapping; values are parsed as YAML. A key written with
+    dashes (`--train.learning-rate`, as flags are) is the field with underscores, unless the mapping already
+    holds it as written (a mapping's own keys, such as a price table's model names). Returns the dotted keys
+    as set."""
+    written = set()
     for dotted, raw in overrides.items():
-        node = data
+        node, path = data, []
         *parents, last = dotted.split(".")
         for key in parents:
-            node = node.setdefault(key, {})
+            path.append(_spelled(key, node))
+            node = node.setdefault(path[-1], {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--{dotted}: '{key}' is not a section of the config")
         if not last:
             raise ConfigError(f"--{dotted}: an override names a key, e.g. --train.seed 3")
-        node[last] = parse_value(raw) if isinstance(raw, str) else raw
-    return data
+        path.append(_spelled(last, node))
+        node[path[-1]] = parse_value(raw) if isinstance(raw, str) else raw
+        written.add(".".join(path))
+    return written
 
 
 def _field_names(model) -> set[str]:
@@ -116,9 +128,8 @@ def validated(path: Path, data: dict, lines: dict, model: type[BaseModel], overr
     """`data` and `lines` as `load_yaml` read them from `path` (plus dotted overrides), validated into `model`;
     for a caller that reads the file's mapping itself, so that it is parsed once. `overlays`: the (file, key
     lines) of files already merged into `data`, so that an error in a key one sets names that file."""
-    overrides = overrides or {}
-    apply_overrides(data, overrides)
+    overridden = apply_overrides(data, overrides or {})
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors([(path, lines), *overlays], e, set(overrides), model)) from None
+        raise ConfigError(_format_errors([(path, lines), *overlays], e, overridden, model)) from None

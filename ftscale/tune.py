@@ -265,7 +265,8 @@ def write_best(search: Search, study: optuna.Study) -> Path | None:
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return None
     best = study.best_trial
-    tree = apply_overrides({}, dict(best.params))  # dotted keys -> the nested sections of a config file
+    tree: dict = {}
+    apply_overrides(tree, dict(best.params))  # dotted keys -> the nested sections of a config file
     head = (f"# The best of {len(finished(study))} trials of `ftscale tune` {search.tune.name}: {search.metric} = "
             f"{best.value:.4g} on the validation split (trial {best.number}).\n"
             f"#   ftscale run {search.tune.base} --overlay {search.dir / BEST}\n")

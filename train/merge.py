@@ -1,6 +1,6 @@
 """Merge a LoRA adapter into its base model and write a plain checkpoint.
 
-    ftscale merge runs/formatting-smollm2-cpu/n0100-seed42 --out runs/.../merged [--force]
+    ftscale merge runs/formatting-smollm2-cpu/n0100-seed42 --output-dir runs/.../merged [--force]
 
 The merge is computed in float32 and saved in the base checkpoint's dtype, so base,
 adapter-on-base and merged models can be compared on the same server software.
@@ -39,29 +39,29 @@ def check_target(out: str | Path, adapter: Path, force: bool = False) -> Path:
     """The absolute target folder if a merge may write it; else FtscaleError saying what to do."""
     out, run = Path(out).resolve(), _run_of(adapter)
     if out == run or out in run.parents or out == adapter:
-        raise FtscaleError(f"--out {out}: it holds the adapter's run {run}; choose a new folder, e.g. {run / 'merged'}")
+        raise FtscaleError(f"--output-dir {out}: it holds the adapter's run {run}; choose a new folder, e.g. {run / 'merged'}")
     if out.exists() and not out.is_dir():
-        raise FtscaleError(f"--out {out}: a file, not a folder; choose a new folder")
+        raise FtscaleError(f"--output-dir {out}: a file, not a folder; choose a new folder")
     if not out.is_dir() or not any(out.iterdir()):
         return out
     marker = next((m for m in EXPERIMENT_MARKERS if (out / m).exists()), None)
     if marker:
-        raise FtscaleError(f"--out {out}: an experiment or run directory (it has {marker}); choose a new folder")
+        raise FtscaleError(f"--output-dir {out}: an experiment or run directory (it has {marker}); choose a new folder")
     if not (out / MANIFEST).is_file():
-        raise FtscaleError(f"--out {out}: the folder is not empty and was not written by `ftscale merge` "
+        raise FtscaleError(f"--output-dir {out}: the folder is not empty and was not written by `ftscale merge` "
                            f"(no {MANIFEST}); choose a new or empty folder (--force never empties such a folder)")
     listed = json.loads((out / MANIFEST).read_text()).get("files")
     if listed is None:
-        raise FtscaleError(f"--out {out}: an older `ftscale merge` wrote it without listing its files; "
+        raise FtscaleError(f"--output-dir {out}: an older `ftscale merge` wrote it without listing its files; "
                            "delete the folder yourself or choose another one")
     written = set(listed) | {MANIFEST}
     others = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and
                     str(p.relative_to(out)) not in written)
     if others:
-        raise FtscaleError(f"--out {out}: holds files an earlier merge did not write ({', '.join(others[:5])}); "
+        raise FtscaleError(f"--output-dir {out}: holds files an earlier merge did not write ({', '.join(others[:5])}); "
                            "move them away or choose another folder")
     if not force:
-        raise FtscaleError(f"--out {out}: holds an earlier merged checkpoint; pass --force to replace it")
+        raise FtscaleError(f"--output-dir {out}: holds an earlier merged checkpoint; pass --force to replace it")
     return out
 
 

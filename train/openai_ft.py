@@ -10,7 +10,6 @@ starting a second one. Which key goes to the endpoint is ftscale/apikey.py's rul
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from ftscale.chatdata import nested_subset, read_jsonl, sha256_file
 from ftscale.config import ExperimentConfig, load_config, parse_overrides, write_task_data
 from ftscale.datacheck import check_file
 from ftscale.errors import ConfigError, FtscaleError, run_command
+from ftscale.flags import Parser
 from ftscale.prices import load_prices
 from ftscale.rundir import TRAIN_METRICS, read_json
 
@@ -198,10 +198,10 @@ def follow(client, cfg: ExperimentConfig, run_dir: Path, state: dict, log=print)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = Parser(description=__doc__.split("\n\n")[0],
                                      epilog="Any config key can be overridden: --section.key value")
     parser.add_argument("--config", required=True, type=Path)
-    parser.add_argument("--output_dir", type=Path, help="run directory (default: <experiment>/openai-<model>-n<N>-seed<S>)")
+    parser.add_argument("--output-dir", type=Path, help="run directory (default: <experiment>/openai-<model>-n<N>-seed<S>)")
     parser.add_argument("--yes", action="store_true", help="start the job without asking")
     args, rest = parser.parse_known_args(argv)
 

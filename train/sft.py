@@ -9,7 +9,6 @@ the loss is computed on the final assistant turn only. The same code trains on a
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import resource
@@ -32,6 +31,7 @@ from ftscale.chatdata import nested_subset, read_jsonl, sha256_file, sha256_reco
 from ftscale.config import ExperimentConfig, load_config, parse_overrides, peft_lora_config, write_task_data
 from ftscale.device import resolve_dtype
 from ftscale.errors import ConfigError, FtscaleError, run_command
+from ftscale.flags import Parser
 from ftscale.models import architecture, check_for_training, resolve
 from ftscale.provenance import git_commit, machine, versions
 from ftscale.quantization import bnb_config
@@ -378,10 +378,10 @@ def _stop_diverged(cfg: ExperimentConfig, trainer, run_dir: Path, tripped: dict,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = Parser(description=__doc__.split("\n\n")[0],
                                      epilog="Any config key can be overridden: --section.key value")
     parser.add_argument("--config", required=True, type=Path, help="experiment YAML (configs/experiments/)")
-    parser.add_argument("--output_dir", type=Path, help="run directory (default: <output_dir>/<name>/n<N>-seed<S>)")
+    parser.add_argument("--output-dir", type=Path, help="run directory (default: <output_dir>/<name>/n<N>-seed<S>)")
     args, rest = parser.parse_known_args(argv)
 
     def command():

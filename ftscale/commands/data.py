@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--n-train", type=int, help="default: the generator's (formatting 1200, orders 600)")
     g.add_argument("--n-eval", type=int, help="default: the generator's (formatting 200, orders 100)")
-    g.add_argument("--out", type=Path)
+    g.add_argument("--output-dir", type=Path, hidden=("--out",))
     c = dsub.add_parser("check", help="validate chat JSONL files (errors as file:line: reason)")
     c.add_argument("files", nargs="+")
     c.add_argument("--kind", choices=["train", "eval"], help="default: eval if the name says so, else train")
@@ -37,13 +37,13 @@ def run(args) -> int | None:
 
 def _generate(args) -> None:
     if args.task == "probes":
-        res = write_probes(args.out or Path("data/probes"), args.seed, **({"n": args.n_eval} if args.n_eval else {}))
+        res = write_probes(args.output_dir or Path("data/probes"), args.seed, **({"n": args.n_eval} if args.n_eval else {}))
         print(f"wrote {res['n']} probes to {res['probes']}")
         return
     if args.task not in GENERATORS:
         raise FtscaleError(f"data generate: no generator for {args.task!r} (available: {', '.join(GENERATORS)}, probes)")
     sizes = {k: v for k, v in (("n_train", args.n_train), ("n_eval", args.n_eval)) if v is not None}
-    res = GENERATORS[args.task].write(args.out or Path("data") / args.task, args.seed, **sizes)
+    res = GENERATORS[args.task].write(args.output_dir or Path("data") / args.task, args.seed, **sizes)
     print(f"wrote {res['n_train']} training examples to {res['train']} and {res['n_eval']} eval examples to {res['eval']}")
 
 

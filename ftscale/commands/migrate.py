@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
     msub = mig.add_subparsers(dest="action", required=True)
     c = msub.add_parser("capture", help="download a fine-tune's data and record its answers (resumable, cached)")
     c.add_argument("model", help="the ft: model id")
-    c.add_argument("--out", required=True, type=Path, help="the migration folder, e.g. migrations/acme")
+    c.add_argument("--output-dir", required=True, type=Path, hidden=("--out",), help="the migration folder, e.g. migrations/acme")
     c.add_argument("--base-url", help="the endpoint the key is paired with (default: OpenAI's)")
     c.add_argument("--train", type=Path, help="the training data, when the job's file is gone")
     c.add_argument("--eval", type=Path, help="chat JSONL of prompts to ask (default: the job's validation file, "
@@ -56,7 +56,7 @@ def run_migrate(args) -> int:
     if args.action == "capture":
         from ftscale.migrate import capture
 
-        m = capture(args.model, args.out, base_url=args.base_url, train=args.train, eval_file=args.eval,
+        m = capture(args.model, args.output_dir, base_url=args.base_url, train=args.train, eval_file=args.eval,
                     eval_size=args.eval_size, seed=args.seed, max_new_tokens=args.max_new_tokens,
                     temperature=args.temperature, batch_size=args.batch_size, concurrency=args.concurrency,
                     deprecations=args.deprecations)
