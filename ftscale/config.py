@@ -114,7 +114,9 @@ class TrainSpec(Strict):
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     lora: LoraSpec = LoraSpec()
-    quantization: Literal["none", "4bit"] = Field("none", description="4bit = QLoRA (CUDA only)")
+    quantization: Literal["none", "4bit"] = Field(
+        "none", description="4bit = QLoRA: the base in nf4 (bitsandbytes, on CUDA or the CPU); evaluated in-process on "
+                            "that 4-bit base, served by vLLM merged or on the bf16 base (docs/qlora.md)")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto = bf16 where the hardware does it natively, else fp32"
     )
@@ -125,7 +127,8 @@ class TrainSpec(Strict):
     packing: bool = Field(False, description="pack examples into max_length rows, best-fit decreasing (TRL 'bfd')")
     use_liger_kernel: bool = Field(False, description="Liger's fused Triton kernels (CUDA; pip install liger-kernel)")
     optim: Literal["adamw_torch_fused", "adamw_torch", "paged_adamw_8bit"] = Field(
-        "adamw_torch_fused", description="transformers' default; paged_adamw_8bit: bitsandbytes' paged 8-bit AdamW (CUDA)")
+        "adamw_torch_fused", description="transformers' default; paged_adamw_8bit: bitsandbytes' paged 8-bit AdamW "
+                                         "(CUDA only: it pages through CUDA memory)")
     chat_template: str | None = Field(
         None, description="the chat template examples are formatted with: null = the tokenizer's own; for a base model "
                           "without one, a name in configs/chat_templates.yaml (chatml) or a path to a .jinja file")

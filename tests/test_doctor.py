@@ -143,7 +143,7 @@ def test_the_json_names_what_failed(tmp_path):
 
 def test_the_stated_gpu_versions_lie_within_the_pins():
     """The README's CUDA resolution (torch 2.14.0, vllm 0.33.0, transformers 5.19, trl 1.16,
-    bitsandbytes 0.50) and the offline target's torch 2.11 and transformers 5.17 satisfy
+    bitsandbytes 0.50.2, the qlora extra's pin too) and the offline target's torch 2.11 and transformers 5.17 satisfy
     pyproject.toml; the Makefile installs that torch on CUDA. pip's own resolution of them is not
     run here: it takes minutes against the package index."""
     import re
@@ -155,8 +155,10 @@ def test_the_stated_gpu_versions_lie_within_the_pins():
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     pins = {Requirement(r).name: Requirement(r).specifier for r in project["dependencies"] + project["optional-dependencies"]["cuda"]}
+    assert project["optional-dependencies"]["qlora"] == ["bitsandbytes==0.50.2"]  # make setup installs it everywhere
+    assert re.search(r"pip install -q -e '\.\[test,qlora\]'", (ROOT / "Makefile").read_text())
     for name, version in {"torch": "2.14.0", "vllm": "0.33.0", "transformers": "5.19.0", "trl": "1.16.0",
-                          "bitsandbytes": "0.50.0"}.items():
+                          "bitsandbytes": "0.50.2"}.items():
         assert pins[name].contains(version), (name, version, pins[name])
     for name, version in {"torch": "2.11.0", "transformers": "5.17.0"}.items():  # the offline GPU machine's
         assert pins[name].contains(version), (name, version, pins[name])

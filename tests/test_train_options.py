@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -41,7 +42,6 @@ def test_data_parallel_on_two_cpu_processes(embedded_model, tmp_path):
      "needs liger-kernel: pip install liger-kernel"),
     ({"train.optim": "paged_adamw_8bit"}, "bitsandbytes", "paged_adamw_8bit needs a CUDA GPU and bitsandbytes",
      "paged_adamw_8bit needs a CUDA GPU and bitsandbytes"),
-    ({"train.quantization": "4bit"}, "bitsandbytes", "4bit (QLoRA) needs a CUDA GPU", "4bit needs bitsandbytes"),
     ({"train.lora.init_lora_weights": "loftq"}, "bitsandbytes", "loftq needs a CUDA GPU and bitsandbytes",
      "loftq needs a CUDA GPU and bitsandbytes"),
 ])
@@ -58,6 +58,19 @@ def test_what_this_machine_cannot_run_is_refused_before_loading(override, module
         return
     message = without_module if torch.cuda.is_available() else without_cuda
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_hardware(cfg)
+
+
+def test_qlora_needs_bitsandbytes_and_no_gpu(monkeypatch):
+    """bitsandbytes runs nf4 layers on the CPU too: QLoRA is accepted wherever it is installed, and
+    refused, naming the extra that installs it, where it is not."""
+    import importlib.util
+
+    cfg = load_config(MAIN_CONFIG, {"train.quantization": "4bit"})
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        check_hardware(cfg)  # accepted: no error, with or without CUDA
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # imports of it blocked: as if not installed
+    with pytest.raises(ConfigError, match=r"4bit \(QLoRA\) needs bitsandbytes: pip install -e '\.\[qlora\]'"):
         check_hardware(cfg)
 
 
@@ -101,7 +114,8 @@ def test_qlora_loads_one_copy_per_process_and_under_fsdp_as_peft_guide_does(fsdp
     quant = kwargs["quantization_config"]
     assert quant.load_in_4bit and quant.bnb_4bit_quant_type == "nf4" and quant.bnb_4bit_use_double_quant
     assert quant.bnb_4bit_quant_storage == quant.bnb_4bit_compute_dtype == kwargs["dtype"] == torch.bfloat16
-    assert kwargs.get("device_map") == (None if fsdp else {"": 0})
+    # the process's GPU, or the CPU, where bitsandbytes runs nf4 layers too
+    assert kwargs.get("device_map") == (None if fsdp else {"": 0 if torch.cuda.is_available() else "cpu"})
 
 
 def test_an_accelerate_launched_training_is_watched_and_checked_as_configured(tmp_path):

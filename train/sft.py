@@ -1,10 +1,11 @@
-"""Train a LoRA (or, on CUDA, QLoRA) adapter with TRL's SFTTrainer: parse, load, train, save.
+"""Train a LoRA (or QLoRA) adapter with TRL's SFTTrainer: parse, load, train, save.
 
     accelerate launch train/sft.py --config configs/experiments/formatting-smollm2-cpu.yaml \
         --num_train_examples 100 [--train.learning_rate 1e-4 ...]
 
 The training set is the first N examples of a seeded shuffle of the pool (nested subsets), and
-the loss is computed on the final assistant turn only. The same code trains on a CPU.
+the loss is computed on the final assistant turn only. The same code trains on a CPU, QLoRA's
+4-bit base included (bitsandbytes runs nf4 layers there).
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ from ftscale.train.watchdog import DivergenceWatchdog
 
 
 def _installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # sys.modules holds None for it: imports of it are blocked, as good as not installed
+        return False
 
 
 def attn_implementation(cfg: ExperimentConfig) -> str:
@@ -58,12 +62,10 @@ def check_hardware(cfg: ExperimentConfig) -> None:
     """Refuse what this machine cannot do before anything is loaded: say what is missing and what to install."""
     t, cuda = cfg.train, torch.cuda.is_available()
     tracking.check_installed(t.trackers)
-    if t.quantization == "4bit":
-        if not cuda:
-            raise ConfigError("train.quantization: 4bit (QLoRA) needs a CUDA GPU: bitsandbytes' nf4 kernels "
-                              "do not run on this machine; use `--train.quantization none` for LoRA")
-        if not _installed("bitsandbytes"):
-            raise ConfigError("train.quantization: 4bit needs bitsandbytes: pip install -e '.[cuda]'")
+    # bitsandbytes runs nf4 layers on CUDA and on the CPU alike (0.50.2, the qlora extra)
+    if t.quantization == "4bit" and not _installed("bitsandbytes"):
+        raise ConfigError("train.quantization: 4bit (QLoRA) needs bitsandbytes: pip install -e '.[qlora]' "
+                          "(make setup installs it)")
     if t.attn_implementation in ("flash_attention_2", "flash_attention_3"):
         module = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}[t.attn_implementation]
         if not cuda:
@@ -77,11 +79,15 @@ def check_hardware(cfg: ExperimentConfig) -> None:
             raise ConfigError("train.use_liger_kernel: Liger's kernels are Triton kernels for CUDA GPUs")
         if not _installed("liger_kernel"):
             raise ConfigError("train.use_liger_kernel: needs liger-kernel: pip install liger-kernel")
+    # still CUDA only: PEFT's LoftQ computes on a "cuda" (or xpu) device it names itself, and paged
+    # optimizers page their state through CUDA's unified memory
     if t.lora.init_lora_weights == "loftq" and not (cuda and _installed("bitsandbytes")):
         raise ConfigError("train.lora.init_lora_weights: loftq needs a CUDA GPU and bitsandbytes (PEFT's LoftQ "
-                          "quantises with bitsandbytes on the GPU): pip install -e '.[cuda]'")
+                          "computes on the GPU): pip install -e '.[qlora]'; on a CPU use init_lora_weights: default "
+                          "with train.quantization: 4bit (QLoRA)")
     if t.optim == "paged_adamw_8bit" and not (cuda and _installed("bitsandbytes")):
-        raise ConfigError("train.optim: paged_adamw_8bit needs a CUDA GPU and bitsandbytes: pip install -e '.[cuda]'")
+        raise ConfigError("train.optim: paged_adamw_8bit needs a CUDA GPU and bitsandbytes (paged optimizers page "
+                          "through CUDA memory): pip install -e '.[qlora]'; on a CPU use adamw_torch_fused")
     # accelerate launch tells its processes what to set up through the environment
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and not _installed("deepspeed"):
         raise ConfigError("the accelerate config asks for DeepSpeed, which is not installed: pip install deepspeed")
@@ -152,7 +158,8 @@ def load_kwargs(cfg: ExperimentConfig) -> dict:
             # FSDP-QLoRA guide loads it: FSDP places and shards the weights itself.
             from accelerate import PartialState
 
-            kwargs["device_map"] = {"": PartialState().local_process_index}
+            where = PartialState().local_process_index if torch.cuda.is_available() else "cpu"
+            kwargs["device_map"] = {"": where}
     return kwargs
 
 
