@@ -6,6 +6,8 @@ variation between items is shared and drops out, and both systems' own sampling 
 is treated as exact). With one seed a side and 0/1 scores the test is McNemar's exact test (a binomial test
 on the discordant pairs); otherwise a paired bootstrap that resamples items and, as a second level, each
 side's seeds. Several comparisons of one question (the training sizes of a curve) are corrected with Holm.
+Non-inferiority (the migration verdict), whose error must hold at tiny n and perfect agreement, is
+eval/noninferiority.py.
 """
 
 from __future__ import annotations
@@ -205,16 +207,6 @@ def p_text(p: float) -> str:
 def beats(d: PairedDiff, p_adjusted: float, higher_is_better: bool = True, alpha: float = ALPHA) -> bool:
     """a is better than b: the (adjusted) p is below alpha and the interval lies wholly on the better side."""
     return p_adjusted < alpha and (d.low > 0 if higher_is_better else d.high < 0)
-
-
-def noninferiority(a_by_seed, b_by_seed, margin: float, higher_is_better: bool = True,
-                   **kw) -> tuple[PairedDiff, bool]:
-    """Is a not worse than b by more than `margin`? Yes when the 95% interval of a - b lies above -margin
-    (below +margin when lower is better). The bound of a two-sided 95% interval: a one-sided 2.5% test."""
-    if margin < 0:
-        raise ValueError(f"noninferiority: margin {margin} is negative")
-    d = paired_difference(a_by_seed, b_by_seed, **kw)
-    return d, (d.low > -margin) if higher_is_better else (d.high < margin)
 
 
 def per_example(generations: str | Path, metric: str) -> dict[str, float]:

@@ -1,5 +1,6 @@
-"""`ftscale bench`: latency, crosscheck and throughput on vLLM (serve/), a training step (train/bench.py) and the
-main job against an earlier revision (ftscale/bench_main_job.py)."""
+"""`ftscale bench`: latency, crosscheck and throughput on vLLM (serve/), a training step (train/bench.py), the
+main job against an earlier revision (ftscale/bench_main_job.py) and the migration verdict's error
+(eval/verdict_error.py)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,14 @@ def add_parser(sub) -> None:
     bm.add_argument("--output-dir", type=Path, default=Path("runs/bench-main-job"))
     bm.add_argument("--jobs", type=positive_int, default=1, help="this code's `ftscale run --jobs` (the baseline's: one cell at a time)")
     bm.set_defaults(fn=run_main_job)
+    ve = bsub.add_parser("verdict-error", help="the migration verdict's type I error: exact for 0/1 scores, simulated "
+                                              "for graded ones (docs/reliability.md)")
+    ve.add_argument("--n-max", type=positive_int, default=400, help="sizes of the eval set checked: 4..N")
+    ve.add_argument("--margins", default="0.01,0.02,0.05,0.1", help="comma-separated margins")
+    ve.add_argument("--agreement-from", type=float, default=0.80, help="the lowest agreement rate of the range reported")
+    ve.add_argument("--graded-draws", type=positive_int, default=2000, help="simulated studies per graded case")
+    ve.add_argument("--output", type=Path, default=Path("runs/bench-verdict-error.json"))
+    ve.set_defaults(fn=run_verdict_error)
 
 
 def _add_train_parser(bsub) -> None:
@@ -99,6 +108,15 @@ def run_main_job(args) -> None:
     result = run_bench(args.config, args.baseline, args.output_dir, args.overrides, args.jobs)
     print(summary(result))
     print(f"written to {args.output_dir / 'main-job.json'}")
+
+
+def run_verdict_error(args) -> None:
+    from ftscale.atomic import write_json
+    from ftscale.eval.verdict_error import run
+
+    margins = [float(m) for m in args.margins.split(",") if m.strip()]
+    write_json(args.output, run(args.n_max, margins, args.agreement_from, args.graded_draws))
+    print(f"written to {args.output}")
 
 
 def run_train(args) -> None:
