@@ -20,7 +20,7 @@ setup:
 	else \
 		$(BIN)/pip install "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
 	fi
-	$(BIN)/pip install -q -e '.[test,qlora]'
+	$(BIN)/pip install -q -e '.[test,qlora,docs]'
 	@$(MAKE) --no-print-directory setup-serve
 	@$(MAKE) --no-print-directory setup-browser
 	@$(MAKE) --no-print-directory setup-malloc

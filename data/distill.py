@@ -60,7 +60,7 @@ from ftscale.errors import FtscaleError, run_command
 from ftscale.flags import Parser
 from ftscale.eval.backends import Backend, Request, Sampling, make_judge_backend
 from ftscale.modelspec import parse_spec
-from ftscale.prices import load_prices
+from ftscale.prices import age, load_prices
 
 from . import scripted_teacher
 from .personas import load_persona
@@ -155,7 +155,8 @@ def estimate_cost(teacher: str, teacher_prompt: str, queries: list[str], max_new
                 "text": f"teacher cost: unknown: {model!r} has no price in {prices_path}; {tokens}"}
     usd = prices.per_request(input_tokens, output_tokens)
     return {"local": False, "input_tokens": input_tokens, "output_tokens": output_tokens, "usd": usd,
-            "text": f"teacher cost: estimated ${usd:.2f} at {model} prices (checked {table.checked}); {tokens}"}
+            "text": f"teacher cost: estimated ${usd:.2f} at {model} prices ({age(table.checked)}, {prices_path}; "
+                    f"your own: --prices FILE); {tokens}"}
 
 
 def _ask_yes(question: str) -> bool:
@@ -394,7 +395,8 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                    help="requests per teacher call (the cache is written after each)")
-    p.add_argument("--prices", default="configs/prices.yaml")
+    p.add_argument("--prices", default="configs/prices.yaml", metavar="FILE",
+                   help="your own price table, a copy of configs/prices.yaml (default: that file)")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask before spending more than $1")
     return p
 

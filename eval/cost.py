@@ -19,11 +19,12 @@ from ftscale.prices import PriceTable
 from .result_row import ResultRow
 
 
-def local_rate(table: PriceTable, spec: CostSpec, machine: dict | None) -> tuple[float, str]:
+def local_rate(table: PriceTable, spec: CostSpec, machine: dict | None) -> tuple[float, str, str | None]:
+    """(USD per hour, how it is priced, the price-table entry used: None for the user's own cost.hourly_usd)."""
     if spec.hourly_usd is not None:
-        return spec.hourly_usd, f"${spec.hourly_usd:.2f}/h (cost.hourly_usd)"
+        return spec.hourly_usd, f"${spec.hourly_usd:.2f}/h (cost.hourly_usd)", None
     key, entry = table.machine(spec.hardware, (machine or {}).get("gpu"))
-    return entry.hourly_usd, f"{key} at ${entry.hourly_usd:.2f}/h"
+    return entry.hourly_usd, f"{key} at ${entry.hourly_usd:.2f}/h", key
 
 
 def _is_local(row: ResultRow) -> bool:
@@ -32,14 +33,15 @@ def _is_local(row: ResultRow) -> bool:
 
 def system_cost(row: ResultRow, table: PriceTable, spec: CostSpec) -> dict:
     """Training cost and cost per request of one report row; None where the inputs are missing."""
-    out = {"training_cost_usd": None, "cost_per_request_usd": None, "cost_basis": None}
+    out = {"training_cost_usd": None, "cost_per_request_usd": None, "cost_basis": None, "price_keys": []}
     if _is_local(row):
-        rate, basis = local_rate(table, spec, row.eval_machine or row.train_machine)
-        out["cost_basis"] = basis
+        rate, basis, key = local_rate(table, spec, row.eval_machine or row.train_machine)
+        out["cost_basis"], out["price_keys"] = basis, [key] if key else []
         if row.num_train_examples == 0:
             out["training_cost_usd"] = 0.0
         elif row.train_wall_time_s is not None:
-            train_rate, _ = local_rate(table, spec, row.train_machine)
+            train_rate, _, train_key = local_rate(table, spec, row.train_machine)
+            out["price_keys"] += [train_key] if train_key else []
             out["training_cost_usd"] = row.train_wall_time_s / 3600 * train_rate
         if row.eval_wall_time_s and row.eval_requests:
             out["cost_per_request_usd"] = row.eval_wall_time_s / row.eval_requests / 3600 * rate
@@ -50,7 +52,7 @@ def system_cost(row: ResultRow, table: PriceTable, spec: CostSpec) -> dict:
         return out
     key, prices, fine_tuned = found
     token_prices = prices.fine_tuned if fine_tuned else prices
-    out["cost_basis"] = f"{key}{' fine-tuned' if fine_tuned else ''} token prices"
+    out["cost_basis"], out["price_keys"] = f"{key}{' fine-tuned' if fine_tuned else ''} token prices", [key]
     if fine_tuned and prices.training is not None:
         tokens = row.trained_tokens or row.estimated_billed_tokens
         if tokens:
@@ -97,11 +99,13 @@ def break_even(training_usd: float | None, per_request: float | None, reference:
 
 def add_costs(rows: list[ResultRow], table: PriceTable, spec: CostSpec) -> dict:
     """Add training cost, cost per 1,000 requests and break-even to every row; return the context the
-    report prints (table date, reference)."""
+    report prints (table date and age, the source of every price used, reference)."""
     reference, reference_basis = reference_cost(rows, table, spec)
     ref_key = (table.model(spec.reference_model) or (spec.reference_model,))[0]
+    used = [ref_key] if reference is not None else []
     for r in rows:
         c = system_cost(r, table, spec)
+        used += c["price_keys"]
         is_reference = (not _is_local(r) and (table.model(r.model) or ("",))[0] == ref_key
                         and r.prompt_variant == spec.reference_variant and not r.model.startswith("ft:"))
         r.training_cost_usd = c["training_cost_usd"]
@@ -110,6 +114,7 @@ def add_costs(rows: list[ResultRow], table: PriceTable, spec: CostSpec) -> dict:
         r.break_even_requests = None if is_reference else break_even(c["training_cost_usd"], c["cost_per_request_usd"],
                                                                      reference)
     return {"prices_checked": table.checked, "currency": table.currency, "prices_file": str(spec.prices),
+            "prices_note": table.provenance(spec.prices, used), "prices_used": list(dict.fromkeys(used)),
             "reference_model": spec.reference_model, "reference_variant": spec.reference_variant,
             "reference_cost_per_1k_requests_usd": None if reference is None else 1000 * reference,
             "reference_basis": reference_basis, "cached_input_fraction": spec.cached_input_fraction}

@@ -10,6 +10,7 @@ from ftscale.eval.result_row import ResultRow
 from ftscale.eval.stats import ALPHA, align, beats, holm, item_scores, p_text, paired_difference
 from ftscale.eval.sweep_rows import SweepView, by_size, is_done, nothing_cell, problem_text, problems, values
 
+LOCAL = {"hf", "vllm"}  # the backends a local model answers through; a reference of none of them is remote
 HOW_MUCH_RULE = (
     "For each fine-tuned system, metric and reference: the smallest training size at which the fine-tune is "
     "better than the reference with confidence. Both are scored on the same eval items, so each size is compared "
@@ -21,7 +22,9 @@ HOW_MUCH_RULE = (
     f"reference when its Holm-adjusted p is below {ALPHA:g} and its interval lies wholly on the better side of 0 "
     "(above when higher is better, below when lower is better). The bootstrap draws 2,000 replicates, so its p is "
     "never below 2/2,001 before the adjustment. Each curve is compared with each reference at "
-    "its own temperature, or at the reference's temperatures when the reference was not evaluated at it.")
+    "its own temperature, or at the reference's temperatures when the reference was not evaluated at it. A local "
+    "reference (the untrained base) is compared only with the curves answered by the same backend (in-process or "
+    "vLLM); a prompted or captured remote model, with every curve.")
 
 
 def how_much_data_section(doc: Doc, view: SweepView) -> None:
@@ -32,7 +35,7 @@ def how_much_data_section(doc: Doc, view: SweepView) -> None:
     for key, rs in view.curves.items():
         sized = by_size(rs)
         for metric in view.metric_order:
-            for rkey in _references_for(key[2], view.refs):
+            for rkey in _references_for(key[2], _same_backend(rs, view.refs)):
                 hm_rows.append([view.label(key), metric, view.label(rkey),
                                 *_how_much(sized, view.refs[rkey], metric, view.directions[metric], sizes, scores)])
     if hm_rows:
@@ -41,6 +44,15 @@ def how_much_data_section(doc: Doc, view: SweepView) -> None:
                   hm_rows, "table: how much data", view.rows)
     else:
         doc.p("No reference rows or no fine-tuned systems in this sweep: nothing to compare.")
+
+
+def _same_backend(curve: list[ResultRow], refs: dict[tuple, list[ResultRow]]) -> dict[tuple, list[ResultRow]]:
+    """The references a curve is compared with: remote models, and local ones answered by the curve's backend
+    (a sweep evaluated both in-process and through vLLM compares like with like)."""
+    backends = {r.backend for r in curve} & LOCAL
+    if not backends:  # nothing of the curve finished (or it is remote): every reference, as before
+        return refs
+    return {k: rs for k, rs in refs.items() if not {r.backend for r in rs} & LOCAL or {r.backend for r in rs} & backends}
 
 
 def _references_for(curve_t, refs: dict[tuple, list[ResultRow]]) -> list[tuple]:

@@ -15,7 +15,7 @@ from ftscale.config import CostSpec, load_validated
 from ftscale.data.distill import training_source
 from ftscale.errors import FtscaleError
 from ftscale.experiment import expected_for_dir
-from ftscale.prices import load_prices
+from ftscale.prices import age, load_prices
 
 from .cost import add_costs
 from .pairwise_runs import describe, pooled, rate_text, read_comparisons
@@ -112,7 +112,7 @@ def plot_cost(rows: list[ResultRow], task: Task, path: Path, ctx: dict) -> bool:
         ax.axvline(ctx["reference_cost_per_1k_requests_usd"], linestyle="--", color="grey",
                    label=f"prompting {ctx['reference_model']} ({ctx['reference_variant']})")
     ax.set_xscale("log")
-    ax.set_xlabel(f"cost per 1,000 requests (USD, log scale; prices checked {ctx['prices_checked']})")
+    ax.set_xlabel(f"cost per 1,000 requests (USD, log scale; prices {age(ctx['prices_checked'], dated=False)})")
     ax.set_ylabel(metric)
     ax.set_ylim(-0.03, 1.03)
     ax.set_title(f"{metric.replace('_', ' ')} against serving cost")
@@ -136,7 +136,7 @@ def cost_lines(rows: list[ResultRow], task: Task, ctx: dict, has_plot: bool) -> 
     metrics = task.headline or tuple(m.name for m in task.metrics)
     ref = ctx["reference_cost_per_1k_requests_usd"]
     lines = ["", "## Cost next to quality", "",
-             f"Prices: `{ctx['prices_file']}`, checked {ctx['prices_checked']} ({ctx['currency']}). Reference: "
+             f"{ctx['prices_note']} Currency: {ctx['currency']}. Reference: "
              f"prompting `{ctx['reference_model']}` with the `{ctx['reference_variant']}` prompt, "
              f"${usd(ref)} per 1,000 requests ({ctx['reference_basis']}). Break-even: the number of requests after "
              "which training plus serving the system costs less than prompting the reference.", ""]
@@ -276,7 +276,7 @@ def markdown(rows: list[ResultRow], task: Task, title: str, exp_dir: Path, cost_
              "examples otherwise) "
              f"(higher is better{'; lower is better for ' + ', '.join(lower) if lower else ''}). "
              "`train examples = 0` is the untrained base model."
-             + (f" Prices checked {cost_ctx['prices_checked']}." if cost_ctx else ""), "",
+             + (f" Prices {age(cost_ctx['prices_checked'])}." if cost_ctx else ""), "",
              *([train_source, ""] if train_source else []),
              "![scaling](scaling.png)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -12,12 +12,15 @@ over the seeds that finished, with n shown, never over a silently shortened list
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 from ftscale.atomic import atomic_path, write_text
 from ftscale.eval.how_much_data import how_much_data_section
 from ftscale.eval.report_document import Doc, render_html, render_markdown
-from ftscale.eval.result_row import ResultRow
+from ftscale.eval.latency import Latency
+from ftscale.eval.result_row import Probes, ResultRow
 from ftscale.eval.sweep_rows import sweep_view
 from ftscale.eval.sweep_sections import (cost_section, latency_section, pairwise_section, scaling_section,
                                          seeds_section, sources_section, summary_section, temperature_section,
@@ -52,4 +55,28 @@ def write_sweep_report(out_dir: Path, rows: list[ResultRow], task: Task, cost_ct
             tmp.write_bytes(png)
     md_path = write_text(out_dir / "report.md", md)
     html_path = write_text(out_dir / "report.html", page)
+    write_text(out_dir / ROWS, json.dumps(rows_as_json(rows, task, cost_ctx, sources), indent=1) + "\n")
     return html_path, md_path
+
+
+ROWS = "results.json"  # the report's rows as data: every field of every row, the cost context and the sources
+
+
+def rows_as_json(rows: list[ResultRow], task: Task, cost_ctx: dict | None, sources: dict) -> dict:
+    """What `rows_from_json` reads back: the same report can be rendered again from it, without the runs."""
+    out = []
+    for r in rows:
+        d = dataclasses.asdict(r)
+        d["latency"] = r.latency.as_dict() if r.latency else None
+        out.append(d)
+    return {"task": task.name, "rows": out, "cost": cost_ctx, "sources": sources}
+
+
+def rows_from_json(data: dict) -> list[ResultRow]:
+    rows = []
+    for d in data["rows"]:
+        d = dict(d)
+        d["latency"] = Latency.from_dict(d["latency"]) if d.get("latency") else None
+        d["probes"] = Probes(**d["probes"]) if d.get("probes") else None
+        rows.append(ResultRow(**d))
+    return rows

@@ -194,8 +194,9 @@ def cost_section(doc: Doc, view: SweepView, cost_ctx: dict | None) -> None:
         doc.p("Costs were not computed for this sweep (no price table context was given).")
         return
     ref_cost = cost_ctx.get("reference_cost_per_1k_requests_usd")
-    doc.p(f"Prices: `{cost_ctx.get('prices_file', '–')}`, price table dated {cost_ctx.get('prices_checked', '–')} "
-          f"({cost_ctx.get('currency', 'USD')}). Reference: prompting `{cost_ctx.get('reference_model', '–')}` "
+    note = cost_ctx.get("prices_note") or f"Prices: `{cost_ctx.get('prices_file', '–')}`."
+    doc.p(f"{note} Amounts in {cost_ctx.get('currency', 'USD')} (price table dated {cost_ctx.get('prices_checked', '–')}"
+          f"). Reference: prompting `{cost_ctx.get('reference_model', '–')}` "
           f"with the `{cost_ctx.get('reference_variant', '–')}` prompt, ${usd(ref_cost)} per 1,000 requests "
           f"({cost_ctx.get('reference_basis', '–')}). Training cost and cost per 1,000 requests: the mean over "
           "the seeds that have them (n); break-even (the number of requests after which training plus serving "

@@ -15,7 +15,7 @@ from typing import Callable
 
 import yaml
 
-from . import completion
+from . import completion, progress
 from .chatdata import sha256_records
 from .config import ExperimentConfig
 from .atomic import write_text
@@ -157,8 +157,10 @@ def run_evals(cell: Path, jobs: list[EvalJob], answerer: Answerer, pool: list[di
     todo = [j for j in jobs if completion.done(j.out_dir, j.inputs, upstream) is None]
     if not todo:
         return []
+    progress.report(f"loading the model ({answerer.label})")
     backend, failures, tracked = answerer.make(), [], {}
     for job in todo:
+        progress.report(f"answering {'probes' if job.out_dir.name.startswith('probes') else job.variant} ({job.label})")
         completion.begin(job.out_dir)
         result = evaluate(job.task, job.examples, pool, backend, job.sampling, job.variant, job.out_dir, few_shot_k)
         where = f"{cell.name} [{job.label}, {'probes' if job.out_dir.name.startswith('probes') else job.variant}]"
@@ -188,6 +190,7 @@ def ensure_trained(cfg: ExperimentConfig, n: int, cell: Path, log=print, acceler
         return rec
     if completion.read(cell) is not None or (cell / "config.yaml").is_file():
         log(f"{cell.name}: config changed since the last run (or its training did not finish); training again")
+    progress.report("training" if n > 0 else "recording the base model")
     if accelerate_config is not None and n > 0:
         _train_under_accelerate(cfg, n, cell, accelerate_config)
     else:

@@ -1,10 +1,13 @@
 """The dated price table (`configs/prices.yaml`): OpenAI token prices and local machines per hour.
 
-Loaded and validated like every config (unknown keys refused, errors name file:line: key).
+Loaded and validated like every config (unknown keys refused, errors name file:line: key). Wherever a
+price is used, its age and its source are printed with it (`age`, `PriceTable.provenance`): prices
+change, and a figure without its date reads as today's.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 from pathlib import Path
 
 from pydantic import Field
@@ -14,6 +17,26 @@ from .paths import shipped
 from .strict import Strict, load_validated
 
 DATE = r"^\d{4}-\d{2}(-\d{2})?$"
+# older than this, a printed price says to re-check it
+STALE_MONTHS = 6
+OWN_FILE = "give your own file with --prices FILE (or cost.prices in the experiment)"
+
+
+def months_old(checked: str, today: _dt.date | None = None) -> int:
+    """Whole months from `checked` (YYYY-MM or YYYY-MM-DD) to today; a month-only date counts from its first day."""
+    today = today or _dt.date.today()
+    year, month, *day = (int(x) for x in checked.split("-"))
+    months = (today.year - year) * 12 + today.month - month
+    return max(0, months - (1 if day and today.day < day[0] else 0))
+
+
+def age(checked: str, today: _dt.date | None = None, dated: bool = True) -> str:
+    """'checked 2025-06, 18 months ago (on 2026-12-07)': the date a price was read and how old it is now
+    (`dated`: with the day "now" was)."""
+    today = today or _dt.date.today()
+    n = months_old(checked, today)
+    ago = "this month" if n == 0 else f"{n} month{'s' if n != 1 else ''} ago"
+    return f"checked {checked}, {ago}" + (f" (on {today.isoformat()})" if dated else "")
 
 
 class TokenPrices(Strict):
@@ -66,6 +89,29 @@ class PriceTable(Strict):
             return None
         _, prices, fine_tuned = found
         return prices.fine_tuned if fine_tuned else prices
+
+    def entry(self, key: str) -> ModelPrices | MachinePrice | None:
+        return self.openai.get(key) or self.local_hardware.get(key)
+
+    def provenance(self, path: str | Path, used: list[str] = (), today: _dt.date | None = None) -> str:
+        """The sentence printed wherever prices are used: the file, the table's date and age, and for each
+        entry used (a model or machine key) its price, source and date. Reused by every report."""
+        today = today or _dt.date.today()
+        stale = months_old(self.checked, today) > STALE_MONTHS
+        text = (f"Prices: `{path}`, {age(self.checked, today)}"
+                + (f": older than {STALE_MONTHS} months, re-check them before you spend, or {OWN_FILE}." if stale
+                   else f"; to use others, {OWN_FILE}."))
+        sources = []
+        for key in dict.fromkeys(used):
+            e = self.entry(key)
+            if isinstance(e, MachinePrice):
+                sources.append(f"{key} ${e.hourly_usd:.2f}/h: {e.source} ({age(e.checked, today, dated=False)})")
+            elif e is not None:
+                sources.append(f"{key} ${e.input:g} / ${e.output:g} per 1M input / output tokens"
+                               + (f", fine-tuned ${e.fine_tuned.input:g} / ${e.fine_tuned.output:g}" if e.fine_tuned
+                                  else "") + (f", training ${e.training:g} per 1M" if e.training is not None else "")
+                               + f": {e.source} ({age(e.checked, today, dated=False)})")
+        return text + (" Sources: " + "; ".join(sources) + "." if sources else "")
 
     def machine(self, hardware: str, gpu_name: str | None) -> tuple[str, MachinePrice]:
         """The entry named by `hardware`, or for `auto` the one whose `match` is in the GPU's name (else cpu)."""

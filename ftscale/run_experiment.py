@@ -11,8 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
+from . import progress
 from .atomic import write_text
 from .cellrunner import Failure, ensure_trained, eval_jobs, hf_answerer, run_evals
 from .chatdata import read_jsonl
@@ -38,15 +37,18 @@ def longest_first(sizes: list[int]) -> list[int]:
     return order
 
 
-def _start_cell_process(n: int, started) -> None:
+def _start_cell_process(n: int, started, events, log_dir: Path) -> None:
     """A cell process computes on its share of the cores (its own n of them: the scheduler then never
     moves it, or its cache, onto another's), as do the processes it starts. It imports the trainer
     and the in-process backend now (5-7 s), while the main process is still checking the model,
-    rather than between two cells."""
+    rather than between two cells. Its progress goes to the run's view through `events`; what the
+    libraries print goes to a log (each cell's own while it runs, see _run_cell_from)."""
     import torch
 
     with started.get_lock():  # the how-manyth process of the pool this one is
         index, started.value = started.value, started.value + 1
+    progress.install(events.put)
+    progress.output_to(log_dir / f"job-{index}.log")
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []  # Linux only
     if len(cores) >= (index + 1) * n:
         os.sched_setaffinity(0, cores[index * n:(index + 1) * n])
@@ -68,7 +70,12 @@ def _read_inputs(cfg: ExperimentConfig) -> tuple[list[dict], list[dict], tuple |
 def _run_cell_from(fields: dict, n: int) -> tuple[list[Failure], list[str]]:
     """run_cell in a process of its own, which reads its inputs itself."""
     cfg = ExperimentConfig.model_validate(fields)
-    return run_cell(cfg, n, task_for(cfg), *_read_inputs(cfg))
+    name = cell_dir(cfg.experiment_dir, n, cfg.train.seed).name
+    with progress.cell(name, cfg.experiment_dir / LOGS / f"{name}.log"):
+        progress.report("starting")
+        failed, stopped = run_cell(cfg, n, task_for(cfg), *_read_inputs(cfg), log=progress.message)
+        progress.report(_finished(failed, stopped))  # the last of this cell's events: the view waits for it
+        return failed, stopped
 
 
 def run_cell(cfg: ExperimentConfig, n: int, task, pool: list[dict], examples: list[dict], probes,
@@ -103,40 +110,74 @@ def run_experiment(cfg: ExperimentConfig, log=print, jobs: int = 1) -> Path:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = max(1, cores // jobs)
     spawn = multiprocessing.get_context("spawn")
+    events = spawn.Queue()  # the cells' progress, to the one view this process draws
     with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_start_cell_process,
-                             initargs=(threads, spawn.Value("i", 0))) as cells:
+                             initargs=(threads, spawn.Value("i", 0), events, cfg.experiment_dir / LOGS)) as cells:
         for _ in range(jobs):
             cells.submit(_nothing)
-        return _run_cells(cfg, task, log, cells)
+        return _run_cells(cfg, task, log, cells, events)
 
 
-def _run_cells(cfg: ExperimentConfig, task, log, cells) -> Path:
+LOGS = "logs"  # <experiment>/logs/<cell>.log: what the libraries printed while the cell ran
+
+
+def _finished(failed: list, stopped: list) -> str:
+    """How a cell's line in the view ends."""
+    return ("diverged" if stopped else f"failed: {len(failed)} evaluation(s)" if failed else "done")
+
+
+def _cells_in_view(cfg: ExperimentConfig, task, inputs: tuple, cells, events) -> tuple[list[Failure], list[str]]:
+    """Every cell, one after the other in this process or in the pool `cells` (longest first), shown in one
+    progress view (ftscale/progress.py); their failed evaluations and diverged trainings."""
+    exp_dir = cfg.experiment_dir
+    order = cfg.sizes if cells is None else longest_first(cfg.sizes)
+    names = {n: cell_dir(exp_dir, n, cfg.train.seed).name for n in order}
+    board = progress.view(cfg.name, list(names.values()))
+    failures, diverged = [], []
+    drain = None
+    try:
+        if cells is None:
+            progress.install(board)
+            for n in order:
+                with progress.cell(names[n], exp_dir / LOGS / f"{names[n]}.log"):
+                    failed, stopped = run_cell(cfg, n, task, *inputs, log=progress.message)
+                board(progress.Event(names[n], _finished(failed, stopped)))
+                failures, diverged = failures + failed, diverged + stopped
+            return failures, diverged
+        import threading
+        from concurrent.futures import as_completed
+
+        drain = threading.Thread(target=_drain, args=(events, board), daemon=True)
+        drain.start()
+        # the config travels as its fields (its task holds functions, which do not pickle)
+        running = {cells.submit(_run_cell_from, cfg.model_dump(), n): n for n in order}
+        for done in as_completed(running):
+            failed, stopped = done.result()
+            failures, diverged = failures + failed, diverged + stopped
+        board.wait_finished(timeout_s=30)
+        return failures, diverged
+    finally:
+        progress.install(None)
+        if drain is not None:
+            events.put(None)
+            drain.join(timeout=10)
+        board.close()
+
+
+def _drain(events, board) -> None:
+    """The cell processes' events into the view, until the None that ends them."""
+    while (event := events.get()) is not None:
+        board(event)
+
+
+def _run_cells(cfg: ExperimentConfig, task, log, cells, events=None) -> Path:
     """The cells one after the other, or in the pool `cells` (longest first), then the summary."""
     check_for_training(cfg)  # the model, its chat template and LoRA targets: refused before the first cell
     pool, examples, probes = _read_inputs(cfg)
     exp_dir = cfg.experiment_dir
     write_text(exp_dir / "experiment.yaml", cfg.to_yaml())
     start = time.perf_counter()
-    failures, diverged = [], []
-    bar = tqdm(cfg.sizes if cells is None else longest_first(cfg.sizes), desc=f"{cfg.name}", unit="cell")
-    if cells is None:
-        for n in bar:
-            bar.set_postfix_str(f"n={n}")
-            failed, stopped = run_cell(cfg, n, task, pool, examples, probes, log)
-            failures += failed
-            diverged += stopped
-    else:
-        from concurrent.futures import as_completed
-
-        # the config travels as its fields (its task holds functions, which do not pickle)
-        running = {cells.submit(_run_cell_from, cfg.model_dump(), n): n for n in bar.iterable}
-        for done in as_completed(running):
-            failed, stopped = done.result()
-            failures += failed
-            diverged += stopped
-            bar.set_postfix_str(f"n={running[done]} done")
-            bar.update()
-        bar.close()
+    failures, diverged = _cells_in_view(cfg, task, (pool, examples, probes), cells, events)
     rows, hidden = audit(exp_dir, expected_inputs(cfg, task, pool, examples, probes))
     if rows and task.pairwise is not None:
         run_comparisons(exp_dir, task.pairwise, rows, log=log)

@@ -86,7 +86,8 @@ class Runner:
             raise StepsFailed("; ".join(f.line() for f in failures))
         return [j.out_dir for j in jobs]
 
-    def run_cell(self, cell: Cell, evaluate: bool = True) -> None:
+    def run_cell(self, cell: Cell, evaluate: bool = True, finish: bool = True) -> None:
+        """Train and evaluate the cell; `finish`: mark it done (not when a vLLM evaluation follows)."""
         mark_running(cell.run_dir, cell.key)
         ft_model = self.train(cell)
         if not evaluate:
@@ -98,8 +99,13 @@ class Runner:
             answerer = endpoint_answerer(ft_model, cell.cfg.openai.base_url, cell.cfg.serve.concurrency,
                                          api_key_env=cell.cfg.openai.api_key_env)
         else:
-            answerer = hf_answerer(cell.cfg, cell.run_dir / "adapter" if cell.n > 0 else None)
-        mark_done(cell.run_dir, cell.key, self.evaluate(cell, answerer))
+            answerer = self.in_process(cell)
+        folders = self.evaluate(cell, answerer)
+        if finish:
+            mark_done(cell.run_dir, cell.key, folders)
+
+    def in_process(self, cell: Cell) -> Answerer:
+        return hf_answerer(cell.cfg, cell.run_dir / "adapter" if cell.n > 0 else None)
 
     # -- the built-in loop --------------------------------------------------------------------------
     def _guarded(self, cell: Cell, fn, fail_fast: bool) -> bool:
@@ -136,8 +142,10 @@ class Runner:
         vllm_groups: dict[str, list[Cell]] = {}
         for cell in todo:
             bar.set_postfix_str(f"{cell.system} n={cell.n} seed={cell.seed}")
-            by_vllm = self.sweep.eval_backend == "vllm" and cell.backend == "local"
-            if self._guarded(cell, lambda c=cell: self.run_cell(c, evaluate=not by_vllm), fail_fast) and by_vllm:
+            by_vllm = "vllm" in cell.eval_backends and cell.backend == "local"
+            in_process = not by_vllm or "hf" in cell.eval_backends
+            if self._guarded(cell, lambda c=cell: self.run_cell(c, evaluate=in_process, finish=not by_vllm),
+                             fail_fast) and by_vllm:
                 vllm_groups.setdefault(cell.cfg.model + "|" + cell.cfg.train.quantization, []).append(cell)
             bar.update()
         bar.close()
@@ -167,7 +175,12 @@ class Runner:
             for cell in cells:
                 answerer = vllm.answerer(cell.cfg, cell.cfg.serve.concurrency,
                                          lora=cell.run_dir.name if cell.n > 0 else None)
-                self._guarded(cell, lambda c=cell, a=answerer: mark_done(c.run_dir, c.key, self.evaluate(c, a)), fail_fast)
+                self._guarded(cell, lambda c=cell, a=answerer: mark_done(c.run_dir, c.key, self._both(c, a)), fail_fast)
+
+    def _both(self, cell: Cell, answerer: Answerer) -> list[Path]:
+        """The cell's vLLM evaluations, and its in-process ones when it owes both (done by then: only named)."""
+        folders = self.evaluate(cell, answerer)
+        return (self.evaluate(cell, self.in_process(cell)) if "hf" in cell.eval_backends else []) + folders
 
 
 def status(sweep_path: str | Path) -> str:
@@ -268,21 +281,29 @@ def _cell_rows(cell: Cell, status: str, error: str | None = None) -> list[Result
     """A cell's rows: a finished cell's shown evaluations, as the sweep names them; one row per temperature
     and prompt variant of a cell that did not finish, marked with its status and without values."""
     facts = {"in_sweep": True, "is_reference": cell.kind != "train", "error": error,
-             # the untrained base is a reference line of its own, not a point of the fine-tune's curve
-             "system": f"{cell.system} base" if cell.kind == "base" else cell.system,
              "status": status if status != "pending" else "missing"}
     # every cell's folders are audited, done or not: one edited after its record is refused here
     shown = audit_cell(cell.run_dir)[0] if (cell.run_dir / "config.yaml").is_file() else []
     if status == "done":
-        return [replace(r, **facts) for r in result_rows(cell.run_dir, shown)]
-    return [ResultRow(**facts, backend=cell.backend, model=cell.cfg.model, num_train_examples=cell.n, seed=cell.seed,
-                      prompt_variant=v, temperature=t, run_dir=str(cell.run_dir), loss=loss_curve(cell.run_dir))
-            for t in cell.temperatures for v in cell.variants]
+        return [replace(r, **facts, system=_system(cell, r.backend)) for r in result_rows(cell.run_dir, shown)]
+    several = len(cell.eval_backends) > 1
+    return [ResultRow(**facts, system=_system(cell, b), backend=b if several else cell.backend, model=cell.cfg.model,
+                      num_train_examples=cell.n, seed=cell.seed, prompt_variant=v, temperature=t,
+                      run_dir=str(cell.run_dir), loss=loss_curve(cell.run_dir))
+            for b in (cell.eval_backends if several else (None,)) for t in cell.temperatures for v in cell.variants]
 
 
-def sweep_rows(sweep_dir: Path) -> SweepResults:
+def _system(cell: Cell, backend: str | None) -> str:
+    """A row's curve: the cell's system (its untrained base: a reference line of its own, not a point of the
+    fine-tune's curve), with the backend that answered when the cell is evaluated on several."""
+    name = f"{cell.system} base" if cell.kind == "base" else cell.system
+    return f"{name} ({backend})" if len(cell.eval_backends) > 1 else name
+
+
+def sweep_rows(sweep_dir: Path, cost: dict | None = None) -> SweepResults:
     """Every cell of the sweep as report rows: finished cells with their scores and costs, the others
-    marked with their status and error (never dropped)."""
+    marked with their status and error (never dropped). `cost`: keys of the base's `cost` section set
+    for this report (`ftscale report DIR --prices FILE`)."""
     sweep_dir = Path(sweep_dir)
     sweep, base = load_sweep(sweep_dir / "sweep.yaml")
     cells = expand(sweep, base)
@@ -295,15 +316,16 @@ def sweep_rows(sweep_dir: Path) -> SweepResults:
         rec = records.get(cell.key) or {"status": "pending", "error": None}
         rows += _cell_rows(cell, rec["status"], rec["error"])
     done = [r for r in rows if r.status == "done"]
-    cost = add_costs(done, load_prices(base.cost.prices), base.cost) if done else None
-    return SweepResults(rows, task, cost)
+    spec = base.cost.model_validate(base.cost.model_dump() | (cost or {})) if cost else base.cost
+    costs = add_costs(done, load_prices(spec.prices), spec) if done else None
+    return SweepResults(rows, task, costs)
 
 
-def write_report(sweep_dir: Path, command: str) -> tuple[Path, Path]:
+def write_report(sweep_dir: Path, command: str, cost: dict | None = None) -> tuple[Path, Path]:
     # not at the top: the report loads matplotlib (about a second) that `ftscale sweep --status` never needs
     from .eval.sweep_report import write_sweep_report
 
-    results = sweep_rows(sweep_dir)
+    results = sweep_rows(sweep_dir, cost)
     made_by = Path(sweep_dir) / "command.txt"
     if made_by.is_file():
         command = made_by.read_text().strip() + "\n" + command

@@ -66,7 +66,9 @@ class SweepConfig(Strict):
         None, min_length=1, description="default: the base experiment's eval.temperatures (or its eval.temperature)")
     prompt_variants: list[str] = Field(default_factory=lambda: ["default"], min_length=1)
     baseline_variants: list[str] = Field(default_factory=list, description="evaluated on the untrained base only")
-    eval_backend: Literal["hf", "vllm"] = Field("hf", description="vllm: one server per base model with all its adapters")
+    eval_backend: Literal["hf", "vllm"] | list[Literal["hf", "vllm"]] = Field(
+        "hf", description="vllm: one server per base model with all its adapters; [hf, vllm]: every local cell "
+                          "evaluated both ways, each backend a curve of its own (train/serve parity)")
     metrics: list[str] = Field(default_factory=list, description="metrics the report leads with (default: the task's)")
     output_dir: Path = Path("runs/sweeps")
 
@@ -78,7 +80,14 @@ class SweepConfig(Strict):
             raise ValueError("systems: two systems have the same name")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds: listed twice")
+        if not self.backends or len(set(self.backends)) != len(self.backends):
+            raise ValueError("eval_backend: give hf, vllm, or a list of them without repeats")
         return self
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        """The backends every local cell is evaluated with, in order."""
+        return (self.eval_backend,) if isinstance(self.eval_backend, str) else tuple(self.eval_backend)
 
     @property
     def sweep_dir(self) -> Path:
@@ -100,6 +109,7 @@ class Cell:
     variants: tuple[str, ...]
     temperatures: tuple[float, ...]
     run_dir: Path
+    eval_backends: tuple[str, ...] = ("hf",)  # a local cell's; each one a curve of its own when there are several
 
 
 def _slug(text: str) -> str:
@@ -139,8 +149,11 @@ def _cell_cfg(base: ExperimentConfig, model: str, n: int, seed: int, epochs: flo
     return base.model_copy(update=update)
 
 
-def _key(cfg: ExperimentConfig, kind: str, system: str, variants, temperatures) -> str:
-    text = f"{kind}\n{system}\n{list(variants)}\n{list(temperatures)}\n{cfg.cell_yaml(cfg.sizes[0])}"
+def _key(cfg: ExperimentConfig, kind: str, system: str, variants, temperatures, backends=("hf",)) -> str:
+    # several backends are part of what a cell owes (one added makes new cells); one backend is left out, so
+    # that the cells of a sweep made before the list keep their keys
+    text = f"{kind}\n{system}\n{list(variants)}\n{list(temperatures)}\n{cfg.cell_yaml(cfg.sizes[0])}" + (
+        f"\n{list(backends)}" if len(backends) > 1 else "")
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -159,9 +172,11 @@ def expand(sweep: SweepConfig, base: ExperimentConfig) -> list[Cell]:
                     cfg = _cell_cfg(base, local_model, n, seed, epochs, s.quantization, openai_model)
                     variants = tuple(sweep.prompt_variants + (sweep.baseline_variants if n == 0 else []))
                     kind = "base" if n == 0 else "train"
-                    key = _key(cfg, kind, s.name, variants, temps)
+                    backends = sweep.backends if s.backend == "local" else ("hf",)
+                    key = _key(cfg, kind, s.name, variants, temps, backends)
                     run_dir = sweep.sweep_dir / _slug(s.name) / f"e{epochs:g}" / f"n{n:04d}-seed{seed}-{key[:6]}"
-                    cells.append(Cell(key, kind, s.name, s.backend, n, seed, epochs, cfg, variants, temps, run_dir))
+                    cells.append(Cell(key, kind, s.name, s.backend, n, seed, epochs, cfg, variants, temps, run_dir,
+                                      backends))
     for r in sweep.references:
         cfg = _cell_cfg(base, r.model if r.backend == "local" else base.model, 0, sweep.seeds[0], sweep.epochs[0], "none",
                         r.model if r.backend == "openai" else None)

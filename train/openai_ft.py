@@ -26,7 +26,7 @@ from ftscale.config import ExperimentConfig, load_config, parse_overrides, write
 from ftscale.datacheck import check_file
 from ftscale.errors import ConfigError, FtscaleError, run_command
 from ftscale.flags import Parser
-from ftscale.prices import load_prices
+from ftscale.prices import age, load_prices
 from ftscale.rundir import TRAIN_METRICS, read_json
 
 STATE = "openai_job.json"
@@ -121,7 +121,8 @@ def estimate_line(cfg: ExperimentConfig, billed_tokens: int) -> str:
                 f"{billed_tokens} billed tokens")
     key, prices, _ = found
     return (f"estimated training cost: ${billed_tokens * prices.training / 1e6:.2f} ({billed_tokens} tokens x "
-            f"${prices.training:.2f}/1M for {key}; prices checked {table.checked}, {cfg.cost.prices})")
+            f"${prices.training:.2f}/1M for {key}; prices {age(prices.checked)}, source: {prices.source}; "
+            f"your own prices: --prices FILE)")
 
 
 def launch(cfg: ExperimentConfig, n: int, run_dir: Path, yes: bool = False, log=print) -> dict:

@@ -26,7 +26,7 @@ if __package__ in (None, ""):
 
 import torch
 
-from ftscale import completion
+from ftscale import completion, progress
 from ftscale.atomic import atomic_dir, atomic_path, write_json, write_jsonl, write_text
 from ftscale.chatdata import nested_subset, read_jsonl, sha256_file, sha256_records, to_prompt_completion
 from ftscale.config import ExperimentConfig, load_config, parse_overrides, peft_lora_config, write_task_data
@@ -306,7 +306,8 @@ def _fit(cfg: ExperimentConfig, run_dir: Path, subset: list[dict], base: dict, i
     dataset = Dataset.from_list([to_prompt_completion(r) for r in subset])
     watchdog = DivergenceWatchdog(t.watchdog) if t.watchdog.enabled else None
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=lora_config(cfg), callbacks=[watchdog] if watchdog else None)
+                         peft_config=lora_config(cfg),
+                         callbacks=[*([watchdog] if watchdog else []), *progress.trainer_callbacks()] or None)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     if trainer.accelerator.is_main_process:

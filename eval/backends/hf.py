@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
+from ftscale import progress as progress_view  # the run's one view, when there is one
 from ftscale.device import pick_device, resolve_dtype
 from ftscale.models import resolve
 from ftscale.quantization import bnb_config
@@ -71,7 +71,7 @@ class HFBackend:
             do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
         if sampling.ignore_eos:
             kwargs["min_new_tokens"] = sampling.max_new_tokens
-        bar = tqdm(total=len(requests), desc=f"generating ({self.model})", unit="req", disable=not self.progress)
+        bar = progress_view.bar(len(requests), f"generating ({self.model})", "req", disable=not self.progress)
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             clock = StepClock(len(idx), self.eos_ids)

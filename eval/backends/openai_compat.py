@@ -17,9 +17,9 @@ import time
 
 import httpx
 import openai
-from tqdm.auto import tqdm
 
 from ftscale.apikey import key_for, mask, openai_client
+from ftscale import progress as progress_view  # the run's one view, when there is one
 
 from .base import Generation, Request, Sampling
 
@@ -59,7 +59,7 @@ class OpenAIBackend:
     async def _generate(self, requests: list[Request], sampling: Sampling) -> list[Generation]:
         client = openai_client(self.base_url, self.api_key_env, asynchronous=True, max_retries=0, timeout=self.timeout_s)
         gate = asyncio.Semaphore(self.concurrency)
-        bar = tqdm(total=len(requests), desc=f"generating ({self.model})", unit="req", disable=not self.progress)
+        bar = progress_view.bar(len(requests), f"generating ({self.model})", "req", disable=not self.progress)
 
         async def one(req: Request) -> Generation:
             async with gate:

@@ -14,6 +14,17 @@ def with_config(parent, name, fn, helptext, positional=False):
     return s
 
 
+def add_prices(parser) -> None:
+    """`--prices FILE`, the same on every command that prices something: your own copy of configs/prices.yaml."""
+    parser.add_argument("--prices", type=Path, metavar="FILE",
+                        help="your own price table, a copy of configs/prices.yaml (default: the config's cost.prices)")
+
+
+def with_prices(args, overrides: list[str]) -> list[str]:
+    """The command's overrides, with `--prices FILE` as the config key it stands for."""
+    return [*overrides, "--cost.prices", str(args.prices)] if getattr(args, "prices", None) else list(overrides)
+
+
 def load(args, overlays: list[Path] | tuple = ()):
     """The config named on the command line, with any overlay files merged over it (in turn), then the
     overrides left over after parsing."""
@@ -21,4 +32,4 @@ def load(args, overlays: list[Path] | tuple = ()):
     # every command would pay at start-up (this module is imported to build the parser)
     from ftscale.config import load_config, parse_overrides
 
-    return load_config(args.config, parse_overrides(args.overrides), overlays)
+    return load_config(args.config, parse_overrides(with_prices(args, args.overrides)), overlays)

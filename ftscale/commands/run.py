@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ftscale.errors import ConfigError
 
-from .config_args import load, with_config
+from .config_args import add_prices, load, with_config
 
 
 def add_parser(sub) -> None:
@@ -17,6 +17,7 @@ def add_parser(sub) -> None:
     r.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="cells at once, each in its own process on 1/N of the cores; the same adapters and "
                         "answers, bit for bit (default 1: one after the other)")
+    add_prices(r)  # the summary's cost section
 
 
 def run(args) -> None:
