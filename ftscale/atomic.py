@@ -2,6 +2,10 @@
 
 Everything is written next to its final place, then renamed over it (`os.replace` is atomic on
 POSIX within one filesystem), so an interrupted run leaves either the old result or none.
+
+What is written gets the permissions a plain `open()` or `mkdir` would give it under the user's umask
+(the temporary files start private): on a shared host, `umask 077` keeps captured data and a study's
+files to their owner.
 """
 
 from __future__ import annotations
@@ -15,13 +19,29 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 
+def umask() -> int:
+    """The process's umask, read where Linux shows it (setting it to read it races with other threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode(executable: bool = False) -> int:
+    """The mode `open()` (or, executable, `mkdir`) gives a new file under the user's umask."""
+    return (0o777 if executable else 0o666) & ~umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path beside `path`; on success it replaces `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o644)  # mkstemp makes 0600; results are meant to be read by others
+    os.fchmod(fd, file_mode())  # mkstemp makes 0600: as open() would, under the user's umask
     os.close(fd)
     try:
         yield Path(tmp)
@@ -59,14 +79,16 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        # mkdtemp makes 0700 and some writers (safetensors) 0600; results are meant to be read by others
-        os.chmod(tmp, 0o755)
+        # mkdtemp makes 0700 and some writers (safetensors) 0600: as mkdir and open() would, under the umask
+        plain, executable = file_mode(), file_mode(executable=True)
+        os.chmod(tmp, executable)
         for f in tmp.rglob("*"):
-            os.chmod(f, 0o755 if f.is_dir() else 0o644)
+            if not f.is_symlink():
+                os.chmod(f, executable if f.is_dir() or f.stat().st_mode & 0o100 else plain)
         if path.exists():
-            # Two renames keep the window without a valid directory as short as possible.
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            # Two renames keep the window without a valid directory as short as possible; the old one
+            # goes to a fresh name of its own (never a folder of that name that was there before).
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)

@@ -29,13 +29,26 @@ from ftscale.errors import FtscaleError
 HEADLINE = ("cell", "prompt_variant", "temperature")  # what identifies a row of results.json
 
 
+def resolve_revision(rev: str) -> str:
+    """The commit `rev` names (a branch, a tag, a hash, HEAD~2): git is given it only after `--end-of-options`,
+    so that no revision is read as an option (`--output=FILE` would make git write a file)."""
+    if not rev or rev.startswith("-"):
+        raise FtscaleError(f"--baseline {rev}: a git revision (a branch, a tag or a commit), not an option")
+    found = subprocess.run(["git", "-C", str(paths.ROOT), "rev-parse", "--verify", "--quiet", "--end-of-options",
+                            f"{rev}^{{commit}}"], capture_output=True, text=True)
+    if found.returncode:
+        raise FtscaleError(f"--baseline {rev}: not a commit of this checkout (git rev-parse --verify found none)")
+    return found.stdout.strip()
+
+
 def install_revision(rev: str, where: Path) -> Path:
     """The python of a fresh environment where `import ftscale` is git revision `rev`, installed
     without dependencies: it sees this environment's packages through a plain path line (whose .pth
     files, this checkout's editable install among them, are not run)."""
     if not (paths.ROOT / ".git").exists():
         raise FtscaleError("ftscale bench main-job needs a git checkout of ftscale (it installs --baseline from git)")
-    archive = subprocess.run(["git", "-C", str(paths.ROOT), "archive", "--format=tar", rev], capture_output=True)
+    commit = resolve_revision(rev)
+    archive = subprocess.run(["git", "-C", str(paths.ROOT), "archive", "--format=tar", commit], capture_output=True)
     if archive.returncode:
         raise FtscaleError(f"--baseline {rev}: {archive.stderr.decode().strip()}")
     src, venv = where / f"ftscale-{rev.replace('/', '-')}", where / "venv"  # (a folder named src confuses setuptools)

@@ -29,10 +29,13 @@ from .atomic import atomic_dir, write_json
 from .chatdata import sha256_file
 from .errors import ConfigError, FtscaleError, run_command
 from .flags import Parser
+from .outputdir import check_output_dir
 
 PART_PREFIX = "ftscale-offline.tar.part"
 DEFAULT_PRESENT = "torch==2.11.0 transformers==5.17.0 peft accelerate"
 EMBEDDED = "smollm2-135m"
+MANIFEST = "manifest.json"
+BESIDE = ("install.py", "README.txt")  # what the bundle's folder holds besides the parts and the manifest
 
 
 class PartWriter:
@@ -182,6 +185,7 @@ def root_files(with_model: bool) -> list[tuple[Path, str]]:
 
 def build(out: Path, part_mib: float, python_version: str, platform: str, present: list[str], packages: list[str] | None,
           pip_args: list[str], with_model: bool = True, log=print) -> dict:
+    out = check_folder(out)  # before anything is built: the folder is replaced at the end
     if part_mib <= 0:
         raise ConfigError(f"--part-size-mib {part_mib}: must be above 0")
     if not re.fullmatch(r"3\.\d+", python_version):
@@ -203,12 +207,24 @@ def build(out: Path, part_mib: float, python_version: str, platform: str, presen
         manifest = _write_parts(folder, int(part_mib * 2**20), sorted(wheels.glob("*.whl")), root_files(with_model))
         manifest |= {"python_version": python_version, "platforms": platforms(platform), "present": present,
                      "left_out_as_present": skipped, "pins": pins}
-        write_json(folder / "manifest.json", manifest)
+        write_json(folder / MANIFEST, manifest)
         shutil.copyfile(Path(__file__).with_name("offline_install.py"), folder / "install.py")
         (folder / "README.txt").write_text(INSTRUCTIONS.format(n=len(manifest["parts"]), target=" ".join(present)))
     log(f"{out}: {len(manifest['wheels'])} wheels, {len(manifest['files'])} files, {len(manifest['parts'])} parts of "
         f"<= {part_mib:g} MiB; on the target: python3 install.py --target DIR")
     return manifest
+
+
+def _bundle_files(manifest: dict) -> list[str]:
+    """The files an earlier bundle wrote into its folder, as its manifest lists them (KeyError: not a bundle's)."""
+    if not {"tar_sha256", "files", "wheels"} <= set(manifest):
+        raise KeyError("not a bundle's manifest")
+    return [*(part["name"] for part in manifest["parts"]), *BESIDE]
+
+
+def check_folder(out: Path) -> Path:
+    """`out` if the bundle may be written there: a new or empty folder, or an earlier bundle's with nothing else."""
+    return check_output_dir(out, manifest=MANIFEST, writer="`make offline-bundle`", written=_bundle_files)
 
 
 def _write_parts(folder: Path, limit: int, wheels: list[Path], roots: list[tuple[Path, str]]) -> dict:

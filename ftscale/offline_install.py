@@ -18,6 +18,8 @@ import hashlib
 import importlib.metadata as md
 import io
 import json
+import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -25,6 +27,8 @@ import tarfile
 from pathlib import Path
 
 MANIFEST = "manifest.json"
+# written first into the (empty) target: what marks a folder as this installer's, to install into again
+MARKER = ".ftscale-offline-install.json"
 ALWAYS = {"ftscale"}  # installed even when present: the bundle's is the version under test
 
 
@@ -107,12 +111,34 @@ def present_ok(name: str, pins: dict[str, str], search: list[str]) -> str | None
     return version
 
 
+def claim_target(target: Path) -> None:
+    """Mark `target` as this installer's, or refuse it (exit 2, nothing written): pip's --target --upgrade
+    replaces the target's top-level folders (bin/ among them), so only an empty folder, or one this
+    installer marked, is ever installed into."""
+    if target.exists() and not target.is_dir():
+        _refuse(f"--target {target}: a file, not a folder; choose a new folder, e.g. ~/ftscale-offline")
+    if target.is_dir() and any(target.iterdir()) and not (target / MARKER).is_file():
+        _refuse(f"--target {target}: the folder is not empty and was not made by this installer (no {MARKER}); "
+                "installing would replace its folders (bin/ among them): choose a new or empty folder, e.g. ~/ftscale-offline")
+    target.mkdir(parents=True, exist_ok=True)
+    if not (target / MARKER).is_file():
+        (target / MARKER).write_text(json.dumps({"written_by": "ftscale offline bundle install.py"}) + "\n")
+
+
+def launcher_text(target: Path) -> str:
+    """The `bin/ftscale` script: the target's packages first, this Python, the hub never asked (paths quoted
+    for the shell, whatever characters they hold)."""
+    return ("#!/bin/sh\n# ftscale from the offline bundle: its packages first, the hub never asked\n"
+            f'HF_HUB_OFFLINE=1 PYTHONPATH={shlex.quote(str(target))}"${{PYTHONPATH:+:$PYTHONPATH}}" '
+            f'exec {shlex.quote(sys.executable)} -m ftscale "$@"\n')
+
+
 def install(bundle: Path, target: Path, log=print) -> int:
     manifest = json.loads((bundle / MANIFEST).read_text())
     py = f"{sys.version_info.major}.{sys.version_info.minor}"
     if py != manifest["python_version"]:
         log(f"warning: the bundle's wheels are for Python {manifest['python_version']}, this is {py}")
-    target.mkdir(parents=True, exist_ok=True)
+    claim_target(target)
     staging = target / ".bundle-unpacked"
     shutil.rmtree(staging, ignore_errors=True)
     unpack(bundle, manifest, staging)
@@ -134,9 +160,10 @@ def install(bundle: Path, target: Path, log=print) -> int:
             shutil.copytree(staging / "root" / folder, target / folder, dirs_exist_ok=True)
     launcher = target / "bin" / "ftscale"  # beside what pip put in bin/, replacing its ftscale script
     launcher.parent.mkdir(exist_ok=True)
-    launcher.write_text("#!/bin/sh\n# ftscale from the offline bundle: its packages first, the hub never asked\n"
-                        f'HF_HUB_OFFLINE=1 PYTHONPATH="{target}${{PYTHONPATH:+:$PYTHONPATH}}" exec "{sys.executable}" -m ftscale "$@"\n')
-    launcher.chmod(0o755)
+    launcher.write_text(launcher_text(target))
+    umask = os.umask(0)  # read back at once: this script runs one thread
+    os.umask(umask)
+    launcher.chmod(0o777 & ~umask)  # executable, readable by whom the user's umask allows
     shutil.rmtree(staging, ignore_errors=True)
     log(f"installed {len(wheels)} wheel(s) into {target}; run: {launcher} doctor --gpu")
     return 0

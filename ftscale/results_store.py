@@ -17,12 +17,11 @@ import json
 import os
 import socket
 import sqlite3
-import tempfile
 import time
 from pathlib import Path
 
 from . import completion
-from .atomic import write_json
+from .atomic import atomic_path, write_json
 
 STATE = "cell.json"
 DONE = "cell.done.json"
@@ -139,25 +138,20 @@ class ResultsStore:
     def rebuild(cls, path: str | Path, cells) -> "ResultsStore":
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:  # an empty file is an empty database; renamed over the old one at the end
             db = sqlite3.connect(tmp)
-            db.execute("PRAGMA journal_mode=OFF")  # a private temporary file: nothing to roll back
-            db.execute(SCHEMA)
-            for c in cells:
-                s = cell_status(c.run_dir, c.key)
-                db.execute("INSERT INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                           (c.key, c.kind, c.system, c.n, c.seed, c.epochs, str(c.run_dir), c.cfg.cell_yaml(c.n),
-                            s["status"], s["error"], s["attempts"], s["completions"], s["started"], s["finished"],
-                            s["duration_s"], s["host"], s["pid"]))
-            db.commit()
-            db.close()
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            try:
+                db.execute("PRAGMA journal_mode=OFF")  # a private temporary file: nothing to roll back
+                db.execute(SCHEMA)
+                for c in cells:
+                    s = cell_status(c.run_dir, c.key)
+                    db.execute("INSERT INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                               (c.key, c.kind, c.system, c.n, c.seed, c.epochs, str(c.run_dir), c.cfg.cell_yaml(c.n),
+                                s["status"], s["error"], s["attempts"], s["completions"], s["started"], s["finished"],
+                                s["duration_s"], s["host"], s["pid"]))
+                db.commit()
+            finally:
+                db.close()
         return cls(path)
 
     def close(self) -> None:

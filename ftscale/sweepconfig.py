@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from . import paths
 from .config import ExperimentConfig, Strict, load_config, load_validated
@@ -25,12 +25,14 @@ from .errors import ConfigError
 class System(Strict):
     """A curve of the report: a model trained (or not) one way."""
 
-    name: str = Field(description="its label in the report")
+    name: str = Field(description="its label in the report; its folder in the sweep's is named after it")
     backend: Literal["local", "openai"] = "local"
     model: str = Field(description="local: a model reference; openai: the model to fine-tune or prompt")
     quantization: Literal["none", "4bit"] = Field("none", description="local only: 4bit = QLoRA")
     accelerate_config: Path | None = Field(None, description="local only: train each cell under "
                                                              "`accelerate launch --config_file` (configs/accelerate/)")
+
+    _name_is_a_folder = field_validator("name")(lambda cls, name: _slug(name) and name)
 
 
 class Reference(Strict):
@@ -42,6 +44,8 @@ class Reference(Strict):
     model: str
     prompt_variant: str = "few_shot"
     captured: Path | None = Field(None, description="backend captured: the capture's captured.jsonl")
+
+    _name_is_a_folder = field_validator("name")(lambda cls, name: _slug(name) and name)
 
     @model_validator(mode="after")
     def _captured_file(self):
@@ -113,7 +117,12 @@ class Cell:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-").lower()
+    """A folder name made of `text`, inside the sweep's folder: never empty, `.` or `..` (ValueError)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-").lower()
+    if not slug.strip("."):
+        raise ValueError(f"{text!r} names no folder inside the sweep's folder (it would be {slug or 'empty'!r}): "
+                         "use letters or digits in the name")
+    return slug
 
 
 def load_sweep(path: str | Path) -> tuple[SweepConfig, ExperimentConfig]:

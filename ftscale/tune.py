@@ -24,6 +24,7 @@ import yaml
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from .apikey import mask
 from .atomic import write_jsonl, write_text
 from .cellrunner import ensure_trained, eval_jobs, hf_answerer, run_evals
 from .chatdata import read_jsonl, sha256_file, sha256_records
@@ -228,8 +229,10 @@ def _objective(search: Search, log):
             trial.set_user_attr("interrupted", trial.number)
             raise
         except Exception as e:  # Optuna marks it failed and goes on; the report shows why
-            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
-            raise
+            # masked (a provider's error may quote the key): Optuna stores this text and logs the exception it gets
+            error = mask(f"{type(e).__name__}: {e}")
+            trial.set_user_attr("error", error)
+            raise StepsFailed(error) from None
     return objective
 
 

@@ -1,17 +1,23 @@
 """The offline bundle: parts no larger than asked, reassembled byte for byte, installed from the
-parts into a fresh folder without the package index, and refused when a part is damaged."""
+parts into a fresh folder without the package index, and refused when a part is damaged. Neither the
+build nor the installer ever replaces a folder of the user's: the bundle goes only into a new, empty
+or earlier bundle's folder (checked before building), the installer only into a new, empty or
+earlier-installed one; the launcher quotes its paths for the shell and keeps to the user's umask."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tarfile
 
 import pytest
 
-from ftscale.offline_bundle import PART_PREFIX, platforms
+from ftscale.errors import FtscaleError
+from ftscale.offline_bundle import PART_PREFIX, check_folder, platforms
 
 from conftest import BIN, ROOT
 
@@ -73,9 +79,11 @@ def test_parts_are_no_larger_than_the_limit_and_reassemble_byte_for_byte(bundle)
 
 def test_install_from_the_parts_into_a_fresh_folder(bundle):
     tmp, out, _, _ = bundle
-    target = tmp / "target"
-    proc = subprocess.run([sys.executable, str(out / "install.py"), "--target", str(target)], capture_output=True, text=True)
+    target = tmp / """target $HOME "quoted" `x` it's"""  # every character the shell would read
+    proc = subprocess.run([sys.executable, str(out / "install.py"), "--target", str(target)], capture_output=True, text=True,
+                          preexec_fn=lambda: os.umask(0o027))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert (target / "bin" / "ftscale").stat().st_mode & 0o777 == 0o750  # executable, as the umask allows
     assert (target / "ftscale" / "doctor.py").is_file() and (target / "ftscale" / "train" / "doctor_gpu.py").is_file()
     assert (target / "configs" / "gpus.yaml").is_file() and (target / "models" / "smollm2-135m" / "model.safetensors").is_file()
     # mdurl is installed here already (a dependency of the test tools): kept, not reinstalled
@@ -134,3 +142,57 @@ def test_the_compiled_wheels_a_compiled_present_package_brings_are_left_out_extr
     assert out == {"torch", "nvidia-cuda-runtime"}
     # the pure-Python transformers and what it needs are carried: the installer skips what the target has
     assert not out & {"transformers", "tokenizers", "numpy", "trl", "datasets"}
+
+
+def _tree(path):
+    return sorted((str(p.relative_to(path)), p.stat().st_mtime_ns) for p in path.rglob("*"))
+
+
+def test_the_bundle_never_replaces_a_folder_of_the_users(tmp_path):
+    """`make offline-bundle BUNDLE_ARGS='--output-dir ~/work'` with the user's files in ~/work: refused at
+    once (nothing built), nothing touched; the working directory is refused too."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "thesis.txt").write_text("three years")
+    before = _tree(tmp_path)
+    proc = subprocess.run(["make", "-s", "offline-bundle", "BUNDLE_ARGS=--output-dir ~/work"], cwd=ROOT,
+                          capture_output=True, text=True, env=dict(os.environ, HOME=str(tmp_path)), timeout=120)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"--output-dir {work}: the folder is not empty and was not written by `make offline-bundle`" in proc.stderr
+    assert "building" not in proc.stdout  # refused before anything was built
+    assert _tree(tmp_path) == before and (work / "thesis.txt").read_text() == "three years"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for cwd in (work, empty):  # `--output-dir .`: a folder of the user's, or the shell's own working directory
+        proc = subprocess.run([sys.executable, "-m", "ftscale.offline_bundle", "--output-dir", "."], cwd=cwd,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "not written by" in proc.stderr or "the working directory" in proc.stderr
+    assert _tree(tmp_path) == sorted(before + [("empty", empty.stat().st_mtime_ns)])
+
+
+def test_an_earlier_bundle_is_replaced_only_when_it_holds_nothing_else(bundle, tmp_path):
+    _, out, _, _ = bundle
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    assert check_folder(copy) == copy  # the bundle's own folder: built again in place
+    (copy / "notes.txt").write_text("mine")
+    with pytest.raises(FtscaleError, match=r"holds files `make offline-bundle` did not write \(notes.txt\)"):
+        check_folder(copy)
+    (copy / "notes.txt").unlink()
+    (copy / "manifest.json").write_text('{"name": "a web app"}')  # another program's manifest.json
+    with pytest.raises(FtscaleError, match="not written by `make offline-bundle`"):
+        check_folder(copy)
+
+
+def test_the_installer_refuses_a_folder_it_did_not_make(bundle, tmp_path):
+    """`install.py --target ~`: pip would replace ~/bin; refused with one line, nothing touched."""
+    _, out, _, _ = bundle
+    home = tmp_path / "home"
+    (home / "bin").mkdir(parents=True)
+    (home / "bin" / "my-tool").write_text("#!/bin/sh\n")
+    before = _tree(home)
+    proc = subprocess.run([sys.executable, str(out / "install.py"), "--target", str(home)], capture_output=True, text=True)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stdout + proc.stderr
+    assert f"--target {home}: the folder is not empty and was not made by this installer" in proc.stderr
+    assert _tree(home) == before

@@ -22,6 +22,7 @@ from pathlib import Path
 from ftscale.atomic import atomic_dir, write_json
 from ftscale.errors import FtscaleError
 from ftscale.models import resolve
+from ftscale.outputdir import check_output_dir
 from ftscale.rundir import TRAIN_METRICS, adapter_dir
 from ftscale.train import stop_check
 from ftscale.train.chat_template_check import ADAPTER_TEMPLATE
@@ -40,29 +41,9 @@ def check_target(out: str | Path, adapter: Path, force: bool = False) -> Path:
     out, run = Path(out).resolve(), _run_of(adapter)
     if out == run or out in run.parents or out == adapter:
         raise FtscaleError(f"--output-dir {out}: it holds the adapter's run {run}; choose a new folder, e.g. {run / 'merged'}")
-    if out.exists() and not out.is_dir():
-        raise FtscaleError(f"--output-dir {out}: a file, not a folder; choose a new folder")
-    if not out.is_dir() or not any(out.iterdir()):
-        return out
-    marker = next((m for m in EXPERIMENT_MARKERS if (out / m).exists()), None)
-    if marker:
-        raise FtscaleError(f"--output-dir {out}: an experiment or run directory (it has {marker}); choose a new folder")
-    if not (out / MANIFEST).is_file():
-        raise FtscaleError(f"--output-dir {out}: the folder is not empty and was not written by `ftscale merge` "
-                           f"(no {MANIFEST}); choose a new or empty folder (--force never empties such a folder)")
-    listed = json.loads((out / MANIFEST).read_text()).get("files")
-    if listed is None:
-        raise FtscaleError(f"--output-dir {out}: an older `ftscale merge` wrote it without listing its files; "
-                           "delete the folder yourself or choose another one")
-    written = set(listed) | {MANIFEST}
-    others = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and
-                    str(p.relative_to(out)) not in written)
-    if others:
-        raise FtscaleError(f"--output-dir {out}: holds files an earlier merge did not write ({', '.join(others[:5])}); "
-                           "move them away or choose another folder")
-    if not force:
-        raise FtscaleError(f"--output-dir {out}: holds an earlier merged checkpoint; pass --force to replace it")
-    return out
+    markers = dict.fromkeys(EXPERIMENT_MARKERS, "an experiment or run directory")
+    return check_output_dir(out, manifest=MANIFEST, writer="`ftscale merge`", written=lambda m: m.get("files"),
+                            force=force, markers=markers)
 
 
 def merge(adapter: str | Path, out: str | Path, base: str | None = None, dtype: str | None = None,
