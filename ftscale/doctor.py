@@ -183,6 +183,9 @@ def check_allocator() -> Check:
         return Check("tcmalloc", SKIPPED, {"reason": "preloaded on Linux only"}, required=False)
     if allocator.choice(os.environ) == "system":
         return Check("tcmalloc", SKIPPED, {"reason": "FTSCALE_MALLOC=system"}, required=False)
+    if theirs := allocator.left_alone(os.environ):
+        return Check("tcmalloc", SKIPPED, {"reason": f"LD_PRELOAD={theirs} is set: ftscale leaves it alone and "
+                                           "does not add tcmalloc"}, required=False)
     lib = allocator.library()
     if lib is None:
         return Check("tcmalloc", MISSING, {}, "apt-get install libtcmalloc-minimal4 (make setup does, as root or through "
