@@ -1,14 +1,15 @@
 """An organisation's OpenAI fine-tunes: `ftscale openai inventory`, and the lookups capture needs.
 
-    ftscale openai inventory [--base-url URL] [--json]
+    ftscale openai inventory [--base-url URL [--api-key-env NAME]] [--json]
 
 Lists every fine-tuning job (all pages) and every `ft:` model of the organisation the key belongs
 to: base model, created, training file, trained tokens, and the day the model stops answering
 (the API's own `shutdown_date` where the models list gives one, else its base model's shutdown in
 `configs/openai_deprecations.yaml`, whose source and checked date are printed with it).
 
-The key comes from the environment (ftscale/apikey.py), goes only to the endpoint named (OpenAI,
-or the `--base-url` it is paired with), and is written nowhere.
+The key comes from the environment and follows ftscale/apikey.py's one rule: OpenAI's own API gets
+OPENAI_API_KEY; another endpoint (`--base-url`, or OPENAI_BASE_URL) gets a key only when one is paired
+with it (`--api-key-env NAME`); the key is written nowhere and masked in any error text.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 
 import openai
 
-from .apikey import MISSING, openai_api_key
+from .apikey import MISSING, PLACEHOLDER, mask, openai_client, unpaired_401
 from .deprecations import DEFAULT, DeprecationTable, load_deprecations
 from .errors import FtscaleError
 
@@ -27,23 +28,24 @@ STILL_POSSIBLE = ("what is still possible: capture a fine-tune's answers from pr
                   "and evaluate an `ft:` model with `ftscale eval --backend openai --model ft:...`")
 
 
-def client(base_url: str | None = None) -> openai.OpenAI:
-    """The OpenAI client for the organisation's endpoints, its key as every ftscale client gets it."""
-    key = openai_api_key()
-    if key is None:
-        raise FtscaleError(f"no OpenAI API key: {MISSING}")
-    return openai.OpenAI(base_url=base_url, api_key=key, max_retries=5)
+def client(base_url: str | None = None, api_key_env: str | None = None) -> openai.OpenAI:
+    """The client for the organisation's endpoints, built as every ftscale client is (ftscale/apikey.py):
+    the key goes only where the key rule sends it."""
+    return openai_client(base_url, api_key_env, max_retries=5)
 
 
-def refused(e: openai.APIStatusError, what: str) -> FtscaleError:
-    """One line for an API refusal: what was refused, OpenAI's words, and what is still possible."""
-    detail = getattr(e, "message", None) or str(e)
+def refused(e: openai.APIStatusError, what: str, c: openai.OpenAI | None = None) -> FtscaleError:
+    """One line for an API refusal: what was refused, the provider's words (keys masked), and what is
+    still possible; for a 401 from an endpoint no key was paired with, how to pair one."""
+    detail = mask(getattr(e, "message", None) or str(e))
+    if isinstance(e, openai.AuthenticationError):
+        if c is not None and c.api_key == PLACEHOLDER:  # no key was due to this endpoint, so none was sent
+            return FtscaleError(f"{unpaired_401(str(c.base_url).rstrip('/'))} (asking for {what})")
+        return FtscaleError(f"the endpoint rejected the key while asking for {what} ({e.status_code}: {detail}); "
+                            f"check the key ({MISSING}, or the variable --api-key-env names)")
     if isinstance(e, openai.PermissionDeniedError):
         return FtscaleError(f"OpenAI refused {what} for this organisation ({e.status_code}: {detail}); "
                             f"OpenAI is winding down self-serve fine-tuning; {STILL_POSSIBLE}")
-    if isinstance(e, openai.AuthenticationError):
-        return FtscaleError(f"OpenAI rejected the key while asking for {what} ({e.status_code}: {detail}); "
-                            f"check the key ({MISSING})")
     return FtscaleError(f"OpenAI answered {e.status_code} to {what}: {detail}")
 
 
@@ -52,14 +54,14 @@ def list_jobs(c: openai.OpenAI) -> list:
     try:
         return list(c.fine_tuning.jobs.list(limit=100))
     except openai.APIStatusError as e:
-        raise refused(e, "the list of fine-tuning jobs") from None
+        raise refused(e, "the list of fine-tuning jobs", c) from None
 
 
 def list_models(c: openai.OpenAI) -> dict[str, object]:
     try:
         return {m.id: m for m in c.models.list()}
     except openai.APIStatusError as e:
-        raise refused(e, "the list of models") from None
+        raise refused(e, "the list of models", c) from None
 
 
 def job_of(jobs: list, model_id: str):
@@ -120,10 +122,11 @@ def format_inventory(rows: list[dict], table: DeprecationTable, today: dt.date) 
     return "\n".join(lines + [""] + wind_down_lines(table, today))
 
 
-def main(base_url: str | None, as_json: bool, deprecations: str = DEFAULT, today: dt.date | None = None) -> str:
+def main(base_url: str | None, as_json: bool, deprecations: str = DEFAULT, today: dt.date | None = None,
+         api_key_env: str | None = None) -> str:
     table = load_deprecations(deprecations)
     today = today or dt.date.today()
-    rows = inventory(client(base_url), table, today)
+    rows = inventory(client(base_url, api_key_env), table, today)
     if as_json:
         return json.dumps({"rows": rows, "deprecations": {"checked": table.checked, "source": table.source}}, indent=2)
     return format_inventory(rows, table, today)

@@ -1,8 +1,10 @@
 """A local HTTP stand-in for the parts of the OpenAI API that ftscale uses.
 
 The real service is unreachable from CI, so the tests drive the real `openai` client against
-this server on 127.0.0.1: files, fine-tuning jobs (create, retrieve, events, list) and chat
-completions (streamed, with usage). Faults can be queued for chat requests. Used by tests only.
+this server on 127.0.0.1: files, fine-tuning jobs (create, retrieve, events, list), chat
+completions (streamed, with usage) and stored chat completions (list, messages). Faults can be
+queued for chat requests. With `key=` it refuses, as the real API does, every request that does
+not carry that key (401). Used by tests only.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ class _QuietServer(ThreadingHTTPServer):
 
 
 class StandIn:
-    def __init__(self):
+    def __init__(self, key: str | None = None):
+        self.key = key  # when set, every request must carry it (Authorization: Bearer KEY), as OpenAI's do
         self.files: dict[str, dict] = {}
         self.jobs: dict[str, dict] = {}
         self.events: dict[str, list[dict]] = {}
@@ -119,6 +122,8 @@ class StandIn:
         self.today: str | None = None  # ISO day the stand-in believes it is (default: the real one)
         self.refuse_org = False
         self.page_size = 2  # jobs per page unless the client asks: pagination is exercised
+        self.stored: list[dict] = []  # stored chat completions (store=true), oldest first
+        self.stored_page = 3  # the most completions (and messages: 2) per page, whatever the client asks
 
     def add_file(self, data: bytes, filename: str, purpose: str = "fine-tune") -> str:
         fid = f"file-{len(self.files) + 1:04d}"
@@ -151,6 +156,45 @@ class StandIn:
             self.forward[model] = forward
         return jid, model
 
+    def add_stored(self, model: str, messages: list[dict], answer: str | None, metadata: dict | None = None,
+                   finish_reason: str = "stop", created: int | None = None) -> str:
+        """A stored chat completion of `model`: the request's messages and the answer it got."""
+        cid = f"chatcmpl-stored-{len(self.stored) + 1:04d}"
+        words = sum(len(str(m["content"]).split()) for m in messages)
+        self.stored.append({"id": cid, "object": "chat.completion", "created": created or 1_764_000_000 + len(self.stored),
+                            "model": model, "metadata": metadata or {}, "_messages": messages,
+                            "choices": [{"index": 0, "finish_reason": finish_reason, "logprobs": None,
+                                         "message": {"role": "assistant", "content": answer, "refusal": None}}],
+                            "usage": {"prompt_tokens": words, "completion_tokens": len((answer or "").split()),
+                                      "total_tokens": words + len((answer or "").split())}})
+        return cid
+
+    @staticmethod
+    def _page(items: list[dict], query: dict, cap: int) -> dict:
+        """A cursor page as the real lists give one: after=ID, limit (capped), first_id/last_id/has_more."""
+        ids = [x["id"] for x in items]
+        start = ids.index(query["after"]) + 1 if query.get("after") in ids else 0
+        page = items[start:start + min(int(query.get("limit", cap)), cap)]
+        return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None, "has_more": start + len(page) < len(items)}
+
+    def _stored_get(self, parts: list[str], query: dict) -> tuple[int, dict] | None:
+        if parts[:3] != ["v1", "chat", "completions"] or len(parts) not in (3, 5):
+            return None
+        if len(parts) == 3:
+            wanted = {k[len("metadata["):-1]: v for k, v in query.items() if k.startswith("metadata[")}
+            found = [{k: v for k, v in c.items() if not k.startswith("_")} for c in self.stored
+                     if c["model"] == query.get("model", c["model"]) and wanted.items() <= c["metadata"].items()]
+            if query.get("order") == "desc":
+                found.reverse()
+            return 200, self._page(found, query, self.stored_page)
+        hit = next((c for c in self.stored if c["id"] == parts[3]), None)
+        if hit is None or parts[4] != "messages":
+            return 404, {"error": {"message": f"No chat completion found with id '{parts[3]}'.",
+                                   "type": "invalid_request_error", "param": None, "code": None}}
+        messages = [{"id": f"{hit['id']}-{i}", "content_parts": None, **m} for i, m in enumerate(hit["_messages"])]
+        return 200, self._page(messages, query, 2)
+
     def _refusal(self):
         return 403, {"error": {"message": "Fine-tuning is not available for your organization.",
                                "type": "invalid_request_error", "param": None, "code": "fine_tuning_unavailable"}}
@@ -166,6 +210,9 @@ class StandIn:
             return (200, self.file_bytes.get(parts[2], b"")) if parts[3:] == ["content"] else (200, self.files[parts[2]])
         if parts == ["v1", "models"]:
             return 200, {"object": "list", "data": list(self.models.values())}
+        stored = self._stored_get(parts, query)
+        if stored is not None:
+            return stored
         if parts[:3] == ["v1", "fine_tuning", "jobs"] and self.refuse_org:
             return self._refusal()
         if parts == ["v1", "fine_tuning", "jobs"]:  # newest first, cursor pages as the real list
@@ -215,7 +262,23 @@ class StandIn:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _unauthorized(self) -> bool:
+                """The real API's 401 for a request without the right key (when the stand-in has one)."""
+                standin.auth_headers.add(self.headers.get("Authorization", ""))
+                if standin.key is None or self.headers.get("Authorization") == f"Bearer {standin.key}":
+                    return False
+                self._body()
+                sent = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+                message = ("You didn't provide an API key." if not sent else
+                           f"Incorrect API key provided: {sent[:3]}*****{sent[-4:]}. You can find your API key at "
+                           "https://platform.openai.com/account/api-keys.")
+                self._json(401, {"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                           "code": None if not sent else "invalid_api_key"}})
+                return True
+
             def _refused(self) -> bool:
+                if self._unauthorized():
+                    return True
                 if standin.refuse_all is None:
                     return False
                 status, code = standin.refuse_all
@@ -235,12 +298,13 @@ class StandIn:
                 self.wfile.write(data)
 
             def do_DELETE(self):
+                if self._refused():
+                    return
                 with standin.lock:
                     answer = standin._migration_delete(self.path.split("?")[0].strip("/").split("/"))
                 self._json(*(answer or (404, {"error": {"message": f"no route {self.path}"}})))
 
             def do_GET(self):
-                standin.auth_headers.add(self.headers.get("Authorization", ""))
                 if self._refused():
                     return
                 parts = self.path.split("?")[0].strip("/").split("/")
@@ -262,7 +326,6 @@ class StandIn:
                 self._json(404, {"error": {"message": f"no route {self.path}"}})
 
             def do_POST(self):
-                standin.auth_headers.add(self.headers.get("Authorization", ""))
                 if self._refused():
                     return
                 body = self._body()
@@ -278,19 +341,28 @@ class StandIn:
                 self._json(404, {"error": {"message": f"no route {self.path}"}})
 
             def _forward(self, req: dict, base_url: str, served: str):
-                """Stream the request through to the server playing this fine-tune, bytes as they come."""
+                """Stream the request through to the server playing this fine-tune, bytes as they come; a request
+                with store=true is stored as the real API stores it (its answer read off what passed through)."""
                 import httpx
 
-                with httpx.stream("POST", f"{base_url}/chat/completions", json=req | {"model": served},
-                                  timeout=300) as upstream:
+                upstream_req = {k: v for k, v in req.items() if k not in ("store", "metadata")} | {"model": served}
+                body = b""
+                with httpx.Client(trust_env=False) as http, http.stream(
+                        "POST", f"{base_url}/chat/completions", json=upstream_req, timeout=300) as upstream:
                     self.send_response(upstream.status_code)
                     self.send_header("Content-Type", upstream.headers.get("content-type", "text/event-stream"))
                     self.send_header("Connection", "close")
                     self.end_headers()
                     for piece in upstream.iter_raw():
+                        body += piece
                         self.wfile.write(piece)
                         self.wfile.flush()
+                    ok = upstream.status_code == 200
                 self.close_connection = True
+                if ok and req.get("store"):
+                    text, finish = _answer_of(body, bool(req.get("stream")))
+                    with standin.lock:
+                        standin.add_stored(req["model"], req["messages"], text, req.get("metadata"), finish)
 
             def _chat(self, req: dict):
                 retired = standin._retired(req["model"])
@@ -319,6 +391,9 @@ class StandIn:
                 if fault == "slow":
                     time.sleep(3)  # past the client's timeout in the tests
                 text = standin.answer(req)
+                if req.get("store"):
+                    with standin.lock:
+                        standin.add_stored(req["model"], req["messages"], text, req.get("metadata"))
                 pieces = [text[i:i + 8] for i in range(0, len(text), 8)]
                 base = {"id": "chatcmpl-standin", "object": "chat.completion.chunk", "created": int(time.time()),
                         "model": req["model"]}
@@ -361,13 +436,20 @@ def serve_main(argv: list[str] | None = None) -> None:
     p.add_argument("--forward", metavar="URL=MODEL", help="answer the fine-tune's chat requests with MODEL at URL")
     p.add_argument("--suffix", default="acme")
     p.add_argument("--ready-file", type=Path, help="write `<model id> <base url>` here once serving")
+    p.add_argument("--key-env", metavar="NAME", help="refuse every request without the key this variable holds (401)")
+    p.add_argument("--traffic", type=Path, help="chat JSONL of prompts the 'product' sends the fine-tune at start, "
+                                                "with store=true, so that they are stored completions")
     args = p.parse_args(argv)
-    s = StandIn()
+    import os
+
+    s = StandIn(key=os.environ[args.key_env] if args.key_env else None)
     forward = tuple(args.forward.split("=", 1)) if args.forward else None
     _, model = s.add_fine_tune(args.base, args.train.read_bytes(),
                                args.validation.read_bytes() if args.validation else None, suffix=args.suffix,
                                forward=forward)
     with s:
+        if args.traffic:
+            _send_traffic(s, model, args.traffic)
         if args.ready_file:
             args.ready_file.write_text(f"{model} {s.base_url}\n")
         print(f"{model} {s.base_url}", flush=True)
@@ -375,6 +457,22 @@ def serve_main(argv: list[str] | None = None) -> None:
             signal.pause()  # until SIGINT (SIGTERM ends the process the default way)
         except KeyboardInterrupt:
             pass
+
+
+def _send_traffic(s: StandIn, model: str, path) -> None:
+    """What a product using the fine-tune with store=true would have sent: each prompt, once, stored."""
+    import openai
+
+    import httpx
+
+    c = openai.OpenAI(base_url=s.base_url, api_key=s.key or "none", max_retries=0,
+                      http_client=httpx.Client(trust_env=False))  # loopback: never through a proxy
+    for line in path.read_text().splitlines():
+        messages = json.loads(line)["messages"]
+        if messages[-1]["role"] == "assistant":
+            messages = messages[:-1]
+        c.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=64, store=True,
+                                  metadata={"app": "walkthrough"})
 
 
 if __name__ == "__main__":

@@ -106,3 +106,57 @@ def test_a_provider_error_quoting_the_key_is_stored_and_printed_masked(standin, 
     for path in written:  # ...and appears in no file of the run folder, nor in any output
         assert PAIRED_KEY not in path.read_text(errors="replace"), path
     assert PAIRED_KEY not in proc.stdout + proc.stderr
+
+
+# --- the migration commands: the same rule, against an endpoint that checks its key as OpenAI does ----------
+
+def _train_file(n: int = 20) -> bytes:
+    return "".join(json.dumps({"messages": [{"role": "user", "content": f"question {i}"},
+                                            {"role": "assistant", "content": f"answer {i}"}]}) + "\n"
+                   for i in range(n)).encode()
+
+
+@pytest.fixture
+def keyed(monkeypatch):
+    """An OpenAI-compatible endpoint (a gateway, a proxy) that refuses requests without its key, which here
+    is the user's OpenAI key; reached through OPENAI_BASE_URL, as users point the openai client at one."""
+    for name in [n for n in os.environ if n.startswith("OPENAI_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
+    with StandIn(key=OPENAI_KEY) as s:
+        _, s.ft = s.add_fine_tune("gpt-4o-mini-2024-07-18", _train_file())
+        monkeypatch.setenv("OPENAI_BASE_URL", s.base_url)
+        yield s
+
+
+def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "ftscale"), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_inventory_sends_the_openai_key_only_to_a_paired_endpoint(keyed, tmp_path):
+    proc = _cli("openai", "inventory", cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "refused the request (401)" in proc.stderr and "--api-key-env NAME" in proc.stderr
+    assert f"Bearer {OPENAI_KEY}" not in keyed.auth_headers  # the unpaired endpoint never saw the key
+    proc = _cli("openai", "inventory", "--api-key-env", "OPENAI_API_KEY", cwd=tmp_path)
+    assert proc.returncode == 0 and keyed.ft in proc.stdout, proc.stderr
+    assert f"Bearer {OPENAI_KEY}" in keyed.auth_headers
+
+
+def test_capture_pairs_the_key_with_base_url_for_every_request(keyed, tmp_path):
+    """The report: every capture request was refused with 401 (the backend sent the placeholder)."""
+    unpaired = _cli("migrate", "capture", keyed.ft, "--output-dir", "a", "--eval-size", "3", cwd=tmp_path)
+    assert unpaired.returncode == 2 and "--api-key-env" in unpaired.stderr, unpaired.stderr
+    assert len(unpaired.stderr.strip().splitlines()) == 1 and OPENAI_KEY not in unpaired.stderr
+    ok = _cli("migrate", "capture", keyed.ft, "--output-dir", "b", "--eval-size", "3", "--base-url", keyed.base_url,
+              "--api-key-env", "OPENAI_API_KEY", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    captured = (tmp_path / "b" / "captured.jsonl").read_text().splitlines()
+    assert len(captured) == 3 and all(json.loads(line)["output"] for line in captured)
+    assert not any(OPENAI_KEY in p.read_text(errors="ignore") for p in tmp_path.rglob("*") if p.is_file())
+
+
+def test_a_401_from_a_paired_endpoint_says_the_key_was_wrong(keyed, monkeypatch, tmp_path):
+    monkeypatch.setenv("WRONG_KEY", "sk-wrong-key-000000")
+    proc = _cli("openai", "inventory", "--api-key-env", "WRONG_KEY", cwd=tmp_path)
+    assert proc.returncode == 2 and "rejected the key" in proc.stderr and "sk-wrong-key-000000" not in proc.stderr

@@ -31,15 +31,25 @@ def chat_lines(n: int, start: int = 0) -> bytes:
 def standin(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    with StandIn() as s:
+    with StandIn(key=KEY) as s:  # refuses a request without the key, as OpenAI does
         yield s
+
+
+def paired(standin) -> dict:
+    """The stand-in's URL with the key paired to it (ftscale/apikey.py: another endpoint gets a key only so)."""
+    return {"base_url": standin.base_url, "api_key_env": "OPENAI_API_KEY"}
+
+
+def flags(standin) -> list[str]:
+    return ["--base-url", standin.base_url, "--api-key-env", "OPENAI_API_KEY"]
 
 
 def fast_backend(standin, model):
     """The capture's own backend kind, with quick retries so the failure tests take a second."""
     from ftscale.eval.backends import make_backend
 
-    return make_backend("openai", model=model, base_url=standin.base_url, max_retries=1, backoff_s=0.01, progress=False)
+    return make_backend("openai", model=model, **paired(standin), max_retries=1,
+                        backoff_s=0.01, progress=False)
 
 
 # --- inventory and shutdown dates ------------------------------------------------------------------
@@ -54,7 +64,7 @@ def test_inventory_lists_every_page_with_shutdown_dates(standin, capsys):
     standin.models["ft:gpt-4o-2024-08-06:org-standin:orphan:zz"] = {
         "id": "ft:gpt-4o-2024-08-06:org-standin:orphan:zz", "object": "model", "created": 1_700_000_000,
         "owned_by": "org-standin"}
-    rows = inventory(client(standin.base_url), load_deprecations(), TODAY)
+    rows = inventory(client(standin.base_url, "OPENAI_API_KEY"), load_deprecations(), TODAY)
     by_model = {r["model"]: r for r in rows}
     assert len(rows) == 4  # three jobs over two pages (page size 2) and one model without a listed job
     assert by_model[nano]["stops_answering"] == "2026-10-23 (passed 37 days ago)"
@@ -64,7 +74,7 @@ def test_inventory_lists_every_page_with_shutdown_dates(standin, capsys):
     assert by_model[told]["date_source"] == "the API's models list"
     assert by_model["ft:gpt-4o-2024-08-06:org-standin:orphan:zz"]["stops_answering"].startswith("2027-01-14")
 
-    assert cli(["openai", "inventory", "--base-url", standin.base_url]) == 0
+    assert cli(["openai", "inventory", *flags(standin)]) == 0
     out = capsys.readouterr().out
     assert mini in out and "no new job after 2027-01-06" in out and "checked 2026-11-29" in out
 
@@ -83,7 +93,7 @@ def test_deprecation_table_is_validated(tmp_path):
 
 def test_inventory_of_a_refused_organisation_is_one_line(standin, capsys):
     standin.refuse_org = True
-    assert cli(["openai", "inventory", "--base-url", standin.base_url]) == 2
+    assert cli(["openai", "inventory", *flags(standin)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "refused" in err and "what is still possible" in err
 
@@ -97,7 +107,7 @@ def test_capture_resumes_counts_failures_and_never_stores_them(standin, tmp_path
     out = tmp_path / "acme"
     # two requests fail twice each (first try and its one retry): counted, not stored
     standin.chat_faults = ["500", "500", "500", "500"]
-    first = capture(model, out, base_url=standin.base_url, eval_size=6, batch_size=2, concurrency=1, progress=False,
+    first = capture(model, out, **paired(standin), eval_size=6, batch_size=2, concurrency=1, progress=False,
                     backend=fast_backend(standin, model), log=lambda *_: None)
     assert first["n_eval"] == 6 and first["answered"] == 4 and first["failed"] == 2
     cached = [json.loads(line) for line in (out / CACHE).read_text().splitlines()]
@@ -109,7 +119,7 @@ def test_capture_resumes_counts_failures_and_never_stores_them(standin, tmp_path
     with open(out / CACHE, "a") as f:
         f.write('{"key": "torn')
     asked_before = len(standin.chat_requests)
-    second = capture(model, out, base_url=standin.base_url, batch_size=2, concurrency=1, progress=False,
+    second = capture(model, out, **paired(standin), batch_size=2, concurrency=1, progress=False,
                      backend=fast_backend(standin, model), log=lambda *_: None)
     assert second["answered"] == 6 and second["failed"] == 0
     assert len(standin.chat_requests) - asked_before == 2  # only the two that failed
@@ -129,7 +139,7 @@ def test_capture_resumes_counts_failures_and_never_stores_them(standin, tmp_path
 def test_capture_uses_the_validation_file_and_cli_exit_codes(standin, tmp_path):
     _, model = standin.add_fine_tune("gpt-4.1-mini-2025-04-14", chat_lines(12), validation=chat_lines(3, 100))
     out = tmp_path / "m"
-    assert cli(["migrate", "capture", model, "--out", str(out), "--base-url", standin.base_url]) == 0
+    assert cli(["migrate", "capture", model, "--out", str(out), *flags(standin)]) == 0
     manifest = json.loads((out / "capture.json").read_text())
     assert manifest["data"]["eval_source"].endswith("(validation)") and manifest["answered"] == 3
     assert len((out / "train.jsonl").read_text().splitlines()) == 12  # nothing held out
@@ -140,13 +150,13 @@ def test_capture_of_a_deleted_training_file_says_what_is_possible(standin, tmp_p
     from ftscale.openai_org import client
 
     jid, model = standin.add_fine_tune("gpt-4o-mini-2024-07-18", chat_lines(20))
-    client(standin.base_url).files.delete(standin.jobs[jid]["training_file"])
+    client(standin.base_url, "OPENAI_API_KEY").files.delete(standin.jobs[jid]["training_file"])
     with pytest.raises(FtscaleError, match=r"was deleted at OpenAI: give the training data with --train FILE"):
-        capture(model, tmp_path / "x", base_url=standin.base_url, progress=False, log=lambda *_: None)
+        capture(model, tmp_path / "x", **paired(standin), progress=False, log=lambda *_: None)
     # with the user's own copy of the data, the capture goes on
     mine = tmp_path / "mine.jsonl"
     mine.write_bytes(chat_lines(20))
-    m = capture(model, tmp_path / "x", base_url=standin.base_url, train=mine, eval_size=4, progress=False,
+    m = capture(model, tmp_path / "x", **paired(standin), train=mine, eval_size=4, progress=False,
                 log=lambda *_: None)
     assert m["answered"] == 4 and m["data"]["train_source"] == str(mine)
 
@@ -154,14 +164,14 @@ def test_capture_of_a_deleted_training_file_says_what_is_possible(standin, tmp_p
 def test_capture_refused_organisation_and_not_a_fine_tune(standin, tmp_path, capsys):
     _, model = standin.add_fine_tune("gpt-4o-mini-2024-07-18", chat_lines(20))
     standin.refuse_org = True
-    assert cli(["migrate", "capture", model, "--out", str(tmp_path / "r"), "--base-url", standin.base_url]) == 2
+    assert cli(["migrate", "capture", model, "--out", str(tmp_path / "r"), *flags(standin)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "refused" in err and "--eval PROMPTS.jsonl --train TRAIN.jsonl" in err
     # what is still possible works: the user's data and prompts, the model still serving
     data, prompts = tmp_path / "train.jsonl", tmp_path / "prompts.jsonl"
     data.write_bytes(chat_lines(10))
     prompts.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q {i}"}]}) + "\n" for i in range(3)))
-    assert cli(["migrate", "capture", model, "--out", str(tmp_path / "r"), "--base-url", standin.base_url,
+    assert cli(["migrate", "capture", model, "--out", str(tmp_path / "r"), *flags(standin),
                 "--train", str(data), "--eval", str(prompts)]) == 0
     assert cli(["migrate", "capture", "gpt-4o-mini", "--out", str(tmp_path / "n")]) == 2
     assert "is not a fine-tuned model" in capsys.readouterr().err
@@ -173,7 +183,7 @@ def test_capture_of_a_model_past_its_shutdown(standin, tmp_path):
     _, model = standin.add_fine_tune("gpt-4.1-nano-2025-04-14", chat_lines(20), shutdown="2026-10-23")
     standin.today = "2026-10-22"
     out = tmp_path / "nano"
-    m = capture(model, out, base_url=standin.base_url, eval_size=4, batch_size=2, progress=False,
+    m = capture(model, out, **paired(standin), eval_size=4, batch_size=2, progress=False,
                 backend=fast_backend(standin, model), log=lambda *_: None)
     assert m["answered"] == 4
     (out / "capture.json").unlink()  # start over: ask again after the shutdown day
@@ -182,7 +192,7 @@ def test_capture_of_a_model_past_its_shutdown(standin, tmp_path):
     standin.today = "2026-10-24"
     with pytest.raises(FtscaleError, match=r"no longer answers .*404.*does not exist.*2026-10-23 \(passed \d+ days ago.*"
                                            r"no answer was captured.*train.jsonl"):
-        capture(model, out, base_url=standin.base_url, eval_size=4, progress=False,
+        capture(model, out, **paired(standin), eval_size=4, progress=False,
                 backend=fast_backend(standin, model), log=lambda *_: None)
     assert (out / "train.jsonl").is_file()  # the data is kept
 
@@ -219,7 +229,7 @@ def test_plan_writes_a_checked_sweep_and_its_reference_cell_replays_the_capture(
     _, model = standin.add_fine_tune("gpt-4o-mini-2024-07-18", chat_lines(40))
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "migrations" / "acme"
-    capture(model, out, base_url=standin.base_url, eval_size=5, progress=False, log=lambda *_: None)
+    capture(model, out, **paired(standin), eval_size=5, progress=False, log=lambda *_: None)
     with pytest.raises(FtscaleError, match="more than the 35 captured training examples"):
         plan(out, ["smollm2-135m"], sizes="0,64")
     text = plan(out, ["smollm2-135m"], margin=0.05, monthly_requests=5000, overrides=["train.epochs=1"])
@@ -263,7 +273,7 @@ def test_plan_with_a_task_keeps_its_evaluators_and_gold_references(standin, tmp_
     prompts = tmp_path / "orders-eval.jsonl"
     prompts.write_text("".join(Path("data/orders/eval.jsonl").read_text().splitlines(keepends=True)[:3]))
     out = tmp_path / "orders-ft"
-    capture(model, out, base_url=standin.base_url, eval_file=prompts, progress=False, log=lambda *_: None)
+    capture(model, out, **paired(standin), eval_file=prompts, progress=False, log=lambda *_: None)
     ev = json.loads((out / "eval.jsonl").read_text().splitlines()[0])
     assert set(ev["reference"]) >= {"fields", "captured"}  # the task's gold and the fine-tune's answer
     plan(out, ["smollm2-135m"], task="orders", sizes="0,8")
@@ -282,8 +292,64 @@ def test_the_standin_forwards_a_fine_tune_to_the_server_playing_it(standin, tmp_
     with StandIn() as upstream:
         upstream.answer = lambda req: f"upstream answer to: {req['messages'][-1]['content']}"
         _, model = standin.add_fine_tune("gpt-4o-mini-2024-07-18", chat_lines(20), forward=(upstream.base_url, "ft"))
-        m = capture(model, tmp_path / "f", base_url=standin.base_url, eval_size=3, progress=False, log=lambda *_: None)
+        m = capture(model, tmp_path / "f", **paired(standin), eval_size=3, progress=False, log=lambda *_: None)
         assert m["answered"] == 3 and [r["model"] for r in upstream.chat_requests] == ["ft"] * 3
     captured = [json.loads(line) for line in (tmp_path / "f" / "captured.jsonl").read_text().splitlines()]
     assert all(r["output"] == f"upstream answer to: {r['prompt'][-1]['content']}" for r in captured)
     assert all(r["output_tokens"] > 0 and r["ttft_s"] is not None for r in captured)
+
+
+# --- capture from traffic: stored completions and a request log ------------------------------------------
+
+def _conversation(i: int) -> list[dict]:
+    return [{"role": "system", "content": "Reply with JSON."}, {"role": "user", "content": f"Question number {i}: how long is this?"}]
+
+
+def test_capture_from_stored_completions_pages_filters_and_resumes(standin, tmp_path):
+    from ftscale.migrate import CAPTURED, capture
+    from ftscale.migrate_traffic import STORED_CACHE
+
+    _, model = standin.add_fine_tune("gpt-4o-mini-2024-07-18", chat_lines(30))
+    for i in range(5):  # five distinct prompts over several pages (each also a prompt of the training file)
+        standin.add_stored(model, _conversation(i), json.dumps({"answer": i}), metadata={"app": "shop"})
+    standin.add_stored(model, _conversation(0), json.dumps({"answer": 0}), metadata={"app": "shop"})  # repeated
+    standin.add_stored(model, _conversation(7), "cut off", metadata={"app": "shop"}, finish_reason="length")
+    standin.add_stored(model, _conversation(8), None, metadata={"app": "shop"}, finish_reason="tool_calls")  # no text
+    standin.add_stored(model, _conversation(9), "other app", metadata={"app": "crm"})
+    standin.add_stored("ft:gpt-4o-mini-2024-07-18:other::x", _conversation(10), "other model", metadata={"app": "shop"})
+    out = tmp_path / "stored"
+    m = capture(model, out, source="stored", metadata={"app": "shop"}, **paired(standin), progress=False,
+                log=lambda *_: None)
+    assert m["source"] == "stored" and m["answered"] == m["n_eval"] == 6  # 0-4, and 7 (cut off, flagged)
+    assert m["traffic"] == {"requests": 8, "duplicates": 1, "no_answer": 1, "cut_off": 1, "temperatures": []}
+    assert m["product_temperature"] is None  # stored completions do not say: the user states it
+    captured = {r["id"]: r for r in map(json.loads, (out / CAPTURED).read_text().splitlines())}
+    assert sum(r["cut_off"] for r in captured.values()) == 1
+    assert all(r["prompt"] == _conversation(i) for i, r in zip([0, 1, 2, 3, 4, 7], captured.values()))
+    # the training examples whose prompt is an eval item are not the local models' to train on
+    train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert len(train) == 30 - 6 and not any(t["messages"][:-1] == _conversation(0) for t in train)
+    assert any("left out of the local models' training data" in n for n in m["data"]["notes"])
+    # resumed: only what was not fetched before is fetched again
+    standin.add_stored(model, _conversation(11), json.dumps({"answer": 11}), metadata={"app": "shop"})
+    fetched = len((out / STORED_CACHE).read_text().splitlines())
+    m = capture(model, out, source="stored", metadata={"app": "shop"}, **paired(standin), progress=False,
+                log=lambda *_: None)
+    assert m["answered"] == 7 and len((out / STORED_CACHE).read_text().splitlines()) == fetched + 1
+
+
+def test_capture_from_a_request_log(standin, tmp_path):
+    from ftscale.migrate import capture
+
+    _, model = standin.add_fine_tune("gpt-4o-mini-2024-07-18", chat_lines(30))
+    log_file = tmp_path / "requests.jsonl"
+    log_file.write_text("".join(json.dumps({"messages": _conversation(i) + [{"role": "assistant", "content": f"a{i}"}],
+                                            "temperature": 0.7}) + "\n" for i in range(100, 104)))
+    m = capture(model, tmp_path / "log", source=str(log_file), **paired(standin), progress=False, log=lambda *_: None)
+    assert m["answered"] == 4 and m["product_temperature"] == 0.7 and m["data"]["n_train"] == 30
+    with pytest.raises(FtscaleError, match="goes with --from ask"):
+        capture(model, tmp_path / "x", source=str(log_file), eval_file=log_file, **paired(standin), progress=False)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": [{"role": "user", "content": "no answer"}]}) + "\n")
+    with pytest.raises(FtscaleError, match=r"bad.jsonl:1: .*assistant"):
+        capture(model, tmp_path / "y", source=str(bad), **paired(standin), progress=False, log=lambda *_: None)

@@ -6,10 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 
+KEY_HELP = ("the environment variable holding the key of --base-url's endpoint; without it, an endpoint other "
+            "than OpenAI's API gets no key (--api-key-env OPENAI_API_KEY sends your OpenAI key there)")
+
+
 def add_parser(sub) -> None:
     o = sub.add_parser("openai", help="the organisation's OpenAI fine-tunes").add_subparsers(dest="action", required=True)
     inv = o.add_parser("inventory", help="every fine-tuning job and ft: model, with the day it stops answering")
-    inv.add_argument("--base-url", help="the endpoint the key is paired with (default: OpenAI's)")
+    inv.add_argument("--base-url", help="another endpoint than OpenAI's API (default: OPENAI_BASE_URL, else OpenAI's)")
+    inv.add_argument("--api-key-env", metavar="NAME", help=KEY_HELP)
     inv.add_argument("--json", action="store_true")
     inv.add_argument("--deprecations", default="configs/openai_deprecations.yaml")
     inv.set_defaults(fn=run_inventory)
@@ -18,14 +23,24 @@ def add_parser(sub) -> None:
     c = msub.add_parser("capture", help="download a fine-tune's data and record its answers (resumable, cached)")
     c.add_argument("model", help="the ft: model id")
     c.add_argument("--output-dir", required=True, type=Path, hidden=("--out",), help="the migration folder, e.g. migrations/acme")
-    c.add_argument("--base-url", help="the endpoint the key is paired with (default: OpenAI's)")
+    c.add_argument("--from", dest="source", default="ask", metavar="ask|stored|FILE",
+                   help="where the eval prompts and the fine-tune's answers come from: ask (re-ask prompts, the "
+                        "default), stored (OpenAI's stored completions of the model: requests made with store=true), "
+                        "or FILE (your request log: chat JSONL ending with the fine-tune's answer)")
+    c.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
+                   help="--from stored: only the completions with this metadata (repeatable)")
+    c.add_argument("--base-url", help="another endpoint than OpenAI's API (default: OPENAI_BASE_URL, else OpenAI's)")
+    c.add_argument("--api-key-env", metavar="NAME", help=KEY_HELP)
     c.add_argument("--train", type=Path, help="the training data, when the job's file is gone")
-    c.add_argument("--eval", type=Path, help="chat JSONL of prompts to ask (default: the job's validation file, "
-                                             "else a held-out split of the training file)")
-    c.add_argument("--eval-size", type=int, default=50, help="held-out examples (at most a fifth of the file)")
+    c.add_argument("--eval", type=Path, help="--from ask: chat JSONL of prompts to ask (default: the job's validation "
+                                             "file, else a held-out split of the training file)")
+    c.add_argument("--eval-size", type=int, default=300,
+                   help="held-out examples (default 300, at most a fifth of the file; 195 agreeing items are what a "
+                        "margin of 0.02 needs)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--max-new-tokens", type=int, default=256)
-    c.add_argument("--temperature", type=float, default=0.0)
+    c.add_argument("--temperature", type=float,
+                   help="--from ask: the temperature to ask at (default 0); from traffic: the one the product used")
     c.add_argument("--batch-size", type=int, default=16, help="requests per batch (the cache is written after each)")
     c.add_argument("--concurrency", type=int, default=8)
     c.add_argument("--deprecations", default="configs/openai_deprecations.yaml")
@@ -44,22 +59,35 @@ def add_parser(sub) -> None:
     mig.set_defaults(fn=run_migrate)
 
 
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    from ftscale.errors import ConfigError
+
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"{flag} {item}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
 # The job modules are imported inside the functions below: each imports the openai client, half a
 # second at every start-up of every command.
 def run_inventory(args) -> None:
     from ftscale import openai_org
 
-    print(openai_org.main(args.base_url, args.json, args.deprecations))
+    print(openai_org.main(args.base_url, args.json, args.deprecations, api_key_env=args.api_key_env))
 
 
 def run_migrate(args) -> int:
     if args.action == "capture":
         from ftscale.migrate import capture
 
-        m = capture(args.model, args.output_dir, base_url=args.base_url, train=args.train, eval_file=args.eval,
-                    eval_size=args.eval_size, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                    temperature=args.temperature, batch_size=args.batch_size, concurrency=args.concurrency,
-                    deprecations=args.deprecations)
+        m = capture(args.model, args.output_dir, source=args.source, base_url=args.base_url,
+                    api_key_env=args.api_key_env, train=args.train, eval_file=args.eval, eval_size=args.eval_size,
+                    seed=args.seed, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                    metadata=_pairs(args.metadata, "--metadata"), batch_size=args.batch_size,
+                    concurrency=args.concurrency, deprecations=args.deprecations)
         return 1 if m["failed"] else 0
     from ftscale.migrate_plan import plan
 
