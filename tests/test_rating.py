@@ -22,6 +22,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -587,3 +588,173 @@ def test_rate_command_owner_key_busy_port_and_bad_judge(tmp_path):
     for path in study_dir.rglob("*"):
         assert key.encode() not in path.read_bytes(), path
     assert _ftscale_rate(tmp_path, "--report", env=env).returncode == 0  # the owner's CLI reads the files, no key
+
+
+# ---------------------------------------------------------------------------------------------
+# Blinding, framing, limits and wording (issues 27 and 28): a rater cannot predict the sides, no page
+# can frame the voting page, a silent connection is closed, the owner key is long, the raters are
+# capped, and the page speaks of the pairs in the task's words.
+
+def _many_replies(n_queries: int, text: str) -> dict:
+    return {s: {f"q{i:02d}": (f"{text} query {i}", f"{text} reply of {s} to {i}") for i in range(n_queries)}
+            for s in SYSTEMS[:2]}
+
+
+def _sides(study: dict) -> list[str]:
+    return [p["a"]["system"] for p in study["pairs"]]
+
+
+@contextmanager
+def _serving(server):
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_a_rater_rerunning_the_draw_cannot_predict_the_sides_and_the_seed_is_never_served(tmp_path):
+    """The attack: a rater builds a study of the same shape with dummy texts and the default seed, and
+    reads each pair's sides off it by the pair's number (the page shows "Pair k of n")."""
+    real = rating.load_study(rating.build_study("real", _many_replies(40, "real"), tmp_path))
+    guess = rating.load_study(rating.build_study("guess", _many_replies(40, "dummy"), tmp_path))
+    hits = sum(a == b for a, b in zip(_sides(real), _sides(guess)))
+    assert hits < 35, f"{hits} of 40 sides predicted"  # by chance at most 34 of 40, but for one draw in 10^6
+    assert real["seed"] != guess["seed"] and max(real["seed"], guess["seed"]) >= 2**64  # drawn from secrets
+    again = rating.load_study(rating.build_study("again", _many_replies(40, "real"), tmp_path, seed=real["seed"]))
+    assert _sides(again) == _sides(real)  # the recorded seed reproduces the study
+    server = rating.make_server(tmp_path / "real", "127.0.0.1", 0, None)
+    with _serving(server) as base:
+        pages = [urllib.request.urlopen(base + path, timeout=10).read().decode() for path in ("", "rate?rater=r")]
+        for path in ("study.json", "real/study.json", "../real/study.json"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(base + path, timeout=10)
+            assert refused.value.code == 404
+    for page in pages:
+        assert str(real["seed"]) not in page and str(real["seed"])[:8] not in page
+    assert re.search(r'name="study" value="([^"]+)"', pages[1]).group(1) == real["form_key"]
+
+
+def _generations(cell: Path, task: str, replies: dict) -> Path:
+    """A run's cell as `ftscale run` leaves it: config.yaml naming the task, eval-default/generations.jsonl."""
+    (cell / "eval-default").mkdir(parents=True)
+    (cell / "config.yaml").write_text(f"name: x\ntask: {task}\nmodel: smollm2-135m\n")
+    path = cell / "eval-default" / "generations.jsonl"
+    path.write_text("".join(json.dumps({"id": q, "prompt": [{"role": "user", "content": text}], "output": reply,
+                                        "error": None}) + "\n" for q, (text, reply) in replies.items()))
+    return path
+
+
+def test_the_page_speaks_the_task_s_words_and_no_page_can_frame_it(tmp_path):
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from conftest import ROOT
+    from playwright.sync_api import sync_playwright
+
+    from ftscale.cli import main
+
+    task = tmp_path / "orders-rated.yaml"  # the orders task, with its own words for the raters
+    task.write_text((ROOT / "configs" / "tasks" / "orders.yaml").read_text()
+                    + "rating: {query: order text, question: \"Which extraction is more accurate?\"}\n")
+    studies = {}
+    for name, task_ref, flags in (("own", str(task), []), ("tone", "formatting", ["--task", "tone-rude"]),
+                                  ("plain", "formatting", [])):
+        builds = [f"{s}={_generations(tmp_path / name / s / 'n0000-seed42', task_ref, r)}"
+                  for s, r in _replies().items()]
+        assert main(["rate", name, "--studies-dir", str(tmp_path / "studies"), "--build", *builds, *flags]) == 0
+        studies[name] = tmp_path / "studies" / name
+    expected = {"own": ("order text", "Which extraction is more accurate?"),
+                "tone": ("customer message", "Which reply is better?"), "plain": ("query", "Which reply is better?")}
+
+    class Hostile(BaseHTTPRequestHandler):  # another site's page that frames the voting page
+        def do_GET(self):
+            body = f'<iframe id="f" src="{self.server.target}rate?rater=victim" width=900 height=600></iframe>'.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    with sync_playwright() as p:
+        browser = _browser_or_fail(p)
+        try:
+            for name, (query, question) in expected.items():
+                with _serving(rating.make_server(studies[name], "127.0.0.1", 0, None)) as base:
+                    page = browser.new_page()
+                    response = page.goto(base)
+                    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+                    assert page.inner_text("#question") == question
+                    assert f"Each pair shows one {query} and two replies" in page.inner_text("#instructions")
+                    page.fill("#rater", "Ada")
+                    with page.expect_navigation():
+                        page.click("#start")
+                    assert page.inner_text("#query-label") == query[0].upper() + query[1:]
+                    assert page.inner_text("#question") == question
+                    if name == "plain":
+                        assert "customer" not in page.content().lower()
+                    # the page's own style applies under its policy: the replies side by side
+                    assert page.eval_on_selector(".replies", "e => getComputedStyle(e).display") == "grid"
+                    with page.expect_navigation():
+                        page.click("#vote-A")  # forms still post to the server itself
+                    assert page.inner_text("#progress").startswith("Pair 2 of 9")
+                    if name == "own":
+                        hostile = HTTPServer(("127.0.0.1", 0), Hostile)
+                        hostile.target = base
+                        with _serving(hostile) as evil:
+                            framing = browser.new_page()
+                            framing.goto(evil)
+                            frame = framing.frame_locator("#f")
+                            assert framing.query_selector("#f") is not None
+                            assert frame.locator("#vote-A").count() == 0  # the browser refused to show it
+                            framing.close()
+                    page.close()
+        finally:
+            browser.close()
+    assert all(len(rating.unblind(d)["raters"]) == 1 for d in studies.values())
+
+
+def test_a_silent_connection_is_closed_the_owner_key_is_long_and_raters_are_capped(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import time
+
+    from conftest import BIN, ROOT
+
+    study_dir = rating.build_study("limits", _replies(), tmp_path)
+    with pytest.raises(FtscaleError, match="16") as short:
+        rating.make_server(study_dir, "127.0.0.1", 0, "fifteen-chars!!")
+    assert rating.OWNER_KEY_ENV in str(short.value)
+    env = {k: v for k, v in os.environ.items() if k != rating.OWNER_KEY_ENV} | {rating.OWNER_KEY_ENV: "short"}
+    proc = subprocess.run([str(BIN / "ftscale"), "rate", "limits", "--studies-dir", str(tmp_path), "--port", "0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "16" in proc.stderr, proc.stderr
+
+    server = rating.make_server(study_dir, "127.0.0.1", 0, None, max_raters=2, request_timeout=1.0)
+    with _serving(server) as base:
+        port = server.server_address[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as silent:
+            silent.sendall(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode())  # and never the blank line
+            started = time.monotonic()
+            assert silent.recv(1024) == b""  # closed by the server
+            assert time.monotonic() - started < 10
+        for rater in ("r1", "r2", "r1"):
+            assert urllib.request.urlopen(base + f"rate?rater={rater}", timeout=10).status == 200
+        with pytest.raises(urllib.error.HTTPError) as full:
+            urllib.request.urlopen(base + "rate?rater=r3", timeout=10)
+        assert full.value.code == 403 and "at most 2 raters" in full.value.read().decode()
+        pid, ticket = _served(base, "r1")
+        assert _post(base + "vote", {"study": server.key, "pair_id": pid, "rater": "r1", "choice": "A",
+                                     "ticket": ticket})[0] == 303
+    # a later session counts the raters who voted: r1 keeps rating, a new name has no room
+    with _serving(rating.make_server(study_dir, "127.0.0.1", 0, None, max_raters=1)) as base:
+        assert urllib.request.urlopen(base + "rate?rater=r1", timeout=10).status == 200
+        with pytest.raises(urllib.error.HTTPError) as full:
+            urllib.request.urlopen(base + "rate?rater=r2", timeout=10)
+        assert full.value.code == 403

@@ -1,9 +1,14 @@
 """The rating server's HTML pages: plain forms, no JavaScript, no system name on any rater's page.
 
-Only `render_report` (the owner's unblinded report) names systems."""
+Only `render_report` (the owner's unblinded report) names systems. The pages speak of a pair's prompt
+and ask the question in the task's words (the task file's `rating:` key, kept in study.json). `CSP`
+is the Content-Security-Policy they are served with: no script, only their own style, forms posted
+to this server only, and no page may frame them (a hostile page cannot trick a rater's clicks)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
 from urllib.parse import quote
@@ -20,6 +25,9 @@ table { border-collapse: collapse; } td, th { border: 1px solid #ccc; padding: .
 th:first-child, td:first-child { text-align: left; }
 .error { color: #a00; }
 """
+_STYLE_HASH = base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()
+CSP = (f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; form-action 'self'; frame-ancestors 'none'; "
+       "base-uri 'none'")
 
 
 def _page(title: str, body: str) -> bytes:
@@ -51,9 +59,10 @@ def error_page(message: str, rater: str | None = None) -> bytes:
     return _page("Error", f"<p class=\"error\" id=\"error\">{_e(message)}</p>{back}")
 
 
-def index_page() -> bytes:
-    body = ("<h1>Which reply is better?</h1>"
-            "<p>You will see a customer query and two replies, A and B, in random order. "
+def index_page(words: dict) -> bytes:
+    """The start page; `words`: the study's wording (query, question)."""
+    body = (f"<h1 id=\"question\">{_e(words['question'])}</h1>"
+            f"<p id=\"instructions\">Each pair shows one {_e(words['query'])} and two replies, A and B, in random order. "
             "Choose the better reply, or a tie. Use the same name when you come back: you continue where you left off.</p>"
             "<form method=\"get\" action=\"/rate\">"
             "<label for=\"rater\">Your name</label> "
@@ -68,10 +77,11 @@ def done_page(rater: str, n: int) -> bytes:
     return _page("Done", body)
 
 
-def pair_page(pair: dict, k: int, n: int, key: str, ticket: str, rater: str) -> bytes:
+def pair_page(pair: dict, k: int, n: int, key: str, ticket: str, rater: str, words: dict) -> bytes:
     """Pair `k` of `n`: the query, replies A and B, and the vote form (study key, pair id, ticket, rater)."""
+    label = words["query"][:1].upper() + words["query"][1:]
     body = (f"<p id=\"progress\">Pair {k} of {n} · rater {_e(rater)}</p>"
-            f"<h2>Query</h2><div class=\"query\" id=\"query\">{_e(pair['query'])}</div>"
+            f"<h2 id=\"query-label\">{_e(label)}</h2><div class=\"query\" id=\"query\">{_e(pair['query'])}</div>"
             f"<div class=\"replies\">"
             f"<div><h2>Reply A</h2><div class=\"reply\" id=\"reply-A\">{_e(pair['a']['reply'])}</div></div>"
             f"<div><h2>Reply B</h2><div class=\"reply\" id=\"reply-B\">{_e(pair['b']['reply'])}</div></div>"
@@ -81,7 +91,7 @@ def pair_page(pair: dict, k: int, n: int, key: str, ticket: str, rater: str) -> 
             f"<input type=\"hidden\" name=\"pair_id\" value=\"{_e(pair['id'])}\">"
             f"<input type=\"hidden\" name=\"ticket\" value=\"{_e(ticket)}\">"
             f"<input type=\"hidden\" name=\"rater\" value=\"{_e(rater)}\">"
-            f"<p>Which reply is better?</p>"
+            f"<p id=\"question\">{_e(words['question'])}</p>"
             f"<button id=\"vote-A\" type=\"submit\" name=\"choice\" value=\"A\">Reply A</button>"
             f"<button id=\"vote-B\" type=\"submit\" name=\"choice\" value=\"B\">Reply B</button>"
             f"<button id=\"vote-tie\" type=\"submit\" name=\"choice\" value=\"tie\">Tie</button>"

@@ -5,7 +5,10 @@ form carries an opaque study key rather than the study's name, and `study.json` 
 Only `/report` unblinds, and it needs the owner key (kept in memory only). The server remembers
 which pair it served to each rater, with a random ticket in the form, and accepts one vote for
 exactly that pair. Requests whose Host header is not the address the server is bound to are
-refused (DNS rebinding)."""
+refused (DNS rebinding). Every page is sent with a Content-Security-Policy that no page may frame
+(page.CSP); a connection that sends nothing for `request_timeout` seconds is closed; the owner key
+has at least MIN_OWNER_KEY characters; at most `max_raters` rater names are taken (each holds a
+ticket in memory and rows in votes.db), the raters of earlier sessions counted."""
 
 from __future__ import annotations
 
@@ -24,14 +27,17 @@ from urllib.parse import parse_qs, quote, urlsplit
 from ftscale.apikey import is_loopback
 from ftscale.errors import FtscaleError
 
-from .page import done_page, error_page, index_page, pair_page, render_report
-from .study import load_study, study_key
+from .page import CSP, done_page, error_page, index_page, pair_page, render_report
+from .study import load_study, study_key, task_wording
 from .unblind import unblind
-from .votes import CHOICES, VOTES_DB, create_store, record_vote, voted_pairs
+from .votes import CHOICES, VOTES_DB, create_store, raters, record_vote, voted_pairs
 
 MAX_RATER_LEN = 100
 MAX_BODY = 64 * 1024
 OWNER_KEY_ENV = "FTSCALE_RATING_OWNER_KEY"
+MIN_OWNER_KEY = 16  # characters: a shorter key can be guessed by trying
+MAX_RATERS = 200  # rater names a study takes (--max-raters)
+REQUEST_TIMEOUT_S = 30.0  # a connection silent this long is closed, so idle sockets cannot hold the server's threads
 _VOTE_FIELDS = ("study", "pair_id", "rater", "choice")
 
 
@@ -40,11 +46,14 @@ class RatingServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, study_dir: Path, study: dict, address: tuple[str, int], owner_key: str):
+    def __init__(self, study_dir: Path, study: dict, address: tuple[str, int], owner_key: str,
+                 max_raters: int = MAX_RATERS, request_timeout: float = REQUEST_TIMEOUT_S):
         self.study_dir = study_dir
         self.study = study
         self.key = study_key(study)
+        self.wording = study.get("wording") or task_wording(None)
         self.owner_key = owner_key
+        self.max_raters, self.request_timeout = max_raters, request_timeout
         self.pair_ids = [p["id"] for p in study["pairs"]]
         self.pairs = {p["id"]: p for p in study["pairs"]}
         self.db_path = study_dir / VOTES_DB
@@ -53,6 +62,7 @@ class RatingServer(ThreadingHTTPServer):
         self._served_lock = threading.Lock()
         super().__init__(address, _Handler)  # bound before anything is written: a busy port changes nothing
         create_store(self.db_path)
+        self._raters = raters(self.db_path, study["name"])  # the names taken so far, earlier sessions' too
 
     @property
     def url(self) -> str:
@@ -71,6 +81,15 @@ class RatingServer(ThreadingHTTPServer):
                 ticket = secrets.token_urlsafe(16)
                 self._served[rater] = (pair_id, ticket)
             return ticket
+
+    def admit(self, rater: str) -> bool:
+        """Whether `rater` may rate: a name taken already, or a new one while fewer than max_raters are."""
+        with self._served_lock:
+            if rater not in self._raters:
+                if len(self._raters) >= self.max_raters:
+                    return False
+                self._raters.add(rater)
+            return True
 
     def take_ticket(self, rater: str, pair_id: str, ticket: str) -> bool:
         """Whether this is the pair served to `rater` with this ticket; a ticket is good for one vote."""
@@ -110,6 +129,10 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "ftscale-rating"
     sys_version = ""
 
+    def setup(self):
+        self.timeout = self.server.request_timeout  # StreamRequestHandler sets it on the connection
+        super().setup()
+
     def log_message(self, format, *args):  # noqa: A002 (the base class's name)
         if self.server.log_requests:  # the owner key in a /report URL stays out of the log
             super().log_message(format, *(re.sub(r"key=[^&\s]*", "key=***", a) if isinstance(a, str) else a
@@ -124,6 +147,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Referrer-Policy", "no-referrer")  # a report URL carries the owner key
+        self.send_header("Content-Security-Policy", CSP)
+        self.send_header("X-Frame-Options", "DENY")  # frame-ancestors, for browsers without CSP level 2
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
@@ -150,7 +175,7 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         query = parse_qs(url.query, keep_blank_values=True)
         if url.path == "/":
-            return self._send(200, index_page())
+            return self._send(200, index_page(self.server.wording))
         if url.path == "/rate":
             rater = (query.get("rater") or [""])[0].strip()
             if not rater:
@@ -173,6 +198,9 @@ class _Handler(BaseHTTPRequestHandler):
         return self._vote()
 
     def _rate(self, rater: str):
+        if not self.server.admit(rater):
+            return self._error(403, f"this study takes at most {self.server.max_raters} raters and has them all: "
+                                    "ask the study's owner")
         voted = self.server.voted(rater)
         ids = self.server.pair_ids
         todo = [pid for pid in ids if pid not in voted]
@@ -181,7 +209,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, done_page(rater, n))
         pair = self.server.pairs[todo[0]]
         ticket = self.server.serve_pair(rater, pair["id"])
-        self._send(200, pair_page(pair, n - len(todo) + 1, n, self.server.key, ticket, rater))
+        self._send(200, pair_page(pair, n - len(todo) + 1, n, self.server.key, ticket, rater, self.server.wording))
 
     def _read_form(self) -> dict[str, list[str]] | None:
         """The posted form's fields; None (the error already sent) when the request is not a form post."""
@@ -264,25 +292,33 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, render_report(result))
 
 
-def make_server(study_dir: str | Path, host: str, port: int, owner_key: str | None) -> RatingServer:
+def make_server(study_dir: str | Path, host: str, port: int, owner_key: str | None, max_raters: int = MAX_RATERS,
+                request_timeout: float = REQUEST_TIMEOUT_S) -> RatingServer:
     """The server of the study, bound to (host, port) but not yet serving: `server_address` gives the
     port (0 picks a free one), `url` the address, `owner_key` the key `/report` needs (random unless
-    given). A missing study or a busy port is an FtscaleError."""
+    given). A missing study, a short owner key, no room for a rater or a busy port is an FtscaleError."""
     study_dir = Path(study_dir)
     study = load_study(study_dir)
+    if owner_key is not None and len(owner_key) < MIN_OWNER_KEY:
+        raise FtscaleError(f"{OWNER_KEY_ENV}: the owner key has {len(owner_key)} characters, fewer than "
+                           f"{MIN_OWNER_KEY}; set a longer one, or unset it for a random one")
+    if max_raters < 1:
+        raise FtscaleError(f"--max-raters {max_raters}: at least 1")
     try:
-        return RatingServer(study_dir, study, (host, port), owner_key or secrets.token_urlsafe(24))
+        return RatingServer(study_dir, study, (host, port), owner_key or secrets.token_urlsafe(24), max_raters,
+                            request_timeout)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             raise FtscaleError(f"port {port} on {host} is already in use: choose another with --port") from None
         raise FtscaleError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
 
 
-def run_rating_server(study_dir: str | Path, host: str = "127.0.0.1", port: int = 8765) -> None:
+def run_rating_server(study_dir: str | Path, host: str = "127.0.0.1", port: int = 8765,
+                      max_raters: int = MAX_RATERS) -> None:
     """Serve the study until Ctrl-C (the command-line entry). The owner key is FTSCALE_RATING_OWNER_KEY's
     value, else a random one shown here once; either way it lives in this process only."""
-    from_env = os.environ.get(OWNER_KEY_ENV)
-    server = make_server(study_dir, host, port, from_env)
+    from_env = os.environ.get(OWNER_KEY_ENV) or None  # set but empty: unset
+    server = make_server(study_dir, host, port, from_env, max_raters)
     server.log_requests = True
     if not is_loopback(host):
         print(f"warning: serving on {host}: anyone who can reach it can vote (the report still needs the owner key)",

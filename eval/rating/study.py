@@ -1,4 +1,8 @@
-"""Building a study (`study.json`: the pairs to rate, sides and order drawn with a seed) and loading it."""
+"""Building a study (`study.json`: the pairs to rate, sides and order drawn with a seed) and loading it.
+
+The seed is drawn from `secrets` unless the owner gives one, and it is kept in `study.json` only, which
+the server never serves: a rater who runs the same draw on the same queries cannot tell which side
+holds which system. The rating forms carry a random key of their own, not one derived from the pairs."""
 
 from __future__ import annotations
 
@@ -7,7 +11,10 @@ import itertools
 import json
 import random
 import re
+import secrets
 from pathlib import Path
+
+import yaml
 
 from ftscale.atomic import write_json
 from ftscale.chatdata import json_lines
@@ -98,15 +105,36 @@ def _draw_pairs(replies: dict[str, dict[str, tuple[str, str]]], common: list[str
             for i, (q, text, (a, b)) in enumerate(drafts, 1)]
 
 
-def build_study(name: str, replies: dict[str, dict[str, tuple[str, str]]], out_root: str | Path, seed: int = 0,
-                n_pairs_per_system_pair: int | None = None) -> Path:
+def task_of_generations(path: str | Path) -> str | None:
+    """The task named by the config of the run an evaluation's `generations.jsonl` belongs to
+    (`<cell>/eval-<variant>/generations.jsonl`, the cell's `config.yaml`), or None."""
+    config = Path(path).resolve().parent.parent / "config.yaml"
+    try:
+        task = yaml.safe_load(config.read_text(encoding="utf-8")).get("task")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return task if isinstance(task, str) else None
+
+
+def task_wording(task: str | None) -> dict:
+    """The rating page's words for `task` (a name in configs/tasks/ or a task file): its file's `rating:`
+    key; the defaults for no task or one without a YAML file."""
+    from ftscale.eval.tasks.yaml_task import RatingWording, find_task_file, load_spec
+
+    path = find_task_file(task) if task else None
+    return (load_spec(path).rating if path else RatingWording()).model_dump()
+
+
+def build_study(name: str, replies: dict[str, dict[str, tuple[str, str]]], out_root: str | Path, seed: int | None = None,
+                n_pairs_per_system_pair: int | None = None, task: str | None = None) -> Path:
     """Write `out_root/name/study.json` and return the study directory.
 
     `replies`: {system: {query id: (query text, reply text)}}. Every pair of systems (in the
     order of `replies`) is compared on the queries that all systems answered (in the first
     system's order); `n_pairs_per_system_pair` draws that many of them per pair of systems (all
     when None or larger). `random.Random(seed)` draws the queries, the A/B side of each pair and
-    the order of the pairs, so the same inputs and seed give the same study."""
+    the order of the pairs, so the same inputs and seed give the same study; with no seed, a
+    128-bit one from `secrets`, recorded in study.json only. `task` gives the page its words."""
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise FtscaleError(f"study name {name!r}: use letters, digits, '.', '_' and '-' (a folder name)")
     common = _common_queries(name, replies)
@@ -114,6 +142,8 @@ def build_study(name: str, replies: dict[str, dict[str, tuple[str, str]]], out_r
         raise FtscaleError(f"study {name}: n_pairs_per_system_pair must be at least 1")
 
     study_dir = Path(out_root) / name
+    wording = task_wording(task)  # a bad task file is refused before anything is written
+    seed = secrets.randbits(128) if seed is None else seed
     existing = count_votes(study_dir / VOTES_DB)
     if existing:
         raise FtscaleError(f"{study_dir} already holds {existing} votes; rebuilding would mislabel them: "
@@ -123,6 +153,9 @@ def build_study(name: str, replies: dict[str, dict[str, tuple[str, str]]], out_r
         "name": name,
         "created": timestamp(),
         "seed": seed,
+        "form_key": secrets.token_hex(8),
+        "task": task,
+        "wording": wording,
         "systems": list(replies),
         "n_queries_common": len(common),
         "n_pairs_per_system_pair": n_pairs_per_system_pair,
@@ -155,7 +188,10 @@ def load_study(study_dir: str | Path) -> dict:
 
 def study_key(study: dict) -> str:
     """An opaque token for the study in the rating forms: it names no system (a study's name may),
-    and a rebuilt study with the same name gets a different one, so a stale page's votes are refused."""
+    and a rebuilt study with the same name gets a different one, so a stale page's votes are refused.
+    Random (`form_key`); a study built before it had one gets a hash of its pairs."""
+    if study.get("form_key"):
+        return study["form_key"]
     ident = json.dumps([study["name"], study.get("created"), study.get("seed"), [p["id"] for p in study["pairs"]],
                         [[p["a"]["system"], p["b"]["system"]] for p in study["pairs"]]])
     return hashlib.sha256(ident.encode()).hexdigest()[:16]

@@ -83,6 +83,15 @@ def voted_pairs(db: Path, study_name: str, rater: str) -> set[str]:
     return {r[0] for r in rows}
 
 
+def raters(db: Path, study_name: str) -> set[str]:
+    """The names that have voted in the study."""
+    conn = sqlite3.connect(db, timeout=_SERVER_TIMEOUT)
+    try:
+        return {r[0] for r in conn.execute("SELECT DISTINCT rater FROM votes WHERE study = ?", (study_name,))}
+    finally:
+        conn.close()
+
+
 def record_vote(db: Path, study_name: str, pair_id: str, rater: str, choice: str) -> bool:
     """Store the vote; False (nothing stored) when `rater` has already voted on the pair."""
     conn = sqlite3.connect(db, timeout=_SERVER_TIMEOUT)

@@ -71,6 +71,15 @@ class TaskDataSpec(Strict):
                                                   "the eval set is always chat JSONL")
 
 
+class RatingWording(Strict):
+    """How the page of a human rating study (`ftscale rate`) speaks of the task's items to raters."""
+
+    query: str = Field("query", min_length=1, max_length=60,
+                       description="what the prompt of a pair is called, e.g. customer message")
+    question: str = Field("Which reply is better?", min_length=1, max_length=200,
+                          description="the question the raters answer for each pair")
+
+
 class TaskSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str = ""
@@ -84,6 +93,7 @@ class TaskSpec(Strict):
     headline: list[str] = Field(default_factory=list, description="metrics the scaling plot shows (default: the first two)")
     pairwise: PairwiseSpec | None = Field(None, description="double-blind pairwise judgements of every fine-tune "
                                                             "against the base (eval/pairwise_runs.py)")
+    rating: RatingWording = Field(RatingWording(), description="the wording of a human rating study's page")
 
 
 # the keys of an evaluator's entry that are not its parameters
