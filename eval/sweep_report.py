@@ -1,4 +1,5 @@
-"""The sweep report: every backend of a sweep in one comparison, as self-contained HTML and as Markdown.
+"""The sweep report: every backend of a sweep in one comparison, as self-contained HTML and as Markdown,
+with its rows as data (results.json), from which the same report can be rendered again without the runs.
 
 A sweep is a grid of cells (systems x training sizes x seeds), each evaluated with one or more prompt
 variants at one or more temperatures; one row per (cell, prompt variant, temperature). The report

@@ -60,8 +60,12 @@ def test_run_writes_summary_plot_and_resumes(tmp_path, one_job):
 
 def test_two_jobs_train_and_answer_exactly_as_one(tmp_path, one_job):
     """`--jobs 2` runs the cells in two processes on half the cores each: the same adapter, byte for
-    byte, the same answers and the same scores as one cell after the other."""
-    _run(tmp_path, "--jobs", "2")
+    byte, the same answers and the same scores as one cell after the other. Its output, piped, is the
+    progress view's plain lines: no redraw, no library's bar, each cell's end."""
+    out = _run(tmp_path, "--jobs", "2")
+    assert "\r" not in out and "\x1b" not in out and "{'loss'" not in out and "Loading weights" not in out
+    assert "] n0008-seed42: training" in out and "] n0000-seed42: done" in out and "2 of 2 cells finished" in out
+    assert (tmp_path / "formatting-smollm2-cpu" / "logs" / "n0008-seed42.log").is_file()
     one, two = one_job / "formatting-smollm2-cpu", tmp_path / "formatting-smollm2-cpu"
     adapter = "n0008-seed42/adapter/adapter_model.safetensors"
     assert (one / adapter).read_bytes() == (two / adapter).read_bytes()
