@@ -6,13 +6,16 @@ own report. Read from the sweep's rows (ftscale.sweep.sweep_rows) and their gene
 number can be traced to a run directory and recomputed.
 
 - Quality: per local system and training size, the headline metric against the captured fine-tune
-  on the same eval items, paired per example (seeds pooled by the paired test); the smallest size
-  that is non-inferior: the lower bound of the 95% interval of (local - fine-tune) above -margin.
+  on the same eval items, paired per example (eval/noninferiority.py: an exact test for 0/1 scores,
+  a betting test for graded ones), and the verdict (eval/migration_verdict.py: sizes tested from
+  the largest down, the level shared across local systems).
 - Agreement: the share of items whose answer agrees with the fine-tune's own (each agreement
-  metric), with 95% Wilson intervals (seeds pooled).
-- Latency: p50/p90 TTFT and end-to-end, as measured (the fine-tune's at capture time, at OpenAI).
-- Cost per 1,000 requests, and per month at the traffic in `migration.json`.
-- A verdict line per local system.
+  metric), with 95% intervals (Wilson for 0/1 agreements, a bootstrap for graded ones; seeds pooled).
+- Latency and cost at the switch (eval/migration_costs.py): p50/p90 TTFT and end-to-end as measured,
+  throughput, cost per 1,000 requests and per month at the traffic in `migration.json`, each local
+  figure with the hardware it was measured on, the prices with their source and age.
+- A verdict line per local system; the shadow sets replayed since (ftscale/migrate_shadow.py), each
+  tested on its own; and the command that serves the chosen system (ftscale/migrate_serve.py).
 """
 
 from __future__ import annotations
@@ -22,9 +25,13 @@ from pathlib import Path
 
 from ftscale.atomic import write_json, write_text
 from ftscale.eval.agreement_evaluators import both_orders
-from ftscale.eval.report_document import fmt
+from ftscale.eval.migration_costs import side
+from ftscale.eval.migration_sections import to_markdown
+from ftscale.eval.migration_verdict import decide, size_tests, verdict
+from ftscale.eval.noninferiority import items_needed, smallest_margin
 from ftscale.eval.result_row import ResultRow
-from ftscale.eval.stats import noninferiority, per_example, wilson
+from ftscale.eval.stats import mean_interval, per_example
+from ftscale.migrate_shadow import results as shadow_results
 from ftscale.sweep import sweep_rows
 
 MARKER = "migration.json"
@@ -32,59 +39,6 @@ MARKER = "migration.json"
 
 def is_migration(folder: Path) -> bool:
     return (Path(folder) / MARKER).is_file()
-
-
-# --- per-example scores (ftscale.eval.stats.per_example: a failed request 0, an unscorable item left out) ---
-
-def paired_lists(local_by_seed: list[dict], reference: dict) -> tuple[list[list[float]], list[list[float]], int]:
-    """(local scores per seed, reference scores) over the items every side scored, in one order."""
-    ids = [i for i in reference if all(i in s for s in local_by_seed)]
-    return [[s[i] for i in ids] for s in local_by_seed], [[reference[i] for i in ids]], len(ids)
-
-
-# --- the verdict ----------------------------------------------------------------------------------
-
-def size_tests(local: dict[int, list[dict]], reference: dict, margin: float, higher_is_better: bool = True) -> list[dict]:
-    """One non-inferiority test per training size: `local` maps size -> per-seed {id: score}."""
-    out = []
-    for n in sorted(local):
-        a, b, n_items = paired_lists(local[n], reference)
-        if n_items == 0:
-            out.append({"n": n, "n_items": 0, "noninferior": False, "diff": None, "low": None, "high": None,
-                        "method": "no item scored on both sides"})
-            continue
-        d, ok = noninferiority(a, b, margin, higher_is_better=higher_is_better)
-        out.append({"n": n, "n_items": n_items, "n_seeds": len(a), "noninferior": bool(ok), "diff": d.diff,
-                    "low": d.low, "high": d.high, "p_value": d.p_value, "method": d.method,
-                    "local_mean": sum(map(sum, a)) / (len(a) * n_items), "reference_mean": sum(b[0]) / n_items})
-    return out
-
-
-def _signed(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:+.3f}"
-
-
-def verdict(system: str, tests: list[dict], margin: float, reference: str, higher_is_better: bool = True) -> dict:
-    """The smallest non-inferior size and the one line that says it; "not yet" when none is."""
-    passing = [t for t in tests if t["noninferior"]]
-    if passing:
-        t = passing[0]
-        return {"system": system, "smallest_n": t["n"], "test": t,
-                "line": (f"{system}: YES, matches {reference} from n={t['n']} training examples: difference "
-                         f"{_signed(t['diff'])} (95% CI {_signed(t['low'])} to {_signed(t['high'])}) is above "
-                         f"-{margin} on {t['n_items']} paired items")}
-    scored = [t for t in tests if t["n_items"]]
-    if not scored:
-        return {"system": system, "smallest_n": None, "test": None,
-                "line": f"{system}: no verdict: no evaluation of it and {reference} scored the same items"}
-    t = scored[-1]
-    worse = (t["high"] < -margin) if higher_is_better else (t["low"] > margin)
-    why = ("clearly worse" if worse else f"not shown within the margin ({t['n_items']} items; more eval prompts "
-                                         "narrow the interval)")
-    return {"system": system, "smallest_n": None, "test": t,
-            "line": (f"{system}: not yet: add data or a larger model. At its largest size n={t['n']} the difference "
-                     f"is {_signed(t['diff'])} (95% CI {_signed(t['low'])} to {_signed(t['high'])}), {why}; "
-                     f"margin {margin}")}
 
 
 # --- the report --------------------------------------------------------------------------------------
@@ -102,18 +56,8 @@ def _agreement(rows: list[ResultRow], metrics: list[str]) -> dict[str, tuple[flo
         else:
             values = [v for r in rows for v in per_example(r.generations, m).values() if v is not None]
         if values:
-            k = sum(values)
-            low, high = wilson(round(k), len(values)) if all(v in (0.0, 1.0) for v in values) else (None, None)
-            out[m] = (k / len(values), low, high, len(values))
+            out[m] = (*mean_interval(values), len(values))
     return out
-
-
-def _na(x, spec: str = ".3f") -> str:
-    return fmt(x, spec, missing="n/a")
-
-
-def _seconds(x) -> str:
-    return _na(x) + ("" if x is None else " s")
 
 
 def _system_rows(rows: list[ResultRow], system: str) -> list[ResultRow]:
@@ -121,77 +65,55 @@ def _system_rows(rows: list[ResultRow], system: str) -> list[ResultRow]:
     return [r for r in rows if r.status == "done" and r.system in (system, f"{system} base")]
 
 
+def temperature_notes(marker: dict, local_rows: list[ResultRow]) -> list[str]:
+    """Where the product's sampling and the local evaluation's differ, or the product's is unknown."""
+    product = marker.get("product_temperature")
+    local = sorted({r.temperature for r in local_rows if r.temperature is not None})
+    shown = ", ".join(f"{t:g}" for t in local) or "n/a"
+    if "product_temperature" in marker and product is None:
+        return [f"The temperature the product used is unknown (stored completions do not record it): the local models "
+                f"were evaluated at {shown}. State it with `ftscale migrate capture --temperature T` and plan again"]
+    if product is not None and any(abs(t - product) > 1e-9 for t in local):
+        return [f"The product answered at temperature {product:g}; the local models were evaluated at {shown}: the "
+                "comparison is not like for like"]
+    return []
+
+
 def collect(folder: Path, marker: dict, rows: list[ResultRow], task) -> dict:
     higher = next((m.higher_is_better for m in task.metrics if m.name == marker["headline"]), True)
     agreement_metrics = [m.name for m in task.metrics if m.name.startswith("agree_") and not m.name.endswith(".unparsable")]
     ref_rows = [r for r in rows if r.system == marker["reference"] and r.status == "done"]
     reference = per_example(ref_rows[0].generations, marker["headline"]) if ref_rows else {}
+    tests, mine = {}, {}
+    for name in marker["systems"]:
+        mine[name] = _system_rows(rows, name)
+        by_size: dict[int, list[dict]] = {}
+        for r in sorted(mine[name], key=lambda r: (r.num_train_examples, r.seed)):
+            by_size.setdefault(r.num_train_examples, []).append(per_example(r.generations, marker["headline"]))
+        tests[name] = size_tests(by_size, reference, marker["margin"], higher) if reference else []
+    decisions = decide(tests)
     systems = []
     for name in marker["systems"]:
-        mine = _system_rows(rows, name)
-        by_size: dict[int, list[dict]] = {}
-        for r in sorted(mine, key=lambda r: (r.num_train_examples, r.seed)):
-            by_size.setdefault(r.num_train_examples, []).append(per_example(r.generations, marker["headline"]))
-        tests = size_tests(by_size, reference, marker["margin"], higher) if reference else []
-        v = verdict(name, tests, marker["margin"], marker["reference"], higher)
-        shown_n = v["smallest_n"] if v["smallest_n"] is not None else max(by_size, default=None)
-        shown = [r for r in mine if r.num_train_examples == shown_n]
-        systems.append({"name": name, "tests": tests, "verdict": v, "shown_n": shown_n,
-                        "agreement": _agreement(shown, agreement_metrics), "side": _side(shown, marker)})
+        v = verdict(name, tests[name], decisions[name], marker["margin"], marker["reference"], higher)
+        sizes = sorted({r.num_train_examples for r in mine[name]})
+        shown_n = v["smallest_n"] if v["smallest_n"] is not None else max(sizes, default=None)
+        shown = [r for r in mine[name] if r.num_train_examples == shown_n]
+        tested = set(decisions[name]["passed"]) | {decisions[name]["stopped_at"]}
+        for t in tests[name]:
+            t["tested"], t["passed"] = t["n"] in tested, t["n"] in decisions[name]["passed"]
+        systems.append({"name": name, "tests": tests[name], "decision": decisions[name], "verdict": v,
+                        "shown_n": shown_n, "agreement": _agreement(shown, agreement_metrics),
+                        "side": side(shown, marker["monthly_requests"])})
+    seeds = max((t.get("n_seeds", 1) for ts in tests.values() for t in ts), default=1)
     return {"marker": marker, "headline": marker["headline"], "higher_is_better": higher,
-            "reference": {"name": marker["reference"], "side": _side(ref_rows, marker), "n_items": len(reference)},
+            "reference": {"name": marker["reference"], "side": side(ref_rows, marker["monthly_requests"]),
+                          "n_items": len(reference), "showable_margin": smallest_margin(len(reference), seeds),
+                          "items_needed": items_needed(marker["margin"], seeds)},
+            "temperature_notes": temperature_notes(marker, [r for rs in mine.values() for r in rs]),
+            "folder": str(folder), "shadow": shadow_results(folder),
             "systems": systems, "not_done": [f"{r.system} n={r.num_train_examples} seed={r.seed}: "
                                              f"{r.status} {r.error.splitlines()[0] if r.error else ''}"
                                              for r in rows if r.status != "done"]}
-
-
-def _side(rows: list[ResultRow], marker: dict) -> dict:
-    """Latency and cost of one system at one size (seeds: the first finished one's figures)."""
-    if not rows:
-        return {}
-    r = rows[0]
-    lat = r.measured_latency
-    ttft, e2e = (lat.ttft_s, lat.e2e_s) if lat else (None, None)
-    per_1k = r.cost_per_1k_requests_usd
-    return {"ttft_p50": ttft and ttft.p50, "ttft_p90": ttft and ttft.p90, "e2e_p50": e2e and e2e.p50,
-            "e2e_p90": e2e and e2e.p90, "cost_per_1k": per_1k, "cost_basis": r.cost_basis,
-            "monthly": None if per_1k is None else per_1k * marker["monthly_requests"] / 1000, "run_dir": r.run_dir}
-
-
-def to_markdown(res: dict, cost_ctx: dict | None) -> str:
-    m, ref = res["marker"], res["reference"]
-    lines = [f"# Migration: does the local model match {m['model']}?", "",
-             f"Headline metric `{res['headline']}` ({'higher' if res['higher_is_better'] else 'lower'} is better), "
-             f"non-inferiority margin {m['margin']}, paired per example over {ref['n_items']} captured items "
-             "(95% intervals; seeds pooled).", ""]
-    lines += [f"- {note}" for note in m.get("notes", [])]
-    lines += ["", "## Verdict", ""] + [f"- {s['verdict']['line']}" for s in res["systems"]]
-    lines += ["", "## Quality by training size", "", "| system | n | items | seeds | local | fine-tune | difference "
-              "(95% CI) | non-inferior | test |", "|---|---|---|---|---|---|---|---|---|"]
-    for s in res["systems"]:
-        for t in s["tests"]:
-            lines.append(f"| {s['name']} | {t['n']} | {t['n_items']} | {t.get('n_seeds', 0)} | {_na(t.get('local_mean'))} "
-                         f"| {_na(t.get('reference_mean'))} | {_signed(t['diff'])} ({_signed(t['low'])} to "
-                         f"{_signed(t['high'])}) | {'yes' if t['noninferior'] else 'no'} | {t['method']} |")
-    lines += ["", "## Agreement with the fine-tune's own answers", "",
-              "| system | n | metric | agreement (95% CI) | items |", "|---|---|---|---|---|"]
-    for s in res["systems"]:
-        for metric, (share, low, high, k) in s["agreement"].items():
-            lines.append(f"| {s['name']} | {s['shown_n']} | {metric} | {share:.3f} ({_na(low)} to {_na(high)}) | {k} |")
-    lines += ["", "## Latency and cost", "",
-              f"Monthly cost at {m['monthly_requests']:,} requests a month. The fine-tune's latency was measured when "
-              "it was captured (at OpenAI, over the network); the local systems' on this machine.", "",
-              "| system | n | TTFT p50 | TTFT p90 | end-to-end p50 | end-to-end p90 | $ / 1k requests | $ / month | basis |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for name, n, side in [(ref["name"], "-", ref["side"])] + [(s["name"], s["shown_n"], s["side"]) for s in res["systems"]]:
-        lines.append(f"| {name} | {n} | {_seconds(side.get('ttft_p50'))} | {_seconds(side.get('ttft_p90'))} "
-                     f"| {_seconds(side.get('e2e_p50'))} | {_seconds(side.get('e2e_p90'))} "
-                     f"| {_na(side.get('cost_per_1k'), '.4f')} | {_na(side.get('monthly'), ',.2f')} | {side.get('cost_basis') or ''} |")
-    if cost_ctx:
-        lines += ["", f"Prices checked {cost_ctx['prices_checked']} ({cost_ctx['prices_file']})."]
-    if res["not_done"]:
-        lines += ["", "## Cells not finished", ""] + [f"- {x}" for x in res["not_done"]]
-    return "\n".join(lines) + "\n"
 
 
 def write_migration_report(folder: Path) -> Path:

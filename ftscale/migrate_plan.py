@@ -92,10 +92,53 @@ def _overrides(pairs: list[str]) -> dict:
     return out
 
 
+def scorable_items(folder: Path, manifest: dict, headline: str) -> int:
+    """How many captured items the headline metric can score: agree_json(.all) only those whose captured
+    answer holds a JSON object; anything else every answered item (at most: a task's metric may leave some out)."""
+    if not headline.startswith("agree_json"):
+        return manifest["answered"]
+    from ftscale.eval.json_output import first_json_object
+
+    return sum(first_json_object(rec["output"]) is not None for _, rec in json_lines(folder / CAPTURED))
+
+
+def evidence(n_items: int, margin: float, seeds: int) -> dict:
+    """What the eval set can show before anything is trained: the smallest margin perfect agreement on these
+    items shows, and the items the chosen margin needs (eval/noninferiority.py)."""
+    from ftscale.eval.noninferiority import items_needed, smallest_margin
+
+    showable, needed = smallest_margin(n_items, seeds), items_needed(margin, seeds)
+    graded = " (several seeds: the graded test)" if seeds > 1 else ""
+    line = (f"the eval set has {n_items} scorable items: even if a local model agreed with the fine-tune on every one, "
+            f"it could show a margin of {showable:.3f} at best{graded}; a margin of {margin} needs "
+            f"{needed if needed else 'more than 1,000,000'} items")
+    if showable >= margin:
+        line += (f". It CANNOT show the margin {margin}: no verdict can be YES. Capture more prompts (`ftscale migrate "
+                 f"capture --from stored` takes the product's real traffic; --eval-size), or choose --margin "
+                 f"{showable:.3f} or more")
+    return {"n_items": n_items, "showable_margin": showable, "items_needed": needed, "can_show": showable < margin,
+            "line": line}
+
+
+def _sweep(folder: Path, manifest: dict, models: list[str], chosen: list[int], seeds: list[int], qlora: bool,
+           keys: dict, reference: str, temperature: float) -> dict:
+    epochs = keys.pop("train.epochs", 2)  # a sweep sets each cell's epochs itself
+    # the local systems are evaluated through vLLM, as `ftscale migrate serve` will serve them, so that the
+    # answers the verdict scores are the answers the product will get
+    return {"name": folder.name, "base": str(folder / "experiment.yaml"), "overrides": keys,
+            "systems": [{"name": f"{m} {'QLoRA' if qlora else 'LoRA'}", "backend": "local", "model": m,
+                         "quantization": "4bit" if qlora else "none"} for m in models],
+            "references": [{"name": reference, "backend": "captured", "model": manifest["model"],
+                            "prompt_variant": "default", "captured": str(folder / CAPTURED)}],
+            "num_train_examples": chosen, "seeds": seeds, "epochs": [epochs], "temperatures": [temperature],
+            "prompt_variants": ["default"], "eval_backend": "vllm", "output_dir": str(folder.parent)}
+
+
 def plan(folder: str | Path, models: list[str], *, task: str | None = None, sizes: str | None = None,
          seeds: str = "42", margin: float = 0.02, monthly_requests: int = 100_000, judge: str | None = None,
          overrides: list[str] = (), qlora: bool = False) -> str:
-    """Write the migration's task, experiment, sweep and marker; return the command that runs it."""
+    """Write the migration's task, experiment, sweep and marker; return what the eval set can show and the
+    command that runs it."""
     folder = Path(folder)
     if not (folder / MANIFEST).is_file() or not (folder / CAPTURED).is_file():
         raise FtscaleError(f"{folder}: no capture here (capture.json, captured.jsonl): run `ftscale migrate capture` first")
@@ -108,7 +151,9 @@ def plan(folder: str | Path, models: list[str], *, task: str | None = None, size
     chosen = _parse_ints(sizes, "sizes") or default_sizes(n_train)
     if max(chosen) > n_train:
         raise FtscaleError(f"--sizes: {max(chosen)} is more than the {n_train} captured training examples")
+    seed_list = _parse_ints(seeds, "seeds")
     spec, headline = task_spec(folder, manifest, task, judge)
+    shows = evidence(scorable_items(folder, manifest, headline), margin, len(seed_list))
     write_text(folder / "task.yaml", yaml.safe_dump(spec, sort_keys=False))
     experiment = {"name": f"migration-{folder.name}", "task": str(folder / "task.yaml"), "model": models[0],
                   "num_train_examples": chosen, "train": {"seed": 42, "epochs": 2, "learning_rate": 2.0e-4,
@@ -116,16 +161,9 @@ def plan(folder: str | Path, models: list[str], *, task: str | None = None, size
                   "eval": {"prompt_variants": ["default"], "batch_size": 16}, "output_dir": str(folder / "runs")}
     write_text(folder / "experiment.yaml", yaml.safe_dump(experiment, sort_keys=False))
     reference = f"{manifest['model']} (captured)"
-    keys = _overrides(list(overrides))
-    epochs = keys.pop("train.epochs", 2)  # a sweep sets each cell's epochs itself
-    sweep = {"name": folder.name, "base": str(folder / "experiment.yaml"), "overrides": keys,
-             "systems": [{"name": f"{m} {'QLoRA' if qlora else 'LoRA'}", "backend": "local", "model": m,
-                          "quantization": "4bit" if qlora else "none"} for m in models],
-             "references": [{"name": reference, "backend": "captured", "model": manifest["model"],
-                             "prompt_variant": "default", "captured": str(folder / CAPTURED)}],
-             "num_train_examples": chosen, "seeds": _parse_ints(seeds, "seeds"), "epochs": [epochs],
-             "temperatures": [manifest["sampling"]["temperature"]], "prompt_variants": ["default"],
-             "output_dir": str(folder.parent)}
+    product_t = manifest.get("product_temperature", manifest["sampling"]["temperature"])
+    local_t = 0.0 if product_t is None else product_t
+    sweep = _sweep(folder, manifest, models, chosen, seed_list, qlora, _overrides(list(overrides)), reference, local_t)
     write_text(folder / "sweep.yaml", yaml.safe_dump(sweep, sort_keys=False))
     from .sweepconfig import load_sweep
 
@@ -133,7 +171,11 @@ def plan(folder: str | Path, models: list[str], *, task: str | None = None, size
     write_json(folder / MARKER, {"model": manifest["model"], "reference": reference, "headline": headline,
                                  "margin": margin, "monthly_requests": monthly_requests,
                                  "systems": [s["name"] for s in sweep["systems"]], "task": task,
+                                 "product_temperature": product_t, "local_temperature": local_t,
+                                 "evidence": {k: v for k, v in shows.items() if k != "line"},
                                  "notes": manifest["data"].get("notes", [])})
     return (f"wrote {folder / 'sweep.yaml'}: {len(models)} local model(s) x sizes {chosen} x seeds {sweep['seeds']} "
-            f"against {reference} on {manifest['answered']} captured answers ({headline}, margin {margin})\n"
+            f"against {reference} on {manifest['answered']} captured answers ({headline}, margin {margin}), "
+            f"evaluated through vLLM as `ftscale migrate serve` will serve them\n"
+            f"what it can show: {shows['line']}\n"
             f"run it with:\n  ftscale sweep {folder / 'sweep.yaml'} && ftscale report {folder}")

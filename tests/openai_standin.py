@@ -117,7 +117,7 @@ class StandIn:
     def _migration_init(self):
         self.file_bytes: dict[str, bytes] = {}
         self.models: dict[str, dict] = {}  # id -> Model object
-        self.forward: dict[str, tuple[str, str]] = {}  # ft: model -> (base_url, served model name)
+        self.forward: dict[str, tuple] = {}  # ft: model -> (base_url, served model name[, that server's key])
         self.shutdowns: dict[str, str] = {}  # ft: model -> ISO shutdown day
         self.today: str | None = None  # ISO day the stand-in believes it is (default: the real one)
         self.refuse_org = False
@@ -135,7 +135,7 @@ class StandIn:
 
     def add_fine_tune(self, base: str, train: bytes, validation: bytes | None = None, suffix: str = "acme",
                       trained_tokens: int = 12345, shutdown: str | None = None, created_at: int = 1_750_000_000,
-                      forward: tuple[str, str] | None = None) -> tuple[str, str]:
+                      forward: tuple | None = None) -> tuple[str, str]:
         """A succeeded job and its `ft:` model; returns (job id, model id)."""
         jid = f"ftjob-{len(self.jobs) + 1:04d}"
         model = f"ft:{base}:org-standin:{suffix}:{jid[-4:]}"
@@ -340,15 +340,16 @@ class StandIn:
                     return self._chat(json.loads(body))
                 self._json(404, {"error": {"message": f"no route {self.path}"}})
 
-            def _forward(self, req: dict, base_url: str, served: str):
+            def _forward(self, req: dict, base_url: str, served: str, key: str | None = None):
                 """Stream the request through to the server playing this fine-tune, bytes as they come; a request
                 with store=true is stored as the real API stores it (its answer read off what passed through)."""
                 import httpx
 
                 upstream_req = {k: v for k, v in req.items() if k not in ("store", "metadata")} | {"model": served}
                 body = b""
+                auth = {"Authorization": f"Bearer {key}"} if key else {}
                 with httpx.Client(trust_env=False) as http, http.stream(
-                        "POST", f"{base_url}/chat/completions", json=upstream_req, timeout=300) as upstream:
+                        "POST", f"{base_url}/chat/completions", json=upstream_req, headers=auth, timeout=300) as upstream:
                     self.send_response(upstream.status_code)
                     self.send_header("Content-Type", upstream.headers.get("content-type", "text/event-stream"))
                     self.send_header("Connection", "close")
@@ -434,6 +435,7 @@ def serve_main(argv: list[str] | None = None) -> None:
     p.add_argument("--train", required=True, type=Path, help="the job's training file")
     p.add_argument("--validation", type=Path, help="the job's validation file")
     p.add_argument("--forward", metavar="URL=MODEL", help="answer the fine-tune's chat requests with MODEL at URL")
+    p.add_argument("--forward-key-env", metavar="NAME", help="the variable holding the key of the --forward server")
     p.add_argument("--suffix", default="acme")
     p.add_argument("--ready-file", type=Path, help="write `<model id> <base url>` here once serving")
     p.add_argument("--key-env", metavar="NAME", help="refuse every request without the key this variable holds (401)")
@@ -444,12 +446,14 @@ def serve_main(argv: list[str] | None = None) -> None:
 
     s = StandIn(key=os.environ[args.key_env] if args.key_env else None)
     forward = tuple(args.forward.split("=", 1)) if args.forward else None
+    if forward and args.forward_key_env:
+        forward = (*forward, os.environ[args.forward_key_env])
     _, model = s.add_fine_tune(args.base, args.train.read_bytes(),
                                args.validation.read_bytes() if args.validation else None, suffix=args.suffix,
                                forward=forward)
     with s:
         if args.traffic:
-            _send_traffic(s, model, args.traffic)
+            send_traffic(s, model, args.traffic)
         if args.ready_file:
             args.ready_file.write_text(f"{model} {s.base_url}\n")
         print(f"{model} {s.base_url}", flush=True)
@@ -459,7 +463,7 @@ def serve_main(argv: list[str] | None = None) -> None:
             pass
 
 
-def _send_traffic(s: StandIn, model: str, path) -> None:
+def send_traffic(s: StandIn, model: str, path) -> None:
     """What a product using the fine-tune with store=true would have sent: each prompt, once, stored."""
     import openai
 

@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
     inv.add_argument("--json", action="store_true")
     inv.add_argument("--deprecations", default="configs/openai_deprecations.yaml")
     inv.set_defaults(fn=run_inventory)
-    mig = sub.add_parser("migrate", help="replace an OpenAI fine-tune with a local one: capture, plan")
+    mig = sub.add_parser("migrate", help="replace an OpenAI fine-tune with a local one: capture, plan, serve, shadow")
     msub = mig.add_subparsers(dest="action", required=True)
     c = msub.add_parser("capture", help="download a fine-tune's data and record its answers (resumable, cached)")
     c.add_argument("model", help="the ft: model id")
@@ -52,10 +52,29 @@ def add_parser(sub) -> None:
     p.add_argument("--seeds", default="42", help="comma-separated training seeds")
     p.add_argument("--margin", type=float, default=0.02, help="non-inferiority margin on the headline metric")
     p.add_argument("--monthly-requests", type=int, default=100_000, help="the traffic the monthly cost is for")
-    p.add_argument("--qlora", action="store_true", help="train 4-bit QLoRA adapters instead of LoRA (CUDA)")
+    p.add_argument("--qlora", action="store_true", help="train 4-bit QLoRA adapters instead of LoRA (wherever bitsandbytes "
+                   "runs; served on the bf16 base)")
     p.add_argument("--judge", help="add agreement_judge with this judge (hf:, openai:, openai:M@URL)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="an experiment key for every cell (train.epochs=1, eval.max_new_tokens=64)")
+    sv = msub.add_parser("serve", help="serve the chosen local system under the fine-tune's own model name (vLLM)")
+    sv.add_argument("folder", type=Path, help="a migration folder with its report written (ftscale report DIR)")
+    sv.add_argument("--system", help="a local system to serve instead of the verdict's (with --n)")
+    sv.add_argument("--n", type=int, help="its training size")
+    sv.add_argument("--host", default="127.0.0.1", help="default: this machine only; elsewhere --api-key-env is required")
+    sv.add_argument("--port", type=int, help="default: a free port")
+    sv.add_argument("--api-key-env", metavar="NAME", help="the variable holding the key the product must send")
+    sh = msub.add_parser("shadow", help="replay recent requests to the fine-tune and the local system and re-check the "
+                                        "verdict on them alone")
+    sh.add_argument("folder", type=Path, help="a migration folder with its report written")
+    sh.add_argument("--requests", required=True, type=Path, help="chat JSONL of recent requests (a final assistant "
+                                                                  "turn is ignored)")
+    sh.add_argument("--name", help="the shadow set's name (default: the requests file's name)")
+    sh.add_argument("--local-url", help="a running `ftscale migrate serve` (default: start the chosen system)")
+    sh.add_argument("--local-api-key-env", metavar="NAME", help="the variable holding --local-url's key")
+    sh.add_argument("--base-url", help="the fine-tune's endpoint, if not OpenAI's API")
+    sh.add_argument("--api-key-env", metavar="NAME", help=KEY_HELP)
+    sh.add_argument("--concurrency", type=int, default=8)
     mig.set_defaults(fn=run_migrate)
 
 
@@ -89,6 +108,19 @@ def run_migrate(args) -> int:
                     metadata=_pairs(args.metadata, "--metadata"), batch_size=args.batch_size,
                     concurrency=args.concurrency, deprecations=args.deprecations)
         return 1 if m["failed"] else 0
+    if args.action == "serve":
+        from ftscale.migrate_serve import serve
+
+        serve(args.folder, args.system, args.n, host=args.host, port=args.port, api_key_env=args.api_key_env,
+              log=lambda text: print(text, flush=True))
+        return 0
+    if args.action == "shadow":
+        from ftscale.migrate_shadow import shadow
+
+        r = shadow(args.folder, args.requests, name=args.name, local_url=args.local_url,
+                   local_api_key_env=args.local_api_key_env, base_url=args.base_url, api_key_env=args.api_key_env,
+                   concurrency=args.concurrency)
+        return 1 if r["failed"]["fine_tune"] or r["failed"]["local"] else 0
     from ftscale.migrate_plan import plan
 
     print(plan(args.folder, args.model, task=args.task, sizes=args.sizes, seeds=args.seeds, margin=args.margin,
