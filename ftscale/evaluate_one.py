@@ -15,10 +15,11 @@ from .apikey import key_for
 from .cellrunner import endpoint_answerer, ensure_trained, eval_jobs, hf_answerer, run_evals
 from .chatdata import read_jsonl
 from .config import ExperimentConfig
-from .errors import FtscaleError, StepsFailed
+from .errors import ConfigError, FtscaleError, StepsFailed
 from .experiment import load_probes, task_for
 from .models import check_for_generation
 from .rundir import adapter_dir, cell_dir
+from .vllm_compat import adapter_refusal
 
 
 def evaluate_one(cfg: ExperimentConfig, backend: str = "hf", adapter: str | None = None, model: str | None = None,
@@ -30,6 +31,9 @@ def evaluate_one(cfg: ExperimentConfig, backend: str = "hf", adapter: str | None
     if adapter and backend == "openai":
         raise FtscaleError("--adapter works with the hf and vllm backends; on an OpenAI-compatible endpoint "
                            "name the fine-tuned model with --model")
+    why = adapter_refusal(adapter) if backend == "vllm" and adapter and not merged else None
+    if why:  # vLLM would refuse the adapter after a minute of starting up: said before any work
+        raise ConfigError(f"--backend vllm serves the adapter as a LoRA module: its {why}")
     if model and backend == "vllm":
         raise FtscaleError("--model names an endpoint's model (--backend openai) or another local model (--backend hf); "
                            "for vllm set the served model with --model in the config (--model is the config key too)")

@@ -146,7 +146,20 @@ def load_sweep(path: str | Path) -> tuple[SweepConfig, ExperimentConfig]:
                               "a local directory or a hub id")
         if s.backend == "openai" and s.quantization != "none":
             raise ConfigError(f"{path}: systems: {s.name}: quantization is for local models")
+    _servable_by_vllm(path, sweep, base)
     return sweep, base
+
+
+def _servable_by_vllm(path, sweep: SweepConfig, base: ExperimentConfig) -> None:
+    """A sweep that evaluates its adapters through vLLM: an adapter vLLM would refuse is refused now,
+    before any cell trains."""
+    from .vllm_compat import vllm_refusal
+
+    backends = sweep.eval_backend if isinstance(sweep.eval_backend, list) else [sweep.eval_backend]
+    trains = any(s.backend == "local" for s in sweep.systems) and any(n > 0 for n in sweep.num_train_examples)
+    why = vllm_refusal(base.train.lora) if "vllm" in backends and trains else None
+    if why:
+        raise ConfigError(f"{path}: eval_backend vllm serves each adapter as a LoRA module: train.{why}")
 
 
 def _cell_cfg(base: ExperimentConfig, model: str, n: int, seed: int, epochs: float, quantization: str,
