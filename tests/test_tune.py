@@ -109,6 +109,31 @@ def test_a_killed_search_resumes_to_its_trials_and_writes_an_overlay_run_and_swe
     assert load_sweep(sweep)[1].train.learning_rate == chosen["train.learning_rate"]
 
 
+@pytest.mark.parametrize("direction, values", [("maximize", [0.25, 0.75, 0.5, 0.0]),
+                                               ("minimize", [0.5, 0.25, 0.75, 1.0])])
+def test_the_overlay_is_the_best_trial_neither_the_first_nor_the_last(embedded_model, tmp_path, direction, values):
+    """Finished trials whose values are known, put into the search's own study (as trials a search run earlier
+    left), the best the second of four, the others worse in both directions: `ftscale tune` has no trial
+    left to run and writes the report and best.yaml, which must hold the second trial's values."""
+    path, tune_dir = _tune(tmp_path, n_trials=4, objective={"metric": "format_ok", "direction": direction})
+    study = open_study(prepare(*load_tune(path)), log=print)
+    space = {"train.learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-3, log=True),
+             "train.epochs": optuna.distributions.CategoricalDistribution([1]),
+             "train.batch_size": optuna.distributions.CategoricalDistribution([4]),
+             "train.lora.r": optuna.distributions.CategoricalDistribution([4, 8])}
+    trials = [{"train.learning_rate": lr, "train.epochs": 1, "train.batch_size": 4, "train.lora.r": r}
+              for lr, r in ((1e-4, 4), (5e-4, 8), (1e-3, 4), (2e-4, 4))]
+    for params, value in zip(trials, values):
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=space, value=value))
+
+    best = run_tune(path)  # nothing left to run
+
+    assert len(_study(tune_dir).trials) == 4  # no trial was trained
+    assert yaml.safe_load(best.read_text()) == {"train": {"learning_rate": 5e-4, "epochs": 1, "batch_size": 4,
+                                                          "lora": {"r": 8}}}
+    assert "(trial 1)" in best.read_text() and "**Best: trial 1**" in (tune_dir / "report.md").read_text()
+
+
 def test_a_trial_the_watchdog_stops_is_pruned_never_scored(embedded_model, tmp_path):
     # 4 examples in batches of 2 at lr 1e3: the second logged loss is many times the first
     path, tune_dir = _tune(tmp_path, name="diverging", n_trials=1,
