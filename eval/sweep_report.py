@@ -23,9 +23,9 @@ from ftscale.eval.report_document import Doc, render_html, render_markdown
 from ftscale.eval.latency import Latency
 from ftscale.eval.result_row import Probes, ResultRow
 from ftscale.eval.sweep_rows import sweep_view
-from ftscale.eval.sweep_sections import (cost_section, latency_section, pairwise_section, scaling_section,
-                                         seeds_section, sources_section, summary_section, temperature_section,
-                                         title_section)
+from ftscale.eval.sweep_sections import (cost_section, latency_section, pairwise_section, parity_section,
+                                         scaling_section, seeds_section, sources_section, summary_section,
+                                         temperature_section, title_section)
 from ftscale.eval.tasks import Task
 
 
@@ -42,6 +42,7 @@ def write_sweep_report(out_dir: Path, rows: list[ResultRow], task: Task, cost_ct
     summary_section(doc, view)
     scaling_section(doc, view)
     how_much_data_section(doc, view)
+    parity_section(doc, view)
     latency_section(doc, view)
     cost_section(doc, view, cost_ctx)
     seeds_section(doc, view)

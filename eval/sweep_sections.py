@@ -167,6 +167,36 @@ def latency_section(doc: Doc, view: SweepView) -> None:
                "mean output tokens"], lat_rows, "table: latency", view.rows)
 
 
+def parity_section(doc: Doc, view: SweepView) -> None:
+    """Each adapter (and the base) evaluated both in-process and through vLLM, on the same items: how many greedy
+    answers are identical and what serving changes the headline metric by (eval/parity.py). Only in a sweep
+    evaluated both ways (`eval_backend: [hf, vllm]`)."""
+    by_eval = group([r for r in view.rows if is_done(r) and r.backend in ("hf", "vllm")],
+                    lambda r: (r.run_dir, r.prompt_variant, r.temperature))
+    pairs = [(sorted(g, key=lambda r: r.backend)) for g in by_eval.values() if {r.backend for r in g} == {"hf", "vllm"}]
+    if not pairs:
+        return
+    from ftscale.eval.parity import THRESHOLD_NOTE, compare, verdict
+
+    metric = view.headline[0]
+    doc.h2("Train/serve parity", "parity")
+    doc.p("The same weights answered in-process (transformers, `hf`) and through a vLLM server, on the same eval "
+          "items: the share of answers identical character for character (95% Wilson interval), and the paired "
+          f"difference of `{metric}`, vLLM minus in-process (95% interval). " + THRESHOLD_NOTE)
+    cache, table = {}, []
+    for hf, served in pairs:
+        found = hf.generations and served.generations and all(
+            Path(g).is_file() for g in (hf.generations, served.generations))
+        p = compare(served.generations, hf.generations, metric, cache) if found else None
+        table.append([hf.system.removesuffix(" (hf)"), fmt(hf.num_train_examples), fmt(hf.seed), fmt(hf.prompt_variant),
+                      fmt(hf.temperature, "g"), p.identical_text() if p else "– (generations not at hand)",
+                      p.difference_text() if p else "–",
+                      TableCell(verdict(p), "flag" if p.flagged else None) if p else "–"])
+    doc.table(["system", "train examples", "seed", "prompt", "T", "identical answers [95% CI]",
+               f"{metric}: vLLM − in-process [95% CI]", "verdict"], table, "table: train/serve parity",
+              [r for pair in pairs for r in pair])
+
+
 def _usd_mean_cell(grp: list[ResultRow], of) -> TableCell:
     v = numbers(grp, of)
     probs = problems(grp)
