@@ -19,6 +19,8 @@ from ftscale.prices import age, load_prices
 
 from .cost import add_costs
 from .pairwise_runs import describe, pooled, rate_text, read_comparisons
+from .parity import parity_lines
+from .qlora_report import qlora_lines
 from .report_document import fmt
 from .result_row import ResultRow, probe_metrics, result_rows
 from .stats import ALPHA, align, holm, item_scores, mean_interval, p_text, paired_difference
@@ -298,6 +300,8 @@ def markdown(rows: list[ResultRow], task: Task, title: str, exp_dir: Path, cost_
                       + (f" t={r.temperature:g}" if several_t else "") + ": "
                       + ", ".join(f"{k} {v}" for k, v in r.not_scorable.items()) for r in unscorable) + "."]
     lines += against_base(rows, task, scores)
+    headline = (task.headline or (task.metrics[0].name,))[0]
+    lines += qlora_lines(rows, headline, scores) + parity_lines(rows, headline, scores)
     if probes or several_t:
         lines += side_by_side(rows, task)
     lines += pairwise_lines(*pairwise)

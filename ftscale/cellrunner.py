@@ -57,11 +57,13 @@ class Answerer:
 
 
 def hf_answerer(cfg: ExperimentConfig, adapter: Path | None, model: str | None = None, label: str = "hf",
-                quantization: str = "none") -> Answerer:
-    """In-process transformers: the config's model (or `model`, or its 4-bit load), with the adapter if any."""
+                quantization: str | None = None) -> Answerer:
+    """In-process transformers: the config's model (or `model`, or its 4-bit load), with the adapter if any.
+    Quantization: default the training's, so that a QLoRA adapter answers on the 4-bit base it trained on."""
     from .eval.backends import make_backend
 
     ref = model or cfg.model
+    quantization = (cfg.train.quantization if model is None else "none") if quantization is None else quantization
     template = template_text(cfg.train.chat_template) if cfg.train.chat_template and model is None else None
     identity = {"backend": label, "model": model_identity(ref), "precision": cfg.eval.precision,
                 # the adapter's own identity is the training record every evaluation names as upstream

@@ -201,6 +201,19 @@ class TrainSpec(Strict):
         return self
 
 
+class QLoRAStudySpec(Strict):
+    """What an experiment of QLoRA adapters measures beside them (ftscale/qlora_study.py, docs/qlora.md)."""
+
+    lora_beside: bool = Field(True, description="train each size as a plain LoRA on the bf16 base too (<cell>-lora/), "
+                                                "evaluated in-process: scores paired per item, peak memory, tokens/s")
+    merges: list[Literal["original", "dequantized"]] = Field(
+        default_factory=lambda: ["original", "dequantized"],
+        description="merge each adapter into the original bf16 weights and/or the dequantized nf4 ones, and evaluate "
+                    "each merge in-process")
+    serve_merged: bool = Field(False, description="also serve the default merge through vLLM and evaluate it there "
+                                                  "(a server per size: a minute or two to start on a CPU)")
+
+
 class DataSpec(Strict):
     train: Path | None = Field(None, description="training pool, OpenAI chat fine-tuning JSONL (default: the task's)")
     eval: Path | None = Field(None, description="held-out eval set: messages without the answer, id, reference (default: the task's)")
@@ -324,6 +337,9 @@ class ExperimentConfig(Strict):
     openai: OpenAISpec = OpenAISpec()
     cost: CostSpec = CostSpec()
     output_dir: Path = Field(Path("runs"), description="experiments write to output_dir/name/")
+    # what is measured beside the cells, never what a cell is made from: left out of every dump
+    qlora: QLoRAStudySpec | None = Field(None, exclude=True, description="with train.quantization: 4bit, the QLoRA "
+                                         "study: LoRA beside, the adapter on the bf16 base, merges, vLLM")
     # (the `task` it was resolved from, the task): load_config resolves it once, for whoever uses it
     _task: tuple[str, Task] | None = PrivateAttr(None)
 
@@ -334,6 +350,12 @@ class ExperimentConfig(Strict):
         if not sizes or any(n < 0 for n in sizes):
             raise ValueError("must be a non-negative integer or a non-empty list of them")
         return v
+
+    @model_validator(mode="after")
+    def _study_of_qlora(self):
+        if self.qlora is not None and self.train.quantization != "4bit":
+            raise ValueError("qlora: the QLoRA study needs train.quantization: 4bit")
+        return self
 
     @model_validator(mode="after")
     def _files_exist(self):

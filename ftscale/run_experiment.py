@@ -178,6 +178,10 @@ def _run_cells(cfg: ExperimentConfig, task, log, cells, events=None) -> Path:
     write_text(exp_dir / "experiment.yaml", cfg.to_yaml())
     start = time.perf_counter()
     failures, diverged = _cells_in_view(cfg, task, (pool, examples, probes), cells, events)
+    if cfg.qlora is not None:  # what is measured beside the QLoRA cells (ftscale/qlora_study.py)
+        from .qlora_study import run_study
+
+        failures += run_study(cfg, task, pool, examples, log)
     rows, hidden = audit(exp_dir, expected_inputs(cfg, task, pool, examples, probes))
     if rows and task.pairwise is not None:
         run_comparisons(exp_dir, task.pairwise, rows, log=log)

@@ -51,7 +51,8 @@ def serve_mismatch(on_4bit: float, on_bf16: float, margin: float = SERVE_MARGIN)
     if gap <= margin + 1e-9:  # format_ok values are means: 0.90 - 0.85 is 0.05000000000000004
         return Check(CORRECTNESS[2], OK, measured, group="correctness")
     return Check(CORRECTNESS[2], BROKEN, measured, f"served on the bf16 base the QLoRA adapter loses {gap:.3f} format_ok "
-                 f"(more than {margin}): serve it on the 4-bit base, or merge it into the dequantized base", group="correctness")
+                 f"(more than {margin}): serve it merged into the dequantized base (`ftscale merge`, the default "
+                 "for a QLoRA adapter: docs/qlora.md)", group="correctness")
 
 
 def speed_name(quant: str, checkpointing: bool, liger: bool) -> str:

@@ -46,19 +46,68 @@ def check_target(out: str | Path, adapter: Path, force: bool = False) -> Path:
                             force=force, markers=markers)
 
 
+# What a QLoRA adapter is merged into (docs/benchmarks.md, "Merging a QLoRA adapter"): the base weights
+# its training saw, nf4-rounded (`dequantized`), or the base checkpoint's own (`original`).
+INTO = ("auto", "original", "dequantized")
+QLORA_DEFAULT = "dequantized"
+
+
+def trained_on_4bit(adapter: Path) -> bool:
+    """Whether the adapter's run trained on QLoRA's 4-bit base (its config.yaml says so)."""
+    import yaml
+
+    config = _run_of(adapter) / "config.yaml"
+    train = (yaml.safe_load(config.read_text()) or {}).get("train") or {} if config.is_file() else {}
+    return train.get("quantization") == "4bit"
+
+
+def merge_target(adapter: Path, into: str = "auto") -> str:
+    """`original` or `dequantized`: `auto` is QLORA_DEFAULT for a QLoRA adapter, the original weights otherwise."""
+    if into not in INTO:
+        raise FtscaleError(f"--into {into}: one of {', '.join(INTO)}")
+    if into == "dequantized" and not trained_on_4bit(adapter):
+        raise FtscaleError(f"--into dequantized: {adapter} was not trained on a 4-bit base (its run's config.yaml "
+                           "has no train.quantization: 4bit); merge it into the original weights")
+    return (QLORA_DEFAULT if trained_on_4bit(adapter) else "original") if into == "auto" else into
+
+
+def adapter_sha256(adapter: Path) -> str:
+    """What names the adapter's weights: a merge made from other ones is another merge."""
+    from ftscale.chatdata import sha256_file
+
+    return sha256_file(adapter / "adapter_model.safetensors")
+
+
+def _base_weights(path: str, into: str):
+    """The base model in float32: its checkpoint's weights, or those rounded to nf4 as QLoRA trained on them."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if into == "original":
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    from ftscale.quantization import bnb_config
+
+    quant = bnb_config()
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=quant.bnb_4bit_quant_storage,
+                                                 device_map={"": "cuda" if torch.cuda.is_available() else "cpu"})
+    return model.dequantize().to("cpu", torch.float32)  # nf4 blocks back to dense weights, then fp32 for the merge
+
+
 def merge(adapter: str | Path, out: str | Path, base: str | None = None, dtype: str | None = None,
-          force: bool = False) -> Path:
-    """Write base + adapter as one checkpoint, in `dtype` (default: the base checkpoint's dtype)."""
+          force: bool = False, into: str = "auto") -> Path:
+    """Write base + adapter as one checkpoint, in `dtype` (default: the base checkpoint's dtype). `into`:
+    the base weights merged into (INTO; auto: the dequantized nf4 ones for a QLoRA adapter)."""
     adapter = adapter_dir(adapter)
+    into = merge_target(adapter, into)
     out = check_target(out, adapter, force)  # before any model is loaded
     import torch
     from peft import PeftModel
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     base = base or json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
     path = resolve(base, check=True)
     saved_dtype = getattr(torch, dtype) if dtype else AutoConfig.from_pretrained(path).dtype or torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = _base_weights(path, into)
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(path)
     if (adapter / ADAPTER_TEMPLATE).is_file():  # trained with a named template: the checkpoint formats as it did
@@ -68,8 +117,8 @@ def merge(adapter: str | Path, out: str | Path, base: str | None = None, dtype: 
         merged.to(saved_dtype).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-        write_json(tmp / MANIFEST, {"base": base, "adapter": str(adapter), "dtype": str(saved_dtype), "files": files,
-                                    "stop_check": checked})
+        write_json(tmp / MANIFEST, {"base": base, "adapter": str(adapter), "adapter_sha256": adapter_sha256(adapter),
+                                    "dtype": str(saved_dtype), "into": into, "files": files, "stop_check": checked})
     return out
 
 

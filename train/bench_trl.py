@@ -1,0 +1,149 @@
+"""ftscale's training against TRL's own `trl sft` command, like for like, back to back on one machine.
+
+    python -m ftscale.train.bench_trl --config configs/experiments/formatting-smollm2-cpu.yaml \
+        --num-train-examples 100 [--quantization 4bit] [--repeats 2] [--output-dir runs/bench-trl]
+
+Both sides train the same examples (ftscale's nested subset, written once as a prompt-completion JSONL
+that `trl sft` loads), with the loss on the completion only, TRL's padding collator, the same thread
+count and allocator (tcmalloc where ftscale would preload it), sequence length, LoRA and optimizer
+settings, and the same 4-bit base for QLoRA. ftscale trains through train/sft.py (its stop check off:
+it runs after train_runtime and is not training). Tokens/s: TRL's count of non-padding tokens trained
+on (`num_tokens`, the same counter on both sides) over the trainer's `train_runtime`; peak memory: the
+child process's maximum resident memory (wait4). The sides alternate, `--repeats` times each.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ftscale.allocator import preload
+from ftscale.atomic import write_json, write_jsonl
+from ftscale.chatdata import nested_subset, read_jsonl, to_prompt_completion
+from ftscale.config import load_config
+from ftscale.device import resolve_dtype
+from ftscale.flags import Parser
+from ftscale.models import resolve
+from ftscale.provenance import machine, versions
+from ftscale.train.sft import _max_length
+
+BIN = Path(sys.executable).parent
+
+
+def trl_command(cfg, data_dir: Path, out: Path) -> list[str]:
+    """`trl sft` with the experiment's settings: what train/sft.py's SFTConfig, LoRA and model load set."""
+    t, lora = cfg.train, cfg.train.lora
+    cmd = [str(BIN / "trl"), "sft", "--model_name_or_path", str(resolve(cfg.model)), "--dataset_name", str(data_dir),
+           "--output_dir", str(out), "--seed", str(t.seed), "--data_seed", str(t.seed),
+           "--num_train_epochs", str(t.epochs), "--learning_rate", str(t.learning_rate),
+           "--per_device_train_batch_size", str(t.batch_size),
+           "--gradient_accumulation_steps", str(t.gradient_accumulation_steps), "--lr_scheduler_type", t.lr_scheduler,
+           "--warmup_steps", str(t.warmup_ratio), "--weight_decay", str(t.weight_decay),
+           "--max_length", str(_max_length(cfg)), "--optim", t.optim, "--logging_steps", "1", "--report_to", "none",
+           "--save_strategy", "no", "--completion_only_loss", "true", "--packing", "false", "--padding_free", "false",
+           "--gradient_checkpointing", str(t.gradient_checkpointing).lower(), "--use_cpu", "true",
+           "--bf16", str(resolve_dtype(t.precision) == torch.bfloat16).lower(),
+           "--disable_tqdm", "true", "--use_peft", "--lora_r", str(lora.r), "--lora_alpha", str(lora.alpha),
+           "--lora_dropout", str(lora.dropout), "--lora_target_modules", *([lora.target_modules]
+                                                                          if isinstance(lora.target_modules, str)
+                                                                          else lora.target_modules)]
+    if t.quantization == "4bit":  # ftscale/quantization.py's config, with the model's rest in the storage dtype
+        cmd += ["--load_in_4bit", "--bnb_4bit_quant_type", "nf4", "--use_bnb_nested_quant", "--bnb_4bit_quant_storage",
+                "bfloat16", "--dtype", "bfloat16"]
+    else:  # train/sft.py loads the weights in fp32 on a CPU; bf16 autocast computes
+        cmd += ["--dtype", "float32"]
+    return cmd
+
+
+def ftscale_command(config: Path, n: int, quantization: str, out: Path) -> list[str]:
+    return [sys.executable, "train/sft.py", "--config", str(config), "--num_train_examples", str(n),
+            "--train.quantization", quantization, "--train.stop_check", "0", "--output-dir", str(out)]
+
+
+def _run(cmd: list[str], env: dict, log: Path) -> tuple[int, float, str]:
+    """(exit code, the child's max resident memory in MiB, its output)."""
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss / 1024, log.read_text()
+
+
+def _logged(text: str, key: str) -> list[dict]:
+    """The trainer's printed log dicts that carry `key`."""
+    out = []
+    for m in re.finditer(r"\{'[^{}]*\}", text):
+        try:
+            d = ast.literal_eval(m.group(0))
+        except (ValueError, SyntaxError):
+            continue
+        if key in d:
+            out.append(d)
+    return out
+
+
+def trl_result(text: str) -> dict:
+    runtime = _logged(text, "train_runtime")[-1]["train_runtime"]
+    tokens = max(float(d["num_tokens"]) for d in _logged(text, "num_tokens"))
+    return {"train_runtime_s": float(runtime), "train_tokens": tokens}
+
+
+def ftscale_result(out: Path) -> dict:
+    import json
+
+    m = json.loads((out / "train_metrics.json").read_text())
+    return {"train_runtime_s": m["train_runtime_s"], "train_tokens": m["train_tokens"], "steps": m["steps"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = Parser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=Path("configs/experiments/formatting-smollm2-cpu.yaml"))
+    parser.add_argument("--num-train-examples", type=int, default=100)
+    parser.add_argument("--quantization", choices=["none", "4bit"], default="none")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--output-dir", type=Path, default=Path("runs/bench-trl"))
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, {"train.quantization": args.quantization})
+    out = args.output_dir / f"n{args.num_train_examples}-{args.quantization}"
+    data = out / "data"
+    subset = nested_subset(read_jsonl(cfg.data.train, "train"), args.num_train_examples, cfg.data.seed)
+    write_jsonl(data / "train.jsonl", [to_prompt_completion(r) for r in subset])
+    env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "LD_PRELOAD": preload(os.environ),
+                        "TOKENIZERS_PARALLELISM": "false", "FTSCALE_MALLOC": "system"}  # preloaded here for both
+    runs = []
+    for i in range(args.repeats):
+        for side in ("ftscale", "trl"):
+            where = out / f"{side}-{i}"
+            cmd = (ftscale_command(args.config, args.num_train_examples, args.quantization, where) if side == "ftscale"
+                   else trl_command(cfg, data, where))
+            start = time.time()
+            code, rss, text = _run(cmd, env, out / f"{side}-{i}.log")
+            if code != 0:
+                print(text[-3000:], file=sys.stderr)
+                return 1
+            result = ftscale_result(where) if side == "ftscale" else trl_result(text)
+            result |= {"side": side, "repeat": i, "peak_rss_mib": rss, "wall_s": time.time() - start,
+                       "tokens_per_s": result["train_tokens"] / result["train_runtime_s"], "command": " ".join(cmd)}
+            runs.append(result)
+            print(f"{side:8s} #{i}: {result['tokens_per_s']:.1f} tokens/s ({result['train_tokens']:.0f} tokens in "
+                  f"{result['train_runtime_s']:.1f} s), peak RSS {rss:,.0f} MiB")
+    best = {s: max(r["tokens_per_s"] for r in runs if r["side"] == s) for s in ("ftscale", "trl")}
+    summary = {"config": str(args.config), "num_train_examples": args.num_train_examples,
+               "quantization": args.quantization, "threads": args.threads, "allocator": env["LD_PRELOAD"] or "glibc",
+               "machine": machine(), "versions": versions(), "runs": runs,
+               "ratio_best_tokens_per_s": best["ftscale"] / best["trl"]}
+    write_json(out / "bench-trl.json", summary)
+    print(f"ftscale / trl sft tokens/s (best of {args.repeats} each): {summary['ratio_best_tokens_per_s']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
