@@ -9,12 +9,13 @@ from ftscale.eval.result_row import ResultRow
 from ftscale.prices import age
 
 
-def _na(x, spec: str = ".3f") -> str:
+def na(x, spec: str = ".3f") -> str:
+    """A number for the migration report's tables, "n/a" when there is none."""
     return fmt(x, spec, missing="n/a")
 
 
 def _seconds(x) -> str:
-    return _na(x) + ("" if x is None else " s")
+    return na(x) + ("" if x is None else " s")
 
 
 def hardware(machine: dict | None) -> str:
@@ -50,21 +51,21 @@ def cost_section(res: dict, cost_ctx: dict | None) -> list[str]:
              f"Cost per month at {m['monthly_requests']:,} requests (`migrate plan --monthly-requests`). The fine-tune "
              "costs its fine-tuned token prices; a local system costs its machine's price per hour over its measured "
              "throughput (requests per second at the evaluation's concurrency). The fine-tune's latency was measured "
-             "when it was captured, at OpenAI over the network.", "",
+             "when it was captured, at OpenAI over the network (not at all when its answers came from stored traffic).",
+             "",
              "| system | n | measured on | TTFT p50 | TTFT p90 | end-to-end p50 | end-to-end p90 | requests/s "
              "| $ / 1k requests | $ / month | basis |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = [(ref["name"], "-", ref["side"])] + [(s["name"], s["shown_n"], s["side"]) for s in res["systems"]]
     for name, n, sd in rows:
         lines.append(f"| {name} | {n} | {sd.get('measured_on', 'n/a')} | {_seconds(sd.get('ttft_p50'))} "
                      f"| {_seconds(sd.get('ttft_p90'))} | {_seconds(sd.get('e2e_p50'))} | {_seconds(sd.get('e2e_p90'))} "
-                     f"| {_na(sd.get('requests_per_s'), '.2f')} | {_na(sd.get('cost_per_1k'), '.4f')} "
-                     f"| {_na(sd.get('monthly'), ',.2f')} | {sd.get('cost_basis') or ''} |")
+                     f"| {na(sd.get('requests_per_s'), '.2f')} | {na(sd.get('cost_per_1k'), '.4f')} "
+                     f"| {na(sd.get('monthly'), ',.2f')} | {sd.get('cost_basis') or ''} |")
     measured = {sd.get("measured_on") for _, _, sd in rows[1:] if sd}
     if any(x and x.startswith("CPU") for x in measured):
         lines += ["", "The local figures above were measured on a CPU: they say nothing of a GPU's speed or cost. "
                   "Before you switch, run the sweep (or `ftscale bench throughput`) on the machine that will serve, and "
                   "price it with `ftscale report DIR --hourly-usd PRICE` (or `--hardware NAME` from the price table)."]
     if cost_ctx:
-        lines += ["", f"Prices {age(cost_ctx['prices_checked'])}; {cost_ctx.get('prices_note') or cost_ctx['prices_file']}. "
-                  "Your own price file: `ftscale report DIR --prices FILE`."]
+        lines += ["", cost_ctx.get("prices_note") or f"Prices {age(cost_ctx['prices_checked'])} ({cost_ctx['prices_file']})."]
     return lines + [""]

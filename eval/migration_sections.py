@@ -4,22 +4,13 @@ check on later traffic."""
 
 from __future__ import annotations
 
-from ftscale.eval.migration_costs import cost_section
+from ftscale.eval.migration_costs import cost_section, na as _na
 from ftscale.eval.noninferiority import ALPHA
-from ftscale.eval.report_document import fmt
 from ftscale.migrate_shadow import line as shadow_line
-
-
-def _na(x, spec: str = ".3f") -> str:
-    return fmt(x, spec, missing="n/a")
 
 
 def _signed(x) -> str:
     return "n/a" if x is None else f"{x:+.3f}"
-
-
-def _seconds(x) -> str:
-    return _na(x) + ("" if x is None else " s")
 
 
 def meaning(margin: float) -> list[str]:

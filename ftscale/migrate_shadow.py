@@ -6,7 +6,8 @@ its own (one confirmatory non-inferiority test of the chosen system against the 
 margin and level ALPHA), never pooled with the first. Each side's answers go through distill's cache
 (appended per batch, fsync'd): a killed run resumes, and a failed request is counted and asked again by the
 next run, never stored. The local side is a running `ftscale migrate serve` (`--local-url`, its key with
-`--local-api-key-env`) or, by default, the chosen system started for the replay on loopback.
+`--local-api-key-env`) or, by default, the chosen system (the verdict's, or `--system NAME --n N`)
+started for the replay on loopback.
 
 Written in DIR/shadow/<name>/: the two caches, `generations.jsonl` (per request: both answers and the
 scores) and, last, `shadow.json`: the verdict with the hash of the requests, the answers and the cell.
@@ -104,14 +105,14 @@ def replay(out: Path, requests_path: Path, requests: list[dict], marker: dict, t
 
 def shadow(folder: str | Path, requests_path: str | Path, *, name: str | None = None, local_url: str | None = None,
            local_api_key_env: str | None = None, base_url: str | None = None, api_key_env: str | None = None,
-           concurrency: int = 8, log=print) -> dict:
+           system: str | None = None, n: int | None = None, concurrency: int = 8, log=print) -> dict:
     """Replay, score and test (the module's docstring); returns what shadow.json records."""
     folder, requests_path = Path(folder), Path(requests_path)
     if not (folder / MARKER).is_file():
         raise FtscaleError(f"{folder}: not a migration folder (no {MARKER}): run `ftscale migrate plan` first")
     marker = json.loads((folder / MARKER).read_text())
     manifest = json.loads((folder / MANIFEST).read_text())
-    chosen = choose(folder)
+    chosen = choose(folder, system, n)
     out = folder / "shadow" / (name or requests_path.stem)
     requests = read_requests(requests_path)
     sampling = Sampling(temperature=marker.get("local_temperature") or 0.0,

@@ -423,6 +423,20 @@ class StandIn:
         return Handler
 
 
+def _answer_of(body: bytes, streamed: bool) -> tuple[str, str | None]:
+    """The answer text and finish reason of a chat completion response (JSON, or server-sent events)."""
+    if not streamed:
+        choice = json.loads(body)["choices"][0]
+        return choice["message"]["content"], choice.get("finish_reason")
+    text, finish = "", None
+    for line in body.decode().splitlines():
+        if line.startswith("data: ") and line != "data: [DONE]":
+            for choice in json.loads(line[6:]).get("choices") or []:
+                text += (choice.get("delta") or {}).get("content") or ""
+                finish = choice.get("finish_reason") or finish
+    return text, finish
+
+
 # --- migration: the stand-in as a process, for the walk-through in docs/migrate.md -----------------
 def serve_main(argv: list[str] | None = None) -> None:
     """Serve one organisation with one fine-tune until killed; print its model id and URL."""

@@ -32,7 +32,7 @@ class Generation:
     input_tokens: int
     output_tokens: int
     ttft_s: float | None  # time to first token
-    latency_s: float  # end-to-end: submitted until the last token
+    latency_s: float | None  # end-to-end: submitted until the last token (None: not measured, a replayed answer)
     finish_reason: str  # "stop" (end-of-turn), "length" (max_new_tokens) or "error"
     error: str | None = None
     extra: dict = field(default_factory=dict)

@@ -44,5 +44,6 @@ class CapturedBackend:
                               finish_reason="error", error=reason)
         return Generation(text=rec["output"], input_tokens=rec.get("input_tokens") or 0,
                           output_tokens=rec.get("output_tokens") or 0, ttft_s=rec.get("ttft_s"),
-                          latency_s=rec.get("latency_s") or 0.0, finish_reason=rec.get("finish_reason") or "stop",
+                          latency_s=rec.get("latency_s"),  # None: not measured (an answer from stored traffic)
+                          finish_reason=rec.get("finish_reason") or "stop",
                           extra={"captured_on": rec.get("date")})

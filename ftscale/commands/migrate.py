@@ -70,6 +70,8 @@ def add_parser(sub) -> None:
     sh.add_argument("--requests", required=True, type=Path, help="chat JSONL of recent requests (a final assistant "
                                                                   "turn is ignored)")
     sh.add_argument("--name", help="the shadow set's name (default: the requests file's name)")
+    sh.add_argument("--system", help="the local system to check instead of the verdict's (with --n; the one served)")
+    sh.add_argument("--n", type=int, help="its training size")
     sh.add_argument("--local-url", help="a running `ftscale migrate serve` (default: start the chosen system)")
     sh.add_argument("--local-api-key-env", metavar="NAME", help="the variable holding --local-url's key")
     sh.add_argument("--base-url", help="the fine-tune's endpoint, if not OpenAI's API")
@@ -119,7 +121,7 @@ def run_migrate(args) -> int:
 
         r = shadow(args.folder, args.requests, name=args.name, local_url=args.local_url,
                    local_api_key_env=args.local_api_key_env, base_url=args.base_url, api_key_env=args.api_key_env,
-                   concurrency=args.concurrency)
+                   system=args.system, n=args.n, concurrency=args.concurrency)
         return 1 if r["failed"]["fine_tune"] or r["failed"]["local"] else 0
     from ftscale.migrate_plan import plan
 
