@@ -9,7 +9,7 @@ TORCH_CUDA_VERSION ?= 2.14.0
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-serve setup-browser setup-malloc test main-job offline-bundle
+.PHONY: setup setup-serve setup-browser setup-malloc test main-job offline-bundle slurm-check
 
 setup:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -76,3 +76,13 @@ offline-bundle:
 
 main-job:
 	$(BIN)/ftscale run configs/experiments/formatting-smollm2-cpu.yaml --jobs 2
+
+# A one-node SLURM cluster in a temporary folder (munged, slurmctld, slurmd in the foreground; no systemd,
+# no cgroups, no accounting) runs a 2-cell sweep with --executor slurm, one job cancelled mid-training
+# and resubmitted; every cell must end done once with the built-in loop's scores (tests/slurm_check.py).
+# A script to run by hand, as root; not part of make test. Installs Debian's slurm-wlm and munge if missing.
+slurm-check:
+	@command -v slurmctld >/dev/null 2>&1 && command -v munged >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge; \
+		else echo "make slurm-check runs as root (the SLURM daemons do): apt-get install slurm-wlm munge" >&2; exit 1; fi; }
+	$(BIN)/python tests/slurm_check.py

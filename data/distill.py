@@ -24,7 +24,9 @@ Above $1, or when the model has no price in the table, the run asks for confirma
 
 Cache (resumable): every answer is appended to a JSONL file as soon as its batch returns, flushed
 and fsync'd, so a killed run loses at most the batch in flight; running again asks only what is not
-there. One line per answer:
+there. Several processes may share one cache (`ftscale migrate capture` uses it too): each batch is
+appended under a lock (ftscale/claims.py `appending`) that also cuts a line a killed writer tore, so
+no process's line is cut or run into another's. One line per answer:
 
     {"key": sha256 hex, "teacher": ..., "persona": ..., "query_id": ..., "query": ...,
      "reply": ..., "finish_reason": "stop"|"length", "input_tokens": ..., "output_tokens": ...,
@@ -43,7 +45,6 @@ import argparse
 import hashlib
 import ipaddress
 import json
-import os
 import re
 import sys
 import time
@@ -55,6 +56,7 @@ from tqdm.auto import tqdm
 
 from ftscale.atomic import atomic_path, write_json
 from ftscale.chatdata import json_lines, sha256_file
+from ftscale.claims import appending
 from ftscale.datacheck import check_file, count_tokens, encoding_for
 from ftscale.errors import FtscaleError, run_command
 from ftscale.flags import Parser
@@ -172,13 +174,10 @@ def load_cache(path: Path) -> dict[str, dict]:
     is an error naming file:line."""
     if not path.is_file():
         return {}
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):  # the write of the last line was cut: drop it
-        keep = data.rfind(b"\n") + 1
-        with open(path, "r+b") as f:
-            f.truncate(keep)
-            os.fsync(f.fileno())
-        data = data[:keep]
+    # under the appenders' lock: a line another process is writing is not mistaken for a torn one
+    with appending(path) as f:
+        f.seek(0)
+        data = f.read()
     out = {}
     for lineno, line in enumerate(data.decode("utf-8").splitlines(), 1):
         if not line.strip():
@@ -191,11 +190,11 @@ def load_cache(path: Path) -> dict[str, dict]:
     return out
 
 
-def _append(f, records: list[dict]) -> None:
-    for rec in records:
-        f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
+def append_records(path: Path, records: list[dict]) -> None:
+    """One batch's lines, written at once under the lock other processes appending to the cache take."""
+    if records:
+        with appending(path) as f:
+            f.write("".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records).encode("utf-8"))
 
 
 # --- distillation --------------------------------------------------------------------------------------------
@@ -310,31 +309,30 @@ def ask_cached(backend: Backend, items: list[tuple[str, Request, dict]], samplin
     bar = tqdm(total=len(items), desc=desc, unit="query", disable=not progress)
     errors: list[tuple[str, str]] = []
     try:
-        with open(cache_path, "a", encoding="utf-8", newline="\n") as f:
-            for start in range(0, len(items), batch_size):
-                batch = items[start:start + batch_size]
-                try:
-                    gens = backend.generate([req for _, req, _ in batch], sampling)
-                except Exception as e:  # noqa: BLE001 - what was answered is already saved
-                    raise RuntimeError(f"{type(e).__name__}: {e}") from e
-                if len(gens) != len(batch):
-                    raise RuntimeError(f"{len(gens)} answers for {len(batch)} requests")
-                good = []
-                for (key, req, fields), g in zip(batch, gens):
-                    if g.error or g.finish_reason == "error":
-                        errors.append((req.id, g.error or "failed"))
-                        continue
-                    good.append({"key": key, **fields, "reply": g.text, "finish_reason": g.finish_reason,
-                                 "input_tokens": g.input_tokens, "output_tokens": g.output_tokens,
-                                 "ttft_s": None if g.ttft_s is None else round(g.ttft_s, 4),
-                                 "latency_s": round(g.latency_s, 4), "sampling": sampling.as_dict(),
-                                 "time": round(time.time(), 3)})
-                _append(f, good)
-                for rec in good:
-                    cache[rec["key"]] = rec
-                bar.update(len(good))
-                if errors and stop_on_error:
-                    break
+        for start in range(0, len(items), batch_size):
+            batch = items[start:start + batch_size]
+            try:
+                gens = backend.generate([req for _, req, _ in batch], sampling)
+            except Exception as e:  # noqa: BLE001 - what was answered is already saved
+                raise RuntimeError(f"{type(e).__name__}: {e}") from e
+            if len(gens) != len(batch):
+                raise RuntimeError(f"{len(gens)} answers for {len(batch)} requests")
+            good = []
+            for (key, req, fields), g in zip(batch, gens):
+                if g.error or g.finish_reason == "error":
+                    errors.append((req.id, g.error or "failed"))
+                    continue
+                good.append({"key": key, **fields, "reply": g.text, "finish_reason": g.finish_reason,
+                             "input_tokens": g.input_tokens, "output_tokens": g.output_tokens,
+                             "ttft_s": None if g.ttft_s is None else round(g.ttft_s, 4),
+                             "latency_s": round(g.latency_s, 4), "sampling": sampling.as_dict(),
+                             "time": round(time.time(), 3)})
+            append_records(cache_path, good)
+            for rec in good:
+                cache[rec["key"]] = rec
+            bar.update(len(good))
+            if errors and stop_on_error:
+                break
     finally:
         bar.close()
     return errors

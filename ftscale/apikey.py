@@ -9,6 +9,8 @@ The key rule, the one place every OpenAI client is built through (`openai_client
   `--base-url`, `openai:MODEL@URL#ENV_NAME`). Unpaired, it gets a placeholder that is no secret
   (a vLLM server started without --api-key ignores it).
 - No key travels over plain http to a host other than this machine.
+- A server ftscale starts itself (serve/server.py) has a random key of its own, which ftscale's
+  clients of it are handed directly (`api_key=`): only to an endpoint on this machine.
 
 Keys come from the environment only and are written nowhere; `mask` removes them (and anything
 that looks like one) from provider error text before it is stored or printed.
@@ -16,13 +18,14 @@ that looks like one) from provider error text before it is stored or printed.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from . import loopback
 from .errors import FtscaleError
+from .loopback import is_loopback  # noqa: F401 - imported from here by the rest of ftscale
 
 MISSING = "set OPENAI_API_KEY, or OPENAI_API_KEY_FILE to a file holding the key"
 OPENAI_API = "https://api.openai.com/v1"
@@ -59,27 +62,23 @@ def is_openai_api(url: str) -> bool:
     return parts.scheme == "https" and parts.hostname == "api.openai.com"
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def valid_env_name(name: str) -> bool:
     return bool(_ENV_NAME.match(name))
 
 
-def key_for(base_url: str | None, api_key_env: str | None = None) -> str | None:
+def key_for(base_url: str | None, api_key_env: str | None = None, api_key: str | None = None) -> str | None:
     """The key to send to `base_url` (see the module's rule), or None when none is due. Refuses an
-    unset paired variable, OpenAI's API without a key, and a key over plain http to another host."""
+    unset paired variable, OpenAI's API without a key, and a key over plain http to another host.
+    `api_key`: the key of a server ftscale started on this machine (refused for any other endpoint)."""
     url = endpoint_url(base_url)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise FtscaleError(f"{url}: the endpoint must be an http:// or https:// URL")
-    if api_key_env:
+    if api_key:
+        if not loopback.is_loopback_url(url):
+            raise FtscaleError(f"{url}: the key of a server ftscale started goes only to this machine")
+        key = api_key
+    elif api_key_env:
         if not valid_env_name(api_key_env):
             raise FtscaleError(f"api key env {api_key_env!r}: give the name of an environment variable, not a key")
         # naming OPENAI_API_KEY pairs the user's OpenAI key, wherever it is kept (its variable or file)
@@ -98,15 +97,34 @@ def key_for(base_url: str | None, api_key_env: str | None = None) -> str | None:
     return key
 
 
-def openai_client(base_url: str | None, api_key_env: str | None = None, *, asynchronous: bool = False, **kwargs):
+def openai_client(base_url: str | None, api_key_env: str | None = None, *, api_key: str | None = None,
+                  asynchronous: bool = False, **kwargs):
     """An `openai.OpenAI` (or `AsyncOpenAI`) client for the endpoint, carrying only the key due to it.
     The URL and key are always passed explicitly so that the client's own fallbacks to
-    OPENAI_BASE_URL / OPENAI_API_KEY cannot send the key somewhere else."""
+    OPENAI_BASE_URL / OPENAI_API_KEY cannot send the key somewhere else. A client of this machine
+    never goes through an http_proxy (ftscale/loopback.py)."""
     import openai
 
-    key = key_for(base_url, api_key_env)
+    key = key_for(base_url, api_key_env, api_key)
     cls = openai.AsyncOpenAI if asynchronous else openai.OpenAI
+    if loopback.is_loopback_url(endpoint_url(base_url)) and "http_client" not in kwargs:
+        kwargs["http_client"] = loopback.httpx_client(asynchronous)  # never through an http_proxy
     return cls(base_url=endpoint_url(base_url), api_key=key or PLACEHOLDER, **kwargs)
+
+
+def pairing_hint(base_url: str | None, api_key_env: str | None) -> str | None:
+    """For an endpoint that refused a request with 401: how to pair a key with it, when the refusal is because
+    none was (a non-OpenAI endpoint gets a key only when paired); None when a key was sent."""
+    url = endpoint_url(base_url)
+    if api_key_env or is_openai_api(url):
+        return None
+    return unpaired_401(url)
+
+
+def unpaired_401(url: str) -> str:
+    return (f"{url} refused the request (401): ftscale sends an API key only to OpenAI's API or to an endpoint you "
+            "pair one with; pair it: --api-key-env NAME, NAME the environment variable holding that endpoint's key "
+            "(--api-key-env OPENAI_API_KEY sends your OpenAI key there)")
 
 
 _LOOKS_LIKE_KEY = re.compile(r"\b(sk-)[A-Za-z0-9_*.\-]{6,}|\b(Bearer)\s+[A-Za-z0-9._~+/=*\-]+", re.IGNORECASE)

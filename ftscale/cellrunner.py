@@ -15,7 +15,7 @@ from typing import Callable
 
 import yaml
 
-from . import completion, progress
+from . import children, completion, progress
 from .chatdata import sha256_records
 from .config import ExperimentConfig
 from .atomic import write_text
@@ -76,15 +76,16 @@ def hf_answerer(cfg: ExperimentConfig, adapter: Path | None, model: str | None =
 
 
 def endpoint_answerer(model: str, base_url: str | None, concurrency: int, label: str = "openai",
-                      served: dict | None = None, api_key_env: str | None = None) -> Answerer:
+                      served: dict | None = None, api_key_env: str | None = None, api_key: str | None = None) -> Answerer:
     """An OpenAI-compatible endpoint, with the key paired to it (ftscale/apikey.py). `served`: for a
     server ftscale started itself, what it serves (its URL has a fresh port each time, so the URL
-    does not identify it)."""
+    does not identify it), and `api_key` its random key (nor does that: it is no part of the identity)."""
     from .eval.backends import make_backend
 
     identity = {"backend": label, "model": model} | (served if served is not None else {"base_url": base_url})
     return Answerer(label, identity, lambda: make_backend("openai", name=label, model=model, base_url=base_url,
-                                                          api_key_env=api_key_env, concurrency=concurrency))
+                                                          api_key_env=api_key_env, api_key=api_key,
+                                                          concurrency=concurrency))
 
 
 def captured_answerer(path: Path, model: str) -> Answerer:
@@ -228,12 +229,18 @@ def _train_under_accelerate(cfg: ExperimentConfig, n: int, cell: Path, accelerat
     cfg_file = write_text(cell / "launch-config.yaml", yaml.safe_dump(launch_config(cfg, n), sort_keys=False))
     cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(accelerate_config),
            "-m", "ftscale.train.sft", "--config", str(cfg_file), "--output_dir", str(cell)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # in a group of its own that dies with this process, SIGKILL included, and is stopped on Ctrl-C,
+    # SIGTERM or SIGHUP: a training left running would write into a cell a new run has taken over
+    proc = children.spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        _, stderr = proc.communicate()
+    finally:
+        children.stop(proc)
     if proc.returncode != 0:
         diverged = divergence.read(cell)
         if diverged is not None:
             raise divergence.Diverged(f"{cell}: training {divergence.reason(diverged)}")
-        raise StepsFailed(f"accelerate launch failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        raise StepsFailed(f"accelerate launch failed ({proc.returncode}): {stderr[-2000:]}")
 
 
 def ensure_openai(cfg: ExperimentConfig, n: int, cell: Path, log=print) -> dict:

@@ -15,6 +15,8 @@ from . import progress
 from .atomic import write_text
 from .cellrunner import Failure, ensure_trained, eval_jobs, hf_answerer, run_evals
 from .chatdata import read_jsonl
+from .children import exit_with_parent
+from .claims import Claim
 from .config import ExperimentConfig
 from .errors import StepsFailed
 from .eval.pairwise_runs import run_comparisons
@@ -45,6 +47,7 @@ def _start_cell_process(n: int, started, events, log_dir: Path) -> None:
     libraries print goes to a log (each cell's own while it runs, see _run_cell_from)."""
     import torch
 
+    exit_with_parent()  # a cell process outliving its run (killed) would write into the cells of the next
     with started.get_lock():  # the how-manyth process of the pool this one is
         index, started.value = started.value, started.value + 1
     progress.install(events.put)
@@ -102,6 +105,12 @@ def run_experiment(cfg: ExperimentConfig, log=print, jobs: int = 1) -> Path:
     check_installed(cfg.train.trackers)  # a tracker named but not installed: refused before any work
     task = task_for(cfg)
     refuse_overlap(cfg.data.train, cfg.data.eval)  # before any training: scores on seen examples mean nothing
+    # one `ftscale run` per experiment folder: a second is refused, naming the first (ftscale/claims.py)
+    with Claim(cfg.experiment_dir, "ftscale run"):
+        return _run_in(cfg, task, log, jobs)
+
+
+def _run_in(cfg: ExperimentConfig, task, log, jobs: int) -> Path:
     if jobs == 1:
         return _run_cells(cfg, task, log, None)
     import multiprocessing

@@ -10,11 +10,18 @@ training or evaluation whose completion record matches its inputs is not repeate
 runner, ftscale/cellrunner.py, is the same as `ftscale run`'s). A failed cell is recorded with its
 error in its own folder and the sweep goes on (exit code 1 at the end), unless --fail-fast. The
 cells' files are the truth; results.db is an index rebuilt from them (ftscale/results_store.py).
+
+One writer per cell: a process (the loop, or a scheduler's job) runs a cell only while it holds the
+cell's claim (ftscale/claims.py). The loop leaves a cell another live process holds to it and waits
+for its result at the end, so two sweeps of one folder, or a sweep beside scheduler jobs on several
+nodes, train each cell once; a cell whose holder died is taken over.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
+import time
 import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +33,7 @@ from .atomic import write_text
 from .cellrunner import (Answerer, audit_cell, captured_answerer, endpoint_answerer, ensure_captured, ensure_openai,
                          ensure_trained, eval_jobs, hf_answerer, run_evals)
 from .chatdata import read_jsonl
+from .claims import Claim, ClaimLost, describe
 from .errors import FtscaleError, StepsFailed
 from .eval.cost import add_costs
 from .eval.pairwise_runs import run_comparisons
@@ -34,12 +42,13 @@ from .eval.tasks import Task
 from .experiment import load_probes, task_for
 from .models import check_for_training
 from .prices import load_prices
-from .results_store import ResultsStore, is_done, mark_done, mark_failed, mark_running
+from .results_store import WITH_ERROR, ResultsStore, cell_status, is_done, mark_done, mark_failed, mark_running
 from .serve.evaluate_on_vllm import evaluate_on_vllm
 from .train.divergence import Diverged
 from .sweepconfig import Cell, expand, load_sweep
 
 STORE = "results.db"
+WAIT_S = 5.0  # how often a sweep looks again at the cells other processes are running
 
 
 class Runner:
@@ -52,6 +61,8 @@ class Runner:
         self.examples = read_jsonl(self.base.data.eval, "eval")[: self.base.eval.limit]
         self.probes = load_probes(self.base)
         self.log = log
+        self.claims: dict[str, Claim] = {}  # the cells this process holds, by key
+        self.left: set[str] = set()  # the cells found held by other processes
 
     def index(self) -> ResultsStore:
         """results.db rebuilt from the cells' files (the files are the truth)."""
@@ -102,7 +113,14 @@ class Runner:
             answerer = self.in_process(cell)
         folders = self.evaluate(cell, answerer)
         if finish:
-            mark_done(cell.run_dir, cell.key, folders)
+            self._done(cell, folders)
+
+    def _done(self, cell: Cell, folders: list[Path]) -> None:
+        """The cell's record, unless another process took its claim over meanwhile (ClaimLost)."""
+        claim = self.claims.get(cell.key)
+        if claim is not None:
+            claim.check()
+        mark_done(cell.run_dir, cell.key, folders)
 
     def in_process(self, cell: Cell) -> Answerer:
         return hf_answerer(cell.cfg, cell.run_dir / "adapter" if cell.n > 0 else None)
@@ -114,6 +132,9 @@ class Runner:
             return True
         except KeyboardInterrupt:
             raise
+        except ClaimLost as e:  # the cell is another process's now: nothing of this one is recorded
+            self.log(str(e))
+            return False
         except Diverged as e:  # the training was stopped: the cell is diverged, with the step, loss and knobs
             mark_failed(cell.run_dir, str(e), status="diverged")
             self.log(str(e))
@@ -138,33 +159,71 @@ class Runner:
             check_for_training(cfg)  # each local model, before any cell: reachable, a chat template, LoRA targets
         self.index().close()
         self.log(f"{self.sweep.name}: {len(self.cells)} cells, {len(self.cells) - len(todo)} done, {len(todo)} to run")
-        bar = tqdm(total=len(todo), desc=self.sweep.name, unit="cell")
-        vllm_groups: dict[str, list[Cell]] = {}
-        for cell in todo:
-            bar.set_postfix_str(f"{cell.system} n={cell.n} seed={cell.seed}")
-            by_vllm = "vllm" in cell.eval_backends and cell.backend == "local"
-            in_process = not by_vllm or "hf" in cell.eval_backends
-            if self._guarded(cell, lambda c=cell: self.run_cell(c, evaluate=in_process, finish=not by_vllm),
-                             fail_fast) and by_vllm:
-                vllm_groups.setdefault(cell.cfg.model + "|" + cell.cfg.train.quantization, []).append(cell)
-            bar.update()
-        bar.close()
-        for cells in vllm_groups.values():
-            self._evaluate_on_vllm(cells, fail_fast)
+        held, told = self._run_claimed(todo, fail_fast), None
+        while held:  # cells other processes (another sweep, a scheduler's job) run: their results, once
+            if len(held) != told:
+                self.log(f"waiting for {len(held)} cell(s) that other processes are running")
+                told = len(held)
+            time.sleep(WAIT_S)
+            # a cell whose process died is run here; one it recorded as failed is not run again
+            held = self._run_claimed([c for c in held if not is_done(c.run_dir, c.key)
+                                      and cell_status(c.run_dir, c.key)["status"] not in WITH_ERROR], fail_fast)
         self.judge_pairs()
         store = self.index()
         counts = store.summary([c.key for c in self.cells])["counts"]
         store.close()
         return counts
 
+    def _run_claimed(self, cells: list[Cell], fail_fast: bool) -> list[Cell]:
+        """Each cell this process can claim (ftscale/claims.py), trained and evaluated; the cells other
+        live processes hold are returned, untouched."""
+        bar = tqdm(total=len(cells), desc=self.sweep.name, unit="cell")
+        vllm_groups: dict[str, list[Cell]] = {}
+        held = []
+        try:
+            for cell in cells:
+                bar.set_postfix_str(f"{cell.system} n={cell.n} seed={cell.seed}")
+                claim = Claim(cell.run_dir, "ftscale sweep")
+                if not claim.acquire():
+                    if cell.key not in self.left:  # said once, not at every look while waiting
+                        self.log(f"{cell.run_dir}: left to {describe(claim.holder() or {})}")
+                        self.left.add(cell.key)
+                    held.append(cell)
+                elif is_done(cell.run_dir, cell.key):  # finished by another process since the list was made
+                    claim.release()
+                else:
+                    self.claims[cell.key] = claim
+                    by_vllm = "vllm" in cell.eval_backends and cell.backend == "local"
+                    in_process = not by_vllm or "hf" in cell.eval_backends
+                    if self._guarded(cell, lambda c=cell: self.run_cell(c, evaluate=in_process, finish=not by_vllm),
+                                     fail_fast) and by_vllm:
+                        vllm_groups.setdefault(cell.cfg.model + "|" + cell.cfg.train.quantization, []).append(cell)
+                    else:
+                        self._release(cell)
+                bar.update()
+            bar.close()
+            for group in vllm_groups.values():
+                self._evaluate_on_vllm(group, fail_fast)
+        finally:
+            for key in list(self.claims):
+                self.claims.pop(key).release()
+        return held
+
+    def _release(self, cell: Cell) -> None:
+        claim = self.claims.pop(cell.key, None)
+        if claim is not None:
+            claim.release()
+
     def judge_pairs(self) -> None:
         """The task's double-blind pairwise judgements between the finished evaluations: every
         fine-tune (each seed) against every untrained system at the same temperature."""
         if self.task.pairwise is None:
             return
-        # the finished cells' rows only: no other cell's, and no costs, are needed to judge them
-        rows = [r for c in self.cells if is_done(c.run_dir, c.key) for r in _cell_rows(c, "done")]
-        run_comparisons(self.sweep.sweep_dir, self.task.pairwise, rows, log=self.log)
+        # one sweep of the folder at a time judges: a second one waits, then finds the judgements made
+        with Claim(self.sweep.sweep_dir, "ftscale sweep (pairwise judgements)").wait():
+            # the finished cells' rows only: no other cell's, and no costs, are needed to judge them
+            rows = [r for c in self.cells if is_done(c.run_dir, c.key) for r in _cell_rows(c, "done")]
+            run_comparisons(self.sweep.sweep_dir, self.task.pairwise, rows, log=self.log)
 
     def _evaluate_on_vllm(self, cells: list[Cell], fail_fast: bool) -> None:
         """One server per base model, every adapter of that base loaded as a LoRA module."""
@@ -175,7 +234,7 @@ class Runner:
             for cell in cells:
                 answerer = vllm.answerer(cell.cfg, cell.cfg.serve.concurrency,
                                          lora=cell.run_dir.name if cell.n > 0 else None)
-                self._guarded(cell, lambda c=cell, a=answerer: mark_done(c.run_dir, c.key, self._both(c, a)), fail_fast)
+                self._guarded(cell, lambda c=cell, a=answerer: self._done(c, self._both(c, a)), fail_fast)
 
     def _both(self, cell: Cell, answerer: Answerer) -> list[Path]:
         """The cell's vLLM evaluations, and its in-process ones when it owes both (done by then: only named)."""
@@ -223,35 +282,71 @@ def status_counts(sweep_path: str | Path) -> dict:
 
 def run_one(sweep_path: str, key: str) -> str:
     """One cell, as a scheduler job runs it (submitit pickles this function and its arguments). It
-    writes only its own cell's files, never the shared index."""
+    writes only its own cell's files, never the shared index, and only while it holds the cell's claim:
+    a cell another live process holds is left to it."""
+    _keep_to_allocated_cores()
     runner = Runner(sweep_path)
     cell = next(c for c in runner.cells if c.key == key)
-    if is_done(cell.run_dir, cell.key):
-        return "already done"
-    if runner._guarded(cell, lambda: runner.run_cell(cell), fail_fast=True):
-        return "done"
-    return "failed"
+    claim = Claim(cell.run_dir, "ftscale sweep job")
+    if not claim.acquire():
+        return f"left to {describe(claim.holder() or {})}"
+    runner.claims[cell.key] = claim
+    try:
+        if is_done(cell.run_dir, cell.key):
+            return "already done"
+        if runner._guarded(cell, lambda: runner.run_cell(cell), fail_fast=True):
+            return "done"
+        return "failed"
+    finally:
+        runner._release(cell)
 
 
-def submit(sweep_path: str | Path, cluster: str, timeout_min: int, partition: str | None, gpus_per_node: int,
-           log=print, max_parallel: int = 1) -> list:
+def _keep_to_allocated_cores() -> None:
+    """In a SLURM job, compute on as many threads as cores were allocated (SLURM_CPUS_PER_TASK): without
+    cgroups nothing else stops PyTorch from using every core of the node, and its threads, spinning
+    while they wait for one another, slow jobs sharing a node down far more than their share."""
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if cpus and cpus.isdigit():
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = cpus  # the processes it starts (accelerate) too
+        torch.set_num_threads(int(cpus))
+
+
+def submit(sweep_path: str | Path, cluster: str, timeout_min: int | None = None, partition: str | None = None,
+           gpus_per_node: int | None = None, log=print, max_parallel: int = 1) -> list:
     """Hand every unfinished cell to a scheduler through submitit (one job per cell); the cells'
     own files are where the jobs meet. `cluster`: slurm, or local / debug to try it on this machine:
     local runs at most `max_parallel` jobs at once and waits for them; debug runs each job in this
-    process (submitit's debug jobs run only when their result is asked for)."""
+    process (submitit's debug jobs run only when their result is asked for). The job's resources are
+    the sweep's `slurm:` section (no GPU unless it asks for one); the arguments given override it.
+    A cell a live job (or sweep) holds is not submitted again."""
     try:
         import submitit
     except ImportError:
         raise FtscaleError("--executor needs submitit: pip install submitit") from None
     runner = Runner(sweep_path, log=log)
-    todo = runner.todo()
+    todo = []
+    for cell in runner.todo():
+        holder = Claim(cell.run_dir).holder()
+        if holder is None:
+            todo.append(cell)
+        else:
+            log(f"{cell.run_dir}: not submitted, {describe(holder)} is running it")
     executor = submitit.AutoExecutor(folder=runner.sweep.sweep_dir / "submitit" / "%j", cluster=cluster)
-    params = {"timeout_min": timeout_min, "name": f"ftscale-{runner.sweep.name}"}
+    slurm = runner.sweep.slurm
+    params = {"timeout_min": timeout_min or slurm.timeout_min, "name": f"ftscale-{runner.sweep.name}"}
     if cluster == "slurm":
-        params |= {"slurm_partition": partition, "gpus_per_node": gpus_per_node} if partition else {"gpus_per_node": gpus_per_node}
+        gpus = slurm.gpus_per_node if gpus_per_node is None else gpus_per_node
+        asked = {"slurm_partition": partition or slurm.partition, "gpus_per_node": gpus or None,
+                 "cpus_per_task": slurm.cpus_per_task, "mem_gb": slurm.mem_gb}
+        params |= {k: v for k, v in asked.items() if v is not None}  # left out: the cluster's default
     executor.update_parameters(**params)
     target = str(Path(sweep_path).resolve())
     if cluster == "slurm":
+        if not todo:
+            log("nothing to submit: every cell is done or running")
+            return []
         with executor.batch():
             jobs = [executor.submit(run_one, target, c.key) for c in todo]
         log(f"submitted {len(jobs)} jobs to slurm (logs in {runner.sweep.sweep_dir / 'submitit'}); "

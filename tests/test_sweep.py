@@ -1,9 +1,11 @@
 """Sweeps on the embedded model: a tiny real grid killed with SIGKILL at random moments and resumed,
 failed cells recorded without stopping the others, bad configs refused before any cell runs, the
-status line, the report's refusal of an edited run directory, and one job per cell via submitit."""
+status line, the report's refusal of an edited run directory, one job per cell via submitit, and two
+sweeps of one folder at once running each cell once."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -87,6 +89,39 @@ def test_a_sweep_killed_at_random_moments_ends_with_every_cell_done_once(embedde
     refused = _ftscale("report", sweep.sweep_dir)
     assert refused.returncode == 2
     assert f"{gens.parent}: its files are not the ones its completion record names" in refused.stderr
+
+
+def test_two_sweeps_started_at_once_on_one_folder_run_each_cell_once(embedded_model, tmp_path):
+    """One writer per cell (ftscale/claims.py): two sweeps of one folder, and a third alone in another."""
+    from ftscale.chatdata import sha256_file
+
+    for folder in ("shared", "alone"):
+        (tmp_path / folder).mkdir()
+    # two cells: each sweep claims one first, then waits for the other's; no stop check (not under test here)
+    shared, alone = (_sweep(tmp_path / f, sizes=(4,), overrides={"train.stop_check": 0}) for f in ("shared", "alone"))
+    logs = [tmp_path / f"sweep-{i}.log" for i in range(3)]  # files, not pipes: one unread pipe would stall its writer
+    procs = [subprocess.Popen([str(BIN / "ftscale"), "sweep", str(p)], cwd=ROOT, stdout=log.open("w"),
+                              stderr=subprocess.STDOUT) for p, log in zip((shared, shared, alone), logs)]
+    for proc in procs:
+        proc.wait(timeout=1800)
+    outs = [(log.read_text(), "") for log in logs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [out[-2000:] for out, _ in outs]
+    # each of the two ran the cells it claimed, left the others to the other, and waited for them
+    assert any("left to ftscale sweep on" in out for out, _ in outs[:2]), outs[0][0][-2000:]
+    cells, reference = expand(*load_sweep(shared)), expand(*load_sweep(alone))
+    assert len(cells) == len(reference) == 2
+    for cell, ref in zip(cells, reference):
+        state = json.loads((cell.run_dir / "cell.json").read_text())
+        assert state["attempts"] == 1 and state["completions"] == 1, (cell.run_dir, state)  # run once
+        assert is_done(cell.run_dir, cell.key)
+        gens = [json.loads(line)["output"] for line in (cell.run_dir / "eval-default" / "generations.jsonl").open()]
+        ref_gens = [json.loads(line)["output"] for line in (ref.run_dir / "eval-default" / "generations.jsonl").open()]
+        assert gens == ref_gens  # the same answers as a sweep alone
+        scores = json.loads((cell.run_dir / "eval-default" / "scores.json").read_text())["metrics"]
+        assert scores == json.loads((ref.run_dir / "eval-default" / "scores.json").read_text())["metrics"]
+        if cell.n:
+            adapter = "adapter/adapter_model.safetensors"
+            assert sha256_file(cell.run_dir / adapter) == sha256_file(ref.run_dir / adapter)
 
 
 def test_a_failed_cell_is_recorded_and_the_others_go_on(embedded_model, tmp_path):

@@ -115,7 +115,11 @@ def check_served(base_url: str, api_key: str, names: list[str], prompts: list[li
     the prompts are asked concurrently, so the server batches them."""
     from openai import OpenAI  # imported when used: `ftscale serve` starts without it
 
-    client = OpenAI(base_url=base_url, api_key=api_key, timeout=600, max_retries=0)
+    from ftscale import loopback
+
+    # a server on this machine (ftscale's own): never asked through an http_proxy
+    http = {"http_client": loopback.httpx_client()} if loopback.is_loopback_url(base_url) else {}
+    client = OpenAI(base_url=base_url, api_key=api_key, timeout=600, max_retries=0, **http)
 
     def ask(name_prompt):
         name, prompt = name_prompt

@@ -4,8 +4,9 @@ Requests are streamed so that time to first token and inter-token latencies are 
 way vLLM's serving benchmark measures them; `stream_options.include_usage` gives the token
 counts. Retries (429, 5xx, timeouts, dropped connections) back off exponentially, are bounded,
 and are logged; a request that still fails is returned with its error, never dropped.
-Which key goes to which endpoint is ftscale/apikey.py's rule; keys are never written anywhere,
-and provider error text is masked before it is logged or recorded.
+Which key goes to which endpoint is ftscale/apikey.py's rule (`api_key`: the random key of a server
+ftscale started on this machine); keys are never written anywhere, and provider error text is masked
+before it is logged or recorded. A loopback endpoint is never asked through an http_proxy.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import time
 import httpx
 import openai
 
-from ftscale.apikey import key_for, mask, openai_client
 from ftscale import progress as progress_view  # the run's one view, when there is one
+from ftscale.apikey import key_for, mask, openai_client
 
 from .base import Generation, Request, Sampling
 
@@ -41,12 +42,13 @@ def _retryable(e: Exception) -> bool:
 class OpenAIBackend:
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str | None = None, concurrency: int = 8,
                  max_retries: int = 4, backoff_s: float = 1.0, timeout_s: float = 300.0, progress: bool = True,
-                 name: str = "openai"):
+                 name: str = "openai", api_key: str | None = None):
         self.name = name  # "vllm" when the endpoint is a server that ftscale started
         self.model = model
         self.base_url = base_url
         self.api_key_env = api_key_env
-        key_for(base_url, api_key_env)  # a missing or misdirected key is refused before any work
+        self._api_key = api_key
+        key_for(base_url, api_key_env, api_key)  # a missing or misdirected key is refused before any work
         self.concurrency = concurrency
         self.max_retries = max_retries
         self.backoff_s = backoff_s
@@ -57,7 +59,8 @@ class OpenAIBackend:
         return asyncio.run(self._generate(requests, sampling))
 
     async def _generate(self, requests: list[Request], sampling: Sampling) -> list[Generation]:
-        client = openai_client(self.base_url, self.api_key_env, asynchronous=True, max_retries=0, timeout=self.timeout_s)
+        client = openai_client(self.base_url, self.api_key_env, api_key=self._api_key, asynchronous=True, max_retries=0,
+                               timeout=self.timeout_s)
         gate = asyncio.Semaphore(self.concurrency)
         bar = progress_view.bar(len(requests), f"generating ({self.model})", "req", disable=not self.progress)
 

@@ -15,10 +15,11 @@ def add_parser(sub) -> None:
     sw.add_argument("--fail-fast", action="store_true", help="stop at the first failed cell")
     sw.add_argument("--executor", choices=["slurm", "local", "debug"],
                     help="submit one job per cell through submitit instead of the built-in loop")
-    sw.add_argument("--timeout-min", type=int, default=240, help="per job, with --executor")
+    sw.add_argument("--timeout-min", type=int, help="per job, with --executor (default: the sweep's slurm.timeout_min, 240)")
     sw.add_argument("--max-parallel", type=int, default=1, help="with --executor local: jobs run at once")
-    sw.add_argument("--slurm-partition")
-    sw.add_argument("--gpus-per-node", type=int, default=1)
+    sw.add_argument("--slurm-partition", help="default: the sweep's slurm.partition, else the cluster's")
+    sw.add_argument("--gpus-per-node", type=int,
+                    help="GPUs per job (default: the sweep's slurm.gpus_per_node, 0: none, as on a CPU node)")
     sw.set_defaults(fn=run)
 
 
