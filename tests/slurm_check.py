@@ -174,6 +174,10 @@ def ftscale(*args: str, env=None) -> str:
     return proc.stdout  # what it says; stderr holds the progress bars
 
 
+# the Trainer's progress bar: no description before its percentage (the others: "Loading weights: ...")
+TRAINING_BAR = re.compile(r"(?:^|[\r\n])\s*\d+%\|[^|\r\n]*\| (\d+)/(\d+) \[")
+
+
 def training_in_progress(cells, cluster: Cluster) -> tuple | None:
     """(cell, pid, job id, job name, training step) for a cell whose job is training now: the training
     began (config.yaml), has not ended (no metrics yet), and the job's log shows a step done, not the last."""
@@ -187,7 +191,7 @@ def training_in_progress(cells, cluster: Cluster) -> tuple | None:
         # an array task is named by its array's id and its index (1_0), its log folder too
         name = dict(line.split() for line in cluster.run("squeue", "-h", "-o", "%A %i").splitlines()).get(job)
         logs = list((cell.run_dir.parents[2] / "submitit" / str(name)).glob("*_log.err"))
-        steps = [m for p in logs for m in re.findall(r"\| (\d+)/(\d+) \[", p.read_text(errors="replace"))]
+        steps = [m for p in logs for m in TRAINING_BAR.findall(p.read_text(errors="replace"))]
         if name and steps and 0 < int(steps[-1][0]) < int(steps[-1][1]):
             return cell, pid, job, name, f"{steps[-1][0]}/{steps[-1][1]}"
     return None
@@ -272,6 +276,10 @@ def _job_of(pid: int) -> str | None:
     return None
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, cells, configuration)")
@@ -282,6 +290,8 @@ def main() -> int:
     if missing:
         raise SystemExit(f"slurm-check needs Debian's slurm-wlm and munge ({', '.join(missing)} missing): "
                          "apt-get install slurm-wlm munge (make slurm-check does)")
+    # SIGTERM (a `kill`, a CI's timeout) unwinds as Ctrl-C does: the cluster and its jobs are stopped below
+    signal.signal(signal.SIGTERM, _interrupt)
     folder = Path(tempfile.mkdtemp(prefix="ftscale-slurm-"))
     cluster = Cluster(folder)
     try:
