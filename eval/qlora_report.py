@@ -6,28 +6,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from ftscale.rundir import TRAIN_METRICS, read_json
 
-from .parity import compare
+from .parity import compare, on_4bit_base
 from .report_document import fmt
 from .stats import item_scores, mean_interval
 
 # the study's evaluation labels (ftscale/qlora_study.py), read here by name
-LORA, ON_BF16, SERVED = "hf-lora", "hf-on-bf16", "vllm-merged"
+LORA, ON_BF16, SERVED, TOKEN_AGREEMENT = "hf-lora", "hf-on-bf16", "vllm-merged", "token-agreement.json"
 MERGES = ("original", "dequantized")
 
 
 def _qlora_rows(rows: list) -> list:
     """The in-process evaluations of trained QLoRA cells: (a), the adapter on the 4-bit base it trained on."""
-    out = []
-    for r in rows:
-        config = Path(r.run_dir) / "config.yaml" if r.run_dir else None
-        if r.system == "hf" and r.num_train_examples > 0 and config and config.is_file() and \
-                (yaml.safe_load(config.read_text()).get("train") or {}).get("quantization") == "4bit":
-            out.append(r)
-    return out
+    return [r for r in rows if r.system == "hf" and r.num_train_examples > 0 and on_4bit_base(r.run_dir)]
 
 
 def _score(r, metric: str, cache: dict) -> str:
@@ -60,12 +52,12 @@ def beside_lora(rows: list, metric: str, cache: dict) -> list[str]:
     head = ["train examples", "seed", "prompt", f"QLoRA {metric}", f"LoRA {metric}", "QLoRA − LoRA [95% CI]",
             "identical answers", "peak memory MB (QLoRA / LoRA)", "train tokens/s (QLoRA / LoRA)",
             "train time s (QLoRA / LoRA)"]
-    lines = ["", "## QLoRA beside LoRA", "",
-             "Each QLoRA adapter (trained and evaluated in-process on the 4-bit nf4 base) beside a plain LoRA of the "
-             "same size, seed and settings (trained and evaluated on the bf16 base): scores with their 95% intervals, "
-             "the paired difference on the same items, the share of identical greedy answers, and each training's "
-             "peak memory (the process's maximum resident memory on a CPU, allocated memory on CUDA) and tokens/s.",
-             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = _section("QLoRA beside LoRA",
+                     "Each QLoRA adapter (trained and evaluated in-process on the 4-bit nf4 base) beside a plain LoRA "
+                     "of the same size, seed and settings (trained and evaluated on the bf16 base): scores with their "
+                     "95% intervals, the paired difference on the same items, the share of identical greedy answers, "
+                     "and each training's peak memory (the process's maximum resident memory on a CPU, allocated "
+                     "memory on CUDA) and tokens/s.", head)
     for a, b in pairs:
         p = compare(a.generations, b.generations, metric, cache)
         ta, tb = _training(a), _training(b)
@@ -76,6 +68,20 @@ def beside_lora(rows: list, metric: str, cache: dict) -> list[str]:
             f"{fmt(ta.get('train_tokens_per_s'), '.1f')} / {fmt(tb.get('train_tokens_per_s'), '.1f')} | "
             f"{fmt(ta.get('wall_time_s'), '.1f')} / {fmt(tb.get('wall_time_s'), '.1f')} |")
     return lines
+
+
+def _section(title: str, intro: str, head: list[str]) -> list[str]:
+    """A summary section's title, what it shows, and its table's header."""
+    return ["", f"## {title}", "", intro, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+
+def _token_agreement(a, other) -> str:
+    """(a) against `other`, next token by next token (ftscale/qlora_study.py measured it), else –."""
+    from ftscale.eval.token_agreement import TokenAgreement
+
+    found = ((read_json(Path(a.run_dir) / TOKEN_AGREEMENT) or {}).get("variants", {}).get(a.prompt_variant, {})
+             .get(other.system))
+    return TokenAgreement(**found).text() if found else "–"
 
 
 def _merge_pairs(a, by: dict) -> list[tuple[str, str, object, object]]:
@@ -104,18 +110,23 @@ def merge_table(rows: list, metric: str, cache: dict) -> list[str]:
     if not found:
         return []
     head = ["train examples", "seed", "prompt", "pair", "measures", "identical answers [95% CI]",
-            f"{metric}: first − second [95% CI]", f"{metric} (first / second)"]
-    lines = ["", "## Merging the QLoRA adapter", "",
-             "The QLoRA adapter (a) on the 4-bit base it trained on, (b) on the original bf16 base, (c) merged into "
-             "the original bf16 weights or into the dequantized nf4 weights it trained against (`ftscale merge "
-             "--into`; each merge computed in fp32, saved in bf16) and evaluated in-process, (d) the default merge "
-             "served by vLLM. Same items, greedy: the share of identical answers and the paired metric difference.",
-             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            "next tokens agreeing, along (a)'s answers", f"{metric}: first − second [95% CI]",
+            f"{metric} (first / second)"]
+    lines = _section("Merging the QLoRA adapter",
+                     "The QLoRA adapter (a) on the 4-bit base it trained on, (b) on the original bf16 base, (c) merged "
+                     "into the original bf16 weights or into the dequantized nf4 weights it trained against (`ftscale "
+                     "merge --into`; each merge computed in fp32, saved in bf16) and evaluated in-process, (d) the "
+                     "default merge served by vLLM. Same items, greedy: the share of identical answers and the paired "
+                     "metric difference. Against (a), also the share of next tokens on which both choose the same "
+                     "when fed (a)'s own answers (teacher forcing, eval/token_agreement.py): one near-tie early in an "
+                     "answer changes all of it, while this compares every position on its own, so it says how close "
+                     "the weights are.", head)
     for a, pairs in found:
         for name, what, x, y in pairs:
             p = compare(x.generations, y.generations, metric, cache)
+            tokens = _token_agreement(a, y) if x is a else "–"
             lines.append(f"| {a.num_train_examples} | {a.seed} | {a.prompt_variant} | {name} | {what} | "
-                         f"{p.identical_text()} | {p.difference_text()} | {fmt(x.metric(metric))} / "
+                         f"{p.identical_text()} | {tokens} | {p.difference_text()} | {fmt(x.metric(metric))} / "
                          f"{fmt(y.metric(metric))} |")
     return lines
 

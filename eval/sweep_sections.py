@@ -173,16 +173,23 @@ def parity_section(doc: Doc, view: SweepView) -> None:
     evaluated both ways (`eval_backend: [hf, vllm]`)."""
     by_eval = group([r for r in view.rows if is_done(r) and r.backend in ("hf", "vllm")],
                     lambda r: (r.run_dir, r.prompt_variant, r.temperature))
-    pairs = [(sorted(g, key=lambda r: r.backend)) for g in by_eval.values() if {r.backend for r in g} == {"hf", "vllm"}]
+    from ftscale.eval.parity import THRESHOLD_NOTE, compare, on_4bit_base, verdict
+
+    both = [(sorted(g, key=lambda r: r.backend)) for g in by_eval.values() if {r.backend for r in g} == {"hf", "vllm"}]
+    # a QLoRA cell's two evaluations are not of the same weights (4-bit base in-process, bf16 base on vLLM)
+    quantized = sorted({hf.system.removesuffix(" (hf)") for hf, _ in both if on_4bit_base(hf.run_dir)})
+    pairs = [(hf, served) for hf, served in both if not on_4bit_base(hf.run_dir)]
     if not pairs:
         return
-    from ftscale.eval.parity import THRESHOLD_NOTE, compare, verdict
 
     metric = view.headline[0]
     doc.h2("Train/serve parity", "parity")
     doc.p("The same weights answered in-process (transformers, `hf`) and through a vLLM server, on the same eval "
           "items: the share of answers identical character for character (95% Wilson interval), and the paired "
-          f"difference of `{metric}`, vLLM minus in-process (95% interval). " + THRESHOLD_NOTE)
+          f"difference of `{metric}`, vLLM minus in-process (95% interval). " + THRESHOLD_NOTE
+          + (f" Not in this table: {', '.join(quantized)}, whose in-process answers come from the 4-bit base and vLLM's "
+             "from the bf16 base (vLLM on a CPU has no bitsandbytes), so quantization and the engine both differ "
+             "between them; the QLoRA experiment measures each apart (docs/qlora.md)." if quantized else ""))
     cache, table = {}, []
     for hf, served in pairs:
         found = hf.generations and served.generations and all(

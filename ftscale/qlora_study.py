@@ -6,6 +6,7 @@ beside each trained QLoRA cell, which `ftscale run` has evaluated in-process on 
     <cell>/merged-<into>/                (c) the adapter merged into the original or the dequantized weights
     <cell>/eval-hf-merged-<into>-<v>/        each merge evaluated in-process                        (hf-merged-<into>)
     <cell>/eval-vllm-merged-<variant>/   (d) the default merge served by vLLM (qlora.serve_merged)  (vllm-merged)
+    <cell>/token-agreement.json          (b) and (c): next tokens agreeing with (a) along (a)'s answers
 
 Every evaluation is a step like the cells' own (a completion record naming its inputs and the training it
 evaluated), so a run started again redoes only what changed; the summary's QLoRA and parity sections
@@ -27,6 +28,7 @@ LORA = "hf-lora"
 ON_BF16 = "hf-on-bf16"
 SERVED = "vllm-merged"
 SERVED_MERGE = "vllm-merged.json"
+TOKEN_AGREEMENT = "token-agreement.json"
 
 
 def merged_label(into: str) -> str:
@@ -67,12 +69,46 @@ def _study_cell(cfg: ExperimentConfig, n: int, cell: Path, task, pool, examples,
         failures += _evaluate(lora, twin, task, pool, examples, hf_answerer(lora, twin / "adapter", label=LORA), log)
     on_bf16 = hf_answerer(cfg, cell / "adapter", label=ON_BF16, quantization="none")
     failures += _evaluate(cfg, cell, task, pool, examples, on_bf16, log)
+    merges = {}
     for into in spec.merges:
-        merged = ensure_merged(cell, into, log)
+        merges[into] = merged = ensure_merged(cell, into, log)
         failures += _evaluate(cfg, cell, task, pool, examples, merged_answerer(cfg, merged, merged_label(into)), log)
+    if not failures:
+        ensure_token_agreement(cfg, cell, on_bf16, merges, log)
     if spec.serve_merged:
         failures += _serve_merged(cfg, cell, task, pool, examples, log)
     return failures
+
+
+def ensure_token_agreement(cfg: ExperimentConfig, cell: Path, on_bf16: Answerer, merges: dict[str, Path],
+                           log=print) -> dict:
+    """<cell>/token-agreement.json: how often (b) and each merge choose (a)'s next token along (a)'s answers
+    (eval/token_agreement.py), for every prompt variant; measured again only when an input changed."""
+    from .atomic import write_json
+    from .chatdata import sha256_file
+    from .eval.token_agreement import agreement, answers_of
+    from .rundir import read_json
+    from .train.merge import MANIFEST, adapter_sha256
+
+    answered = {v: cell / f"eval-{v}" / "generations.jsonl" for v in cfg.eval.prompt_variants}
+    inputs = {"adapter": adapter_sha256(cell / "adapter"), **{f"answers {v}": sha256_file(p) for v, p in answered.items()},
+              **{f"merge {m}": sha256_file(path / MANIFEST) for m, path in merges.items()}}
+    done = read_json(cell / TOKEN_AGREEMENT)
+    if done is not None and done.get("inputs") == inputs:
+        return done
+    log(f"{cell.name}: next-token agreement of the bf16 base and the merges with the 4-bit base")
+    reference = hf_answerer(cfg, cell / "adapter").make()  # (a): the adapter on the 4-bit base it trained on
+    others = {ON_BF16: on_bf16, **{merged_label(m): merged_answerer(cfg, path, merged_label(m))
+                                   for m, path in merges.items()}}
+    result = {"inputs": inputs, "variants": {v: {} for v in answered}}
+    for label, answerer in others.items():
+        candidate = answerer.make()
+        for v, path in answered.items():
+            a = agreement(reference, candidate, answers_of(path))
+            result["variants"][v][label] = {"agree": a.agree, "total": a.total, "max_logit_diff": a.max_logit_diff}
+        del candidate
+    write_json(cell / TOKEN_AGREEMENT, result)  # written whole, last: names the inputs it measured
+    return result
 
 
 def ensure_merged(cell: Path, into: str, log=print) -> Path:

@@ -27,7 +27,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 # The groups that take minutes each on the CI machine start first, so the two workers finish together
 # (`make test` passes --no-loadscope-reorder, without which xdist orders groups by their number of tests).
-LONGEST_FIRST = ("trained_run", "test_trust.py", "test_tone_experiment.py", "test_sweep.py", "test_scripted_teacher.py")
+LONGEST_FIRST = ("trained_run", "test_qlora.py", "test_trust.py", "test_tone_experiment.py", "test_sweep.py", "test_scripted_teacher.py")
 
 
 @pytest.hookimpl(tryfirst=True)

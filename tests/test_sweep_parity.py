@@ -40,3 +40,29 @@ def test_a_sweep_evaluated_both_ways_shows_train_serve_parity(tmp_path):
     # a sweep evaluated one way has no such section
     _, md = write_sweep_report(tmp_path / "one", rows[::2], get_task("formatting"), None, {})
     assert "Train/serve parity" not in md.read_text()
+
+
+def test_a_qlora_cell_is_not_taken_for_a_parity_pair(tmp_path):
+    """A QLoRA cell answers in-process from its 4-bit base and through vLLM from the bf16 base: not the same
+    weights, so its two evaluations are no parity pair (a gap there is quantization, not the engine); the
+    section says so, and a plain LoRA cell beside it is still compared."""
+    from ftscale.eval.result_row import ResultRow
+
+    def row(backend, cell, quantization, outputs):
+        (tmp_path / cell).mkdir(exist_ok=True)
+        (tmp_path / cell / "config.yaml").write_text(json.dumps({"train": {"quantization": quantization}}))
+        gens = _generations(tmp_path / cell / f"eval-{backend}" / "generations.jsonl", outputs, [1] * len(outputs))
+        system = "smollm2-135m QLoRA" if quantization == "4bit" else "smollm2-135m LoRA"
+        return ResultRow(system=f"{system} ({backend})", backend=backend, model="smollm2-135m", num_train_examples=25,
+                         seed=42, prompt_variant="default", temperature=0.0, in_sweep=True, run_dir=str(tmp_path / cell),
+                         generations=gens, n_eval=40, metrics={"format_ok": 1.0, "answer_correct": 0.0, "both": 0.0})
+    rows = [row("hf", "lora", "none", ["{}"] * 40), row("vllm", "lora", "none", ["{}"] * 40),
+            row("hf", "qlora", "4bit", ["{}"] * 40), row("vllm", "qlora", "4bit", ["z"] * 40)]
+    _, md = write_sweep_report(tmp_path / "out", rows, get_task("formatting"), None, {})
+    section = md.read_text().split("## Train/serve parity")[1].split("\n## ")[0]
+    assert [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| smollm2")] == [
+        "smollm2-135m LoRA"]
+    assert "Not in this table: smollm2-135m QLoRA" in section and "bf16 base" in section
+    # QLoRA alone: no pair left, no section
+    _, md = write_sweep_report(tmp_path / "only", rows[2:], get_task("formatting"), None, {})
+    assert "Train/serve parity" not in md.read_text()

@@ -61,6 +61,16 @@ class HFBackend:
         self.eos_ids = set(gen_eos if isinstance(gen_eos, list) else [gen_eos]) | {self.tokenizer.eos_token_id}
 
     @torch.inference_mode()
+    def next_token_logits(self, messages: list[dict], answer: str) -> torch.Tensor:
+        """The logits this model gives each token of `answer` after the prompt and the answer's earlier tokens
+        (teacher forcing), one row per answer token, in fp32."""
+        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                    return_dict=False)
+        tokens = self.tokenizer(answer, add_special_tokens=False).input_ids
+        ids = torch.tensor([prompt + tokens], device=self.device)
+        return self.net(ids).logits[0, len(prompt) - 1:-1].float().cpu()
+
+    @torch.inference_mode()
     def generate(self, requests: list[Request], sampling: Sampling) -> list[Generation]:
         set_seed(sampling.seed)
         encoded = [self.tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=True,

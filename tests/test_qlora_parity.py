@@ -1,6 +1,3 @@
-# NOT YET COLLECTED (named unverified_*.py, not test_*.py): written for issue 26 but not run to the end on
-# the shared 2-core machine of its session (load 10-20; the session's trained_run fixture itself timed out
-# there). Run it alone (pytest tests/unverified_*.py), fix what fails, then rename it test_*.py.
 """Train/serve parity in the experiment summary: one adapter evaluated in-process and through the
 session's vLLM server. A deliberate chat-template mismatch on the in-process side is flagged, naming the
 usual causes; the matched pair is not."""

@@ -1,6 +1,3 @@
-# NOT YET COLLECTED (named unverified_*.py, not test_*.py): written for issue 26 but not run to the end on
-# the shared 2-core machine of its session (load 10-20; the session's trained_run fixture itself timed out
-# there). Run it alone (pytest tests/unverified_*.py), fix what fails, then rename it test_*.py.
 """QLoRA on the CPU, end to end: the shipped QLoRA experiment (shortened) trains on the 4-bit base,
 evaluates there in-process, trains the plain LoRA beside it, evaluates the adapter on the bf16 base and
 merged both ways, and its summary reports all of it; the default merge answers like the adapter it came
@@ -24,9 +21,12 @@ QLORA_CONFIG = ROOT / "configs" / "experiments" / "formatting-smollm2-qlora-cpu.
 # (see the module's docstring)
 SHORT = {"num_train_examples": "[16]", "train.epochs": "1", "eval.limit": "8", "eval.baseline_variants": "[]",
          "eval.max_new_tokens": "48", "qlora.serve_merged": "false", "train.stop_check": "0"}
-# the default merge (into the dequantized nf4 weights) against the adapter on the 4-bit base it trained on:
-# the same weights but for the bf16 rounding of the merged sum, so nearly every greedy answer is the same
-MERGE_IDENTICAL_MIN = 0.75
+# The default merge (into the dequantized nf4 weights) against the adapter on the 4-bit base it trained on:
+# the same weights but for the bf16 rounding of the merged sum. Fed the adapter's own answers, the merge
+# chooses the same next token almost everywhere (228 of 233, 0.979, on 2026-12-07; the merge into the
+# original bf16 weights 190 of 233, 0.815, as the adapter on the bf16 base: 188). Whole greedy answers are a
+# harsher measure (one early near-tie changes the rest): 3 of 8 identical, the other merge 0 of 8.
+MERGE_TOKEN_AGREEMENT_MIN = 0.95
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +89,17 @@ def test_the_default_merge_answers_like_the_adapter_it_came_from(qlora_experimen
     for into in ("original", "dequantized"):
         manifest = json.loads((cell / f"merged-{into}" / MANIFEST).read_text())
         assert manifest["into"] == into and manifest["dtype"] == "torch.bfloat16"
-    default = compare(cell / "eval-default" / "generations.jsonl",
-                      cell / "eval-hf-merged-dequantized-default" / "generations.jsonl", "format_ok")
-    assert default.n == 8 and default.share >= MERGE_IDENTICAL_MIN, default
+    agreement = json.loads((cell / "token-agreement.json").read_text())["variants"]["default"]
+    default, original, on_bf16 = (agreement[k] for k in ("hf-merged-dequantized", "hf-merged-original", "hf-on-bf16"))
+    assert default["total"] == original["total"] == on_bf16["total"] > 8 * 10  # every answered token of the 8 items
+    share = {k: v["agree"] / v["total"] for k, v in agreement.items()}
+    assert share["hf-merged-dequantized"] >= MERGE_TOKEN_AGREEMENT_MIN, share
+    # the other merge is the bf16 base's weights: it answers like the adapter on that base, not on its own
+    assert share["hf-merged-original"] < share["hf-merged-dequantized"] and default["max_logit_diff"] < 5, agreement
+    identical = {into: compare(cell / "eval-default" / "generations.jsonl",
+                               cell / f"eval-hf-merged-{into}-default" / "generations.jsonl", "format_ok")
+                 for into in ("dequantized", "original")}
+    assert identical["dequantized"].n == 8 and identical["dequantized"].identical >= identical["original"].identical
     # the other merge and the bf16 base were evaluated on the same items too
     for label in ("hf-merged-original", "hf-on-bf16"):
         assert json.loads((cell / f"eval-{label}-default" / "scores.json").read_text())["n"] == 8
@@ -112,6 +120,8 @@ def test_the_summary_shows_qlora_beside_lora_and_the_merge_table(qlora_experimen
     for pair in ("(a) 4-bit base vs (b) bf16 base", "(a) 4-bit base vs (c) merged into original",
                  "(a) 4-bit base vs (c) merged into dequantized", "(b) bf16 base vs (c) merged into original"):
         assert pair in merges, pair
+    row = next(line for line in merges.splitlines() if "| (a) 4-bit base vs (c) merged into dequantized |" in line)
+    assert "(largest logit gap " in row  # the next-token agreement, beside the identical answers
     assert "## Train/serve parity" not in text  # nothing was evaluated through vLLM here
 
 
