@@ -95,7 +95,10 @@ def _merge_pairs(a, by: dict) -> list[tuple[str, str, object, object]]:
     out = [("(a) 4-bit base vs (b) bf16 base", "what quantization changes", a, b)]
     out += [(f"(a) 4-bit base vs (c) merged into {m}", f"what merging into the {m} weights changes", a, c[m])
             for m in MERGES]
-    out += [(f"(b) bf16 base vs (c) merged into {m}", "the merge's rounding alone", b, c[m]) for m in MERGES]
+    # (b) and the merge into the original weights differ only by the merge's rounding; (b) and the merge into
+    # the dequantized weights by the quantization as well
+    out += [(f"(b) bf16 base vs (c) merged into {m}", "the merge's rounding alone" if m == "original"
+             else "what quantization changes, merged", b, c[m]) for m in MERGES]
     into = served.get("into")
     if into:
         out.append((f"(c) merged into {into} vs (d) the same served by vLLM", "what the engine changes", c[into], d))

@@ -46,8 +46,9 @@ def check_target(out: str | Path, adapter: Path, force: bool = False) -> Path:
                             force=force, markers=markers)
 
 
-# What a QLoRA adapter is merged into (docs/benchmarks.md, "Merging a QLoRA adapter"): the base weights
-# its training saw, nf4-rounded (`dequantized`), or the base checkpoint's own (`original`).
+# What a QLoRA adapter is merged into: the base weights its training saw, nf4-rounded (`dequantized`), or the
+# base checkpoint's own (`original`). Dequantized keeps the adapter: 60/100 greedy answers identical to it on
+# its 4-bit base against 7/100 (docs/benchmarks.md, "Merging a QLoRA adapter").
 INTO = ("auto", "original", "dequantized")
 QLORA_DEFAULT = "dequantized"
 
