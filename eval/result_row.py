@@ -48,6 +48,8 @@ class ResultRow:
     temperature: float
     cell: str | None = None
     run_dir: str | None = None
+    # the base's quantization in its training (4bit: QLoRA, whose in-process answers come from the 4-bit base)
+    quantization: str = "none"
     in_sweep: bool = False  # a sweep's row: comparisons name it by its system
     is_reference: bool = False  # a reference line (a sweep's untrained base or prompted model), not a curve's point
     status: str = "done"  # done, or (a sweep cell that did not finish) failed, diverged, missing, running
@@ -170,6 +172,7 @@ def result_rows(cell: Path, shown: list[Path]) -> list[ResultRow]:
             system=system, backend=scores["backend"], model=scores["model"],
             num_train_examples=cfg["num_train_examples"], seed=cfg["train"]["seed"],
             prompt_variant=scores["prompt_variant"], temperature=temperature, cell=cell.name, run_dir=str(cell),
+            quantization=cfg["train"].get("quantization", "none"),
             n_eval=scores["n"], failed=scores["failed"], metrics=dict(scores["metrics"]),
             not_scorable=scores.get("not_scorable", {}), probes=probes.get((scores["backend"], temperature)),
             latency=_latency(scores, generations), generations=str(generations),

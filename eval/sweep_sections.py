@@ -173,12 +173,12 @@ def parity_section(doc: Doc, view: SweepView) -> None:
     evaluated both ways (`eval_backend: [hf, vllm]`)."""
     by_eval = group([r for r in view.rows if is_done(r) and r.backend in ("hf", "vllm")],
                     lambda r: (r.run_dir, r.prompt_variant, r.temperature))
-    from ftscale.eval.parity import THRESHOLD_NOTE, compare, on_4bit_base, verdict
+    from ftscale.eval.parity import THRESHOLD_NOTE, compare, verdict
 
     both = [(sorted(g, key=lambda r: r.backend)) for g in by_eval.values() if {r.backend for r in g} == {"hf", "vllm"}]
     # a QLoRA cell's two evaluations are not of the same weights (4-bit base in-process, bf16 base on vLLM)
-    quantized = sorted({hf.system.removesuffix(" (hf)") for hf, _ in both if on_4bit_base(hf.run_dir)})
-    pairs = [(hf, served) for hf, served in both if not on_4bit_base(hf.run_dir)]
+    quantized = sorted({hf.system.removesuffix(" (hf)") for hf, _ in both if hf.quantization == "4bit"})
+    pairs = [(hf, served) for hf, served in both if hf.quantization != "4bit"]
     if not pairs:
         return
 

@@ -384,7 +384,7 @@ def _cell_rows(cell: Cell, status: str, error: str | None = None) -> list[Result
     several = len(cell.eval_backends) > 1
     return [ResultRow(**facts, system=_system(cell, b), backend=b if several else cell.backend, model=cell.cfg.model,
                       num_train_examples=cell.n, seed=cell.seed, prompt_variant=v, temperature=t,
-                      run_dir=str(cell.run_dir), loss=loss_curve(cell.run_dir))
+                      run_dir=str(cell.run_dir), quantization=cell.cfg.train.quantization, loss=loss_curve(cell.run_dir))
             for b in (cell.eval_backends if several else (None,)) for t in cell.temperatures for v in cell.variants]
 
 

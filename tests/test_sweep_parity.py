@@ -49,13 +49,11 @@ def test_a_qlora_cell_is_not_taken_for_a_parity_pair(tmp_path):
     from ftscale.eval.result_row import ResultRow
 
     def row(backend, cell, quantization, outputs):
-        (tmp_path / cell).mkdir(exist_ok=True)
-        (tmp_path / cell / "config.yaml").write_text(json.dumps({"train": {"quantization": quantization}}))
         gens = _generations(tmp_path / cell / f"eval-{backend}" / "generations.jsonl", outputs, [1] * len(outputs))
         system = "smollm2-135m QLoRA" if quantization == "4bit" else "smollm2-135m LoRA"
         return ResultRow(system=f"{system} ({backend})", backend=backend, model="smollm2-135m", num_train_examples=25,
                          seed=42, prompt_variant="default", temperature=0.0, in_sweep=True, run_dir=str(tmp_path / cell),
-                         generations=gens, n_eval=40, metrics={"format_ok": 1.0, "answer_correct": 0.0, "both": 0.0})
+                         quantization=quantization, generations=gens, n_eval=40, metrics={"format_ok": 1.0, "answer_correct": 0.0, "both": 0.0})
     rows = [row("hf", "lora", "none", ["{}"] * 40), row("vllm", "lora", "none", ["{}"] * 40),
             row("hf", "qlora", "4bit", ["{}"] * 40), row("vllm", "qlora", "4bit", ["z"] * 40)]
     _, md = write_sweep_report(tmp_path / "out", rows, get_task("formatting"), None, {})
