@@ -9,7 +9,8 @@ count and allocator (tcmalloc where ftscale would preload it), sequence length, 
 settings, and the same 4-bit base for QLoRA. ftscale trains through train/sft.py (its stop check off:
 it runs after train_runtime and is not training). Tokens/s: TRL's count of non-padding tokens trained
 on (`num_tokens`, the same counter on both sides) over the trainer's `train_runtime`; peak memory: the
-child process's maximum resident memory (wait4). The sides alternate, `--repeats` times each.
+child process's maximum resident memory (wait4). The sides alternate, `--repeats` times each; the ratio is
+of the medians.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -135,13 +137,14 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(result)
             print(f"{side:8s} #{i}: {result['tokens_per_s']:.1f} tokens/s ({result['train_tokens']:.0f} tokens in "
                   f"{result['train_runtime_s']:.1f} s), peak RSS {rss:,.0f} MiB")
-    best = {s: max(r["tokens_per_s"] for r in runs if r["side"] == s) for s in ("ftscale", "trl")}
+    # medians: one slow or fast run of either side (this CPU's speed wanders by 10%) does not decide the ratio
+    median = {s: statistics.median(r["tokens_per_s"] for r in runs if r["side"] == s) for s in ("ftscale", "trl")}
     summary = {"config": str(args.config), "num_train_examples": args.num_train_examples,
                "quantization": args.quantization, "threads": args.threads, "allocator": env["LD_PRELOAD"] or "glibc",
                "machine": machine(), "versions": versions(), "runs": runs,
-               "ratio_best_tokens_per_s": best["ftscale"] / best["trl"]}
+               "ratio_median_tokens_per_s": median["ftscale"] / median["trl"]}
     write_json(out / "bench-trl.json", summary)
-    print(f"ftscale / trl sft tokens/s (best of {args.repeats} each): {summary['ratio_best_tokens_per_s']:.3f}")
+    print(f"ftscale / trl sft tokens/s (median of {args.repeats} each): {summary['ratio_median_tokens_per_s']:.3f}")
     return 0
 
 
