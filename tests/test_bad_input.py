@@ -196,7 +196,7 @@ def test_eval_file_missing_the_reference_field(tmp_path, capsys):
     del evals[3]["reference"]["answer"]
     bad = tmp_path / "eval.jsonl"
     bad.write_text("".join(json.dumps(e) + "\n" for e in evals))
-    line = refused(capsys, ["eval", "--config", MAIN_CONFIG, "--data.eval", bad, "--eval-dir", tmp_path / "out"])
+    line = refused(capsys, ["eval", "--config", MAIN_CONFIG, "--data.eval", bad, "--output-dir", tmp_path / "out"])
     assert line == f"error: {bad}:4: reference lacks 'answer' needed by evaluator 'answer_correct'"
     assert nothing_in(tmp_path / "out")
 
@@ -210,7 +210,7 @@ def test_own_task_eval_file_where_no_example_has_a_needed_field(tmp_path, capsys
     cfg = tmp_path / "orders.yaml"
     cfg.write_text(MAIN_CONFIG.read_text().replace("task: formatting", "task: orders")
                    .replace("data/formatting/", "data/orders/").replace("baseline_variants: [few_shot]", "baseline_variants: []"))
-    line = refused(capsys, ["eval", "--config", cfg, "--data.eval", bad, "--eval-dir", tmp_path / "out"])
+    line = refused(capsys, ["eval", "--config", cfg, "--data.eval", bad, "--output-dir", tmp_path / "out"])
     assert f"{bad}:1: reference lacks 'fields' needed by evaluator" in line and "(and 5 more examples)" in line
     assert nothing_in(tmp_path / "out")
 

@@ -19,9 +19,7 @@ def add_parser(sub) -> None:
     s.add_argument("--merged", action="store_true",
                    help="vllm: serve the adapter merged into its base (vLLM's LoRA path is slow on a CPU)")
     s.add_argument("--variant", action="append", help="prompt variant(s) (default: eval.prompt_variants)")
-    # --output-dir is the config's output_dir, as for run and train: the evaluation goes beside its cell there
-    s.add_argument("--eval-dir", help="where generations.jsonl and scores.json go (default: beside the cell's other "
-                   "evaluations in the experiment folder under the config's output_dir)")
+    s.add_argument("--output-dir", help="where generations.jsonl and scores.json go")
 
 
 def run(args) -> None:
@@ -31,5 +29,5 @@ def run(args) -> None:
 
     out = evaluate_one(cfg, args.backend, adapter=args.adapter, model=args.model, base_url=args.base_url,
                        api_key_env=args.api_key_env, concurrency=args.concurrency, merged=args.merged,
-                       variants=args.variant, output_dir=args.eval_dir)
+                       variants=args.variant, output_dir=args.output_dir)
     print(f"results in {out}")
