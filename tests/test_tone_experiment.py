@@ -274,13 +274,17 @@ def test_openai_as_teacher_judge_and_reference(embedded_model, tmp_path):
 
         train = tmp_path / "rude-gpt.jsonl"
         ftscale("distill", "--teacher", judge, "--persona", "rude", "-n", "12", "--out", train, "--yes")
-        common = ["--config", CONFIG, "--output_dir", tmp_path / "runs", "--task", _tone_task(tmp_path),
+        # the experiment's folder under tmp_path, in the config itself: `ftscale eval --output-dir` is the folder of
+        # its own results, not the config's output_dir, and the evaluation must land in the experiment to be judged
+        config = tmp_path / "tone-experiment.yaml"
+        config.write_text(CONFIG.read_text().replace("\noutput_dir: runs\n", f"\noutput_dir: {tmp_path / 'runs'}\n"))
+        common = ["--config", config, "--task", _tone_task(tmp_path),
                   "--data.train", train, "--eval.judge", judge, "--eval.limit", "3", "--eval.max_new_tokens", "24",
                   "--eval.temperatures", "[0.0]", "--eval.probes.limit", "2"]
-        ftscale("run", CONFIG, *common[2:], "--num_train_examples", "[0, 12]", "--train.epochs", "1")
+        ftscale("run", config, *common[2:], "--num_train_examples", "[0, 12]", "--train.epochs", "1")
         ftscale("eval", "--backend", "openai", "--base-url", url, "--model", "gpt-4.1-2025-04-14",
                 "--variant", "persona_prompt", *common, "--num_train_examples", "[0, 12]")
-        again = ftscale("run", CONFIG, *common[2:], "--num_train_examples", "[0, 12]", "--train.epochs", "1")
+        again = ftscale("run", config, *common[2:], "--num_train_examples", "[0, 12]", "--train.epochs", "1")
         judged = [r for r in standin.chat_requests if r["model"] == "gpt-4.1-2025-04-14"]
     assert "[hf" not in again.stdout and again.stdout.count("pairwise ") == 1  # only the new comparison
 

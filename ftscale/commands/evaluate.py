@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
     s.add_argument("--merged", action="store_true",
                    help="vllm: serve the adapter merged into its base (vLLM's LoRA path is slow on a CPU)")
     s.add_argument("--variant", action="append", help="prompt variant(s) (default: eval.prompt_variants)")
-    s.add_argument("--output-dir", help="where generations.jsonl and scores.json go")
+    s.add_argument("--output-dir", help="where generations.jsonl and scores.json go (default: beside the cell's other "
+                   "evaluations in the experiment folder; that folder's root is the config's output_dir, set in the file)")
 
 
 def run(args) -> None:
