@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ftscale.errors import DataError
 
+from .qlora_labels import ON_BF16, SERVED, SERVED_MERGE, merged_label
 from .stats import PairedDiff, align, item_scores, paired_difference, wilson
 
 IDENTICAL_MIN = 0.6
@@ -107,7 +108,7 @@ THRESHOLD_NOTE = (f"Flagged: the identical share's 95% interval lies wholly belo
 # (the vLLM evaluation's label, the in-process labels it is compared with, first found wins): the same weights
 # on both sides. An adapter served as a LoRA module sits on the bf16 base (a QLoRA adapter's in-process
 # counterpart on that base is hf-on-bf16); a merged checkpoint is compared with the same merge in-process.
-ENGINE_PAIRS = (("vllm", ("hf-on-bf16", "hf")), ("vllm-merged", ("hf-merged-dequantized", "hf-merged-original")))
+ENGINE_PAIRS = (("vllm", (ON_BF16, "hf")), (SERVED, (merged_label("dequantized"), merged_label("original"))))
 
 
 def engine_pairs(rows: list) -> list[tuple]:
@@ -118,7 +119,7 @@ def engine_pairs(rows: list) -> list[tuple]:
         for served, local in ENGINE_PAIRS:
             if r.system != served:
                 continue
-            if served == "vllm-merged":  # the merge vLLM served: the one its manifest names, else any
+            if served == SERVED:  # the merge vLLM served: the one its manifest names, else any
                 local = _served_merge(r, local)
             twin = next((by_key[k] for k in ((r.run_dir, r.prompt_variant, r.temperature, s) for s in local)
                          if k in by_key), None)
@@ -128,9 +129,9 @@ def engine_pairs(rows: list) -> list[tuple]:
 
 
 def _served_merge(row, local: tuple[str, ...]) -> tuple[str, ...]:
-    manifest = Path(row.run_dir) / "vllm-merged.json"  # ftscale/qlora_study.py writes it
+    manifest = Path(row.run_dir) / SERVED_MERGE  # ftscale/qlora_study.py writes it
     into = json.loads(manifest.read_text()).get("into") if manifest.is_file() else None
-    return (f"hf-merged-{into}",) if into else local
+    return (merged_label(into),) if into else local
 
 
 def parity_lines(rows: list, metric: str, cache: dict) -> list[str]:

@@ -9,12 +9,9 @@ from pathlib import Path
 from ftscale.rundir import TRAIN_METRICS, read_json
 
 from .parity import compare
+from .qlora_labels import LORA, MERGES, ON_BF16, SERVED, SERVED_MERGE, TOKEN_AGREEMENT, merged_label, twin_dir
 from .report_document import fmt
 from .stats import item_scores, mean_interval
-
-# the study's evaluation labels (ftscale/qlora_study.py), read here by name
-LORA, ON_BF16, SERVED, TOKEN_AGREEMENT = "hf-lora", "hf-on-bf16", "vllm-merged", "token-agreement.json"
-MERGES = ("original", "dequantized")
 
 
 def _qlora_rows(rows: list) -> list:
@@ -43,8 +40,7 @@ def beside_lora(rows: list, metric: str, cache: dict) -> list[str]:
     by = {(r.run_dir, r.prompt_variant, r.temperature, r.system): r for r in rows}
     pairs = []
     for a in _qlora_rows(rows):
-        twin = by.get((str(Path(a.run_dir).with_name(Path(a.run_dir).name + "-lora")), a.prompt_variant,
-                       a.temperature, LORA))
+        twin = by.get((str(twin_dir(a.run_dir)), a.prompt_variant, a.temperature, LORA))
         if twin is not None:
             pairs.append((a, twin))
     if not pairs:
@@ -90,8 +86,8 @@ def _merge_pairs(a, by: dict) -> list[tuple[str, str, object, object]]:
         return by.get((a.run_dir, a.prompt_variant, a.temperature, system))
 
     b, d = get(ON_BF16), get(SERVED)
-    c = {m: get(f"hf-merged-{m}") for m in MERGES}
-    served = read_json(Path(a.run_dir) / "vllm-merged.json") or {}
+    c = {m: get(merged_label(m)) for m in MERGES}
+    served = read_json(Path(a.run_dir) / SERVED_MERGE) or {}
     out = [("(a) 4-bit base vs (b) bf16 base", "what quantization changes", a, b)]
     out += [(f"(a) 4-bit base vs (c) merged into {m}", f"what merging into the {m} weights changes", a, c[m])
             for m in MERGES]

@@ -22,22 +22,8 @@ from pathlib import Path
 from . import completion
 from .cellrunner import Answerer, Failure, ensure_trained, eval_jobs, hf_answerer, run_evals
 from .config import ExperimentConfig
+from .eval.qlora_labels import LORA, ON_BF16, SERVED, SERVED_MERGE, TOKEN_AGREEMENT, merged_label, twin_dir
 from .rundir import cell_dir
-
-LORA = "hf-lora"
-ON_BF16 = "hf-on-bf16"
-SERVED = "vllm-merged"
-SERVED_MERGE = "vllm-merged.json"
-TOKEN_AGREEMENT = "token-agreement.json"
-
-
-def merged_label(into: str) -> str:
-    return f"hf-merged-{into}"
-
-
-def twin_dir(cell: Path) -> Path:
-    """The plain-LoRA twin of a QLoRA cell."""
-    return cell.with_name(cell.name + "-lora")
 
 
 def lora_twin(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -102,6 +88,8 @@ def ensure_token_agreement(cfg: ExperimentConfig, cell: Path, on_bf16: Answerer,
                                    for m, path in merges.items()}}
     result = {"inputs": inputs, "variants": {v: {} for v in answered}}
     for label, answerer in others.items():
+        # one candidate loaded at a time: two models in memory, not four, for the reference's forward
+        # passes repeated per candidate (a GPU holds two 8B models where it may not hold four)
         candidate = answerer.make()
         for v, path in answered.items():
             a = agreement(reference, candidate, answers_of(path))
