@@ -43,44 +43,74 @@ def _measure_ours(base_url: str, model: str, prompts: Path, output_len: int, con
     return measure(base_url, model, _requests(prompts), sampling, concurrency, api_key)
 
 
+def _ours(base_url: str, model: str, prompts: Path, output_len: int, concurrency: int, api_key: str | None,
+          out: Path) -> dict:
+    # Our client runs in a fresh process, as vLLM's benchmark does: a caller's own threads and heap
+    # (a long test session's, for one) would otherwise add their pauses to our side only.
+    cmd = [sys.executable, "-m", "ftscale.serve.crosscheck", base_url, model, str(prompts), str(output_len),
+           str(concurrency), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(api_key))
+    if proc.returncode != 0:
+        raise RuntimeError(f"our latency measurement failed:\n{proc.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
+def _vllms_command(base_url: str, model: str, tokenizer: str, prompts: Path, output_len: int, num_prompts: int,
+                   concurrency: int, out: Path) -> list[str]:
+    return [sys.executable, "-m", "ftscale.serve.vllm_bench", "--backend", "openai-chat",
+            "--endpoint", "/v1/chat/completions", "--base-url", base_url.removesuffix("/v1"), "--model", model,
+            "--tokenizer", tokenizer, "--dataset-name", "custom", "--dataset-path", str(prompts),
+            "--custom-output-len", str(output_len), "--skip-chat-template", "--disable-shuffle",
+            "--num-prompts", str(num_prompts), "--max-concurrency", str(concurrency), "--num-warmups", str(concurrency),
+            "--ignore-eos", "--temperature", "0", "--percentile-metrics", "ttft,tpot,itl,e2el",
+            "--metric-percentiles", "50,90,99", "--save-result", "--result-dir", str(out.parent),
+            "--result-filename", out.name, "--disable-tqdm"]
+
+
+def _theirs(cmd: list[str], api_key: str | None, out: Path) -> dict:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(api_key))
+    if proc.returncode != 0:
+        raise RuntimeError(f"vllm bench serve failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
+def _medians_ms(ours: dict, theirs: dict) -> dict[str, tuple[float, float]]:
+    return {"ttft_p50_ms": (ours["ttft_s"]["p50"] * 1000, theirs["median_ttft_ms"]),
+            "e2e_p50_ms": (ours["e2e_s"]["p50"] * 1000, theirs["median_e2el_ms"]),
+            "tpot_p50_ms": (ours["tpot_s"]["p50"] * 1000, theirs["median_tpot_ms"]),
+            "itl_p50_ms": (ours["itl_s"]["p50"] * 1000, theirs["median_itl_ms"])}
+
+
 def crosscheck(cfg, base_url: str, model: str, tokenizer: str, out_dir: Path, num_prompts: int = 32,
-               concurrency: int = 1, output_len: int = 32, api_key: str | None = None) -> dict:
-    """`api_key`: the measured server's key (a server ftscale started has one: serve/server.py)."""
+               concurrency: int = 1, output_len: int = 32, api_key: str | None = None, rounds: int = 2) -> dict:
+    """`api_key`: the measured server's key (a server ftscale started has one: serve/server.py).
+
+    Each side measures all the prompts once per round, in ABBA order (ours, vLLM's, vLLM's, ours, ...), and
+    a side's figure is the mean of its rounds' medians: a stretch of load from elsewhere on the machine (a
+    test session's other worker) then weighs on both sides instead of on whichever ran during it."""
     out_dir = Path(out_dir)
     questions = [next(m["content"] for m in e["messages"] if m["role"] == "user")
                  for e in read_jsonl(cfg.data.eval, "eval")[:num_prompts]]
     prompts = out_dir / "crosscheck-prompts.jsonl"
     write_jsonl(prompts, [{"prompt": q} for q in questions])
-    # Our client runs in a fresh process, as vLLM's benchmark does: a caller's own threads and heap
-    # (a long test session's, for one) would otherwise add their pauses to our side only.
-    ours_cmd = [sys.executable, "-m", "ftscale.serve.crosscheck", base_url, model, str(prompts), str(output_len),
-                str(concurrency), str(out_dir / "ftscale-latency.json")]
-    proc = subprocess.run(ours_cmd, capture_output=True, text=True, env=child_env(api_key))
-    if proc.returncode != 0:
-        raise RuntimeError(f"our latency measurement failed:\n{proc.stderr[-3000:]}")
-    ours = json.loads((out_dir / "ftscale-latency.json").read_text())
-    cmd = [sys.executable, "-m", "ftscale.serve.vllm_bench", "--backend", "openai-chat",
-           "--endpoint", "/v1/chat/completions", "--base-url", base_url.removesuffix("/v1"), "--model", model,
-           "--tokenizer", tokenizer, "--dataset-name", "custom", "--dataset-path", str(prompts),
-           "--custom-output-len", str(output_len), "--skip-chat-template", "--disable-shuffle",
-           "--num-prompts", str(num_prompts), "--max-concurrency", str(concurrency), "--num-warmups", str(concurrency),
-           "--ignore-eos", "--temperature", "0", "--percentile-metrics", "ttft,tpot,itl,e2el",
-           "--metric-percentiles", "50,90,99", "--save-result", "--result-dir", str(out_dir),
-           "--result-filename", "vllm-bench-serve.json", "--disable-tqdm"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(api_key))
-    if proc.returncode != 0:
-        raise RuntimeError(f"vllm bench serve failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    theirs = json.loads((out_dir / "vllm-bench-serve.json").read_text())
-    pairs = {
-        "ttft_p50_ms": (ours["ttft_s"]["p50"] * 1000, theirs["median_ttft_ms"]),
-        "e2e_p50_ms": (ours["e2e_s"]["p50"] * 1000, theirs["median_e2el_ms"]),
-        "tpot_p50_ms": (ours["tpot_s"]["p50"] * 1000, theirs["median_tpot_ms"]),
-        "itl_p50_ms": (ours["itl_s"]["p50"] * 1000, theirs["median_itl_ms"]),
-    }
-    result = {"num_prompts": num_prompts, "concurrency": concurrency, "output_len": output_len,
-              "command": " ".join(cmd),
-              "metrics": {k: {"ftscale": a, "vllm": b, "relative_difference": abs(a - b) / b} for k, (a, b) in pairs.items()},
-              "completed": {"ftscale": ours["requests"] - ours["failed"], "vllm": theirs["completed"]}}
+    per_round, ours, theirs = [], [], []
+    for r in range(rounds):
+        mine, vllms = out_dir / f"ftscale-latency-{r}.json", out_dir / f"vllm-bench-serve-{r}.json"
+        cmd = _vllms_command(base_url, model, tokenizer, prompts, output_len, num_prompts, concurrency, vllms)
+        for side in ("ours", "theirs") if r % 2 == 0 else ("theirs", "ours"):
+            if side == "ours":
+                ours.append(_ours(base_url, model, prompts, output_len, concurrency, api_key, mine))
+            else:
+                theirs.append(_theirs(cmd, api_key, vllms))
+        per_round.append({k: {"ftscale": a, "vllm": b} for k, (a, b) in _medians_ms(ours[-1], theirs[-1]).items()})
+    metrics = {}
+    for k in per_round[0]:
+        a, b = (sum(m[k][side] for m in per_round) / rounds for side in ("ftscale", "vllm"))
+        metrics[k] = {"ftscale": a, "vllm": b, "relative_difference": abs(a - b) / b}
+    result = {"num_prompts": num_prompts, "concurrency": concurrency, "output_len": output_len, "rounds": rounds,
+              "command": " ".join(cmd), "metrics": metrics, "per_round": per_round,
+              "completed": {"ftscale": sum(o["requests"] - o["failed"] for o in ours),
+                            "vllm": sum(t["completed"] for t in theirs)}}
     write_json(out_dir / "crosscheck.json", result)
     return result
 
