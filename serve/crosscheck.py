@@ -86,8 +86,8 @@ def crosscheck(cfg, base_url: str, model: str, tokenizer: str, out_dir: Path, nu
     """`api_key`: the measured server's key (a server ftscale started has one: serve/server.py).
 
     Each side measures all the prompts once per round, in ABBA order (ours, vLLM's, vLLM's, ours, ...), and
-    a side's figure is the mean of its rounds' medians: a stretch of load from elsewhere on the machine (a
-    test session's other worker) then weighs on both sides instead of on whichever ran during it."""
+    a side's figure is the mean of its rounds' medians: a slow stretch of the machine (a VM's CPU speed
+    wanders from minute to minute) then weighs on both sides instead of on whichever ran during it."""
     out_dir = Path(out_dir)
     questions = [next(m["content"] for m in e["messages"] if m["role"] == "user")
                  for e in read_jsonl(cfg.data.eval, "eval")[:num_prompts]]
