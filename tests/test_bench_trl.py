@@ -24,8 +24,10 @@ def test_both_sides_train_the_same_batches(tmp_path):
     ftscale, trl = summary["runs"]
     assert (ftscale["side"], trl["side"]) == ("ftscale", "trl")
     assert [Path(trl["command"].split()[0]).name, trl["command"].split()[1]] == ["trl", "sft"]
-    # the same examples with the same loss mask: TRL's own token counter agrees to a few tokens
+    # the same examples: TRL's own token counter agrees to a few tokens; the same loss mask and model: the
+    # first batch's loss (before any update) is the same
     assert abs(ftscale["train_tokens"] - trl["train_tokens"]) <= 8 and ftscale["train_tokens"] > 500
+    assert ftscale["step_loss"][0] == pytest.approx(trl["step_loss"][0], rel=1e-3)
     assert ftscale["steps"] == 2 and len(ftscale["step_num_tokens"]) == len(trl["step_num_tokens"]) == 2
     assert len(ftscale["step_s"]) == len(trl["step_s"]) == 1 and summary["paired_steps"] == 1
     assert summary["step_ratio_median"] == trl["step_s"][0] / ftscale["step_s"][0]
@@ -35,8 +37,9 @@ def test_both_sides_train_the_same_batches(tmp_path):
     assert "ratio of the medians" in proc.stdout
 
 
-def _run(side: str, tokens: list[str], steps: list[float]) -> dict:
-    return {"side": side, "repeat": 0, "tokens_per_s": 100.0, "step_num_tokens": tokens, "step_s": steps}
+def _run(side: str, tokens: list[str], steps: list[float], loss: float = 1.402) -> dict:
+    return {"side": side, "repeat": 0, "tokens_per_s": 100.0, "step_num_tokens": tokens, "step_s": steps,
+            "step_loss": [loss, 1.595]}
 
 
 def test_sides_that_trained_different_batches_are_not_compared():
@@ -46,3 +49,5 @@ def test_sides_that_trained_different_batches_are_not_compared():
         ratios([_run("ftscale", ["839", "1611"], [4.0]), _run("trl", ["901", "1611"], [3.0])])
     with pytest.raises(ValueError, match="different batches"):
         ratios([_run("ftscale", ["839", "1611"], [4.0]), _run("trl", ["839"], [])])
+    with pytest.raises(ValueError, match="different losses on the first batch"):  # e.g. loss on every token
+        ratios([_run("ftscale", ["839", "1611"], [4.0]), _run("trl", ["839", "1611"], [3.0], loss=2.113)])

@@ -70,23 +70,24 @@ def ftscale_command(config: Path, n: int, quantization: str, out: Path) -> list[
             "--train.quantization", quantization, "--train.stop_check", "0", "--output-dir", str(out)]
 
 
+STEP_LINE = re.compile(r"\{'loss'")  # the trainer's log of one step (logging_steps 1), not the final summary
+
+
 def _run(cmd: list[str], env: dict, log: Path) -> tuple[int, float, str, list[float]]:
     """(exit code, the child's max resident memory in MiB, its output, the time each training log line
     arrived). With logging every step and unbuffered output, the gaps between those times are the steps'
     durations: both sides' steps are timed by the same clock from outside, callbacks and logging included."""
-    arrivals = []
+    arrivals, lines = [], []
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, bufsize=1)
         for line in proc.stdout:
             if STEP_LINE.search(line):
                 arrivals.append(time.perf_counter())
             f.write(line)
+            lines.append(line)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage.ru_maxrss / 1024, log.read_text(), arrivals
-
-
-STEP_LINE = re.compile(r"\{'loss'")  # the trainer's log of one step (logging_steps 1), not the final summary
+    return proc.returncode, usage.ru_maxrss / 1024, "".join(lines), arrivals
 
 
 def _logged(text: str, key: str) -> list[dict]:
@@ -145,10 +146,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(text[-3000:], file=sys.stderr)
                 return 1
             result = ftscale_result(where) if side == "ftscale" else trl_result(text)
+            steps = _logged(text, "loss")
             result |= {"side": side, "repeat": i, "peak_rss_mib": rss, "wall_s": time.time() - start,
                        "tokens_per_s": result["train_tokens"] / result["train_runtime_s"],
                        "step_s": [b - a for a, b in zip(arrivals, arrivals[1:])],
-                       "step_num_tokens": [d["num_tokens"] for d in _logged(text, "loss")], "command": " ".join(cmd)}
+                       "step_num_tokens": [d["num_tokens"] for d in steps], "step_loss": [float(d["loss"]) for d in steps],
+                       "command": " ".join(cmd)}
             runs.append(result)
             print(f"{side:8s} #{i}: {result['tokens_per_s']:.1f} tokens/s ({result['train_tokens']:.0f} tokens in "
                   f"{result['train_runtime_s']:.1f} s), median step {statistics.median(result['step_s']):.2f} s, "
@@ -174,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def ratios(runs: list[dict]) -> dict:
     """ftscale's speed over trl's: of the medians of train_runtime tokens/s, per pair, and step by step.
-    Both sides train the same batches in the same order (their logged token counts must agree), so the
+    Both sides train the same batches in the same order (their logged token counts must agree) with the same
+    loss (their first batch's loss must agree), so the
     durations of step k compare like for like, and a stretch of slow CPU inside one run moves a few
     steps, not the whole ratio."""
     side = {s: [r for r in runs if r["side"] == s] for s in ("ftscale", "trl")}
@@ -187,6 +191,11 @@ def ratios(runs: list[dict]) -> dict:
         if len(ours) != len(theirs) or any(abs(x - y) > 0.002 * y for x, y in zip(ours, theirs)):
             raise ValueError(f"pair {f['repeat']}: the two sides trained different batches "
                              f"({f['step_num_tokens'][:3]}... against {t['step_num_tokens'][:3]}...)")
+        # the first batch meets the same weights on both sides (LoRA's B starts at 0): the same loss mask
+        # gives the same loss, to the logs' 4 digits
+        if abs(f["step_loss"][0] - t["step_loss"][0]) > 0.001 * t["step_loss"][0]:
+            raise ValueError(f"pair {f['repeat']}: the two sides computed different losses on the first batch "
+                             f"({f['step_loss'][0]} against {t['step_loss'][0]}): not the same loss mask or model")
         steps = [trl_s / ftscale_s for ftscale_s, trl_s in zip(f["step_s"], t["step_s"])]
         step_pairs.append(statistics.median(steps))
         all_steps += steps
